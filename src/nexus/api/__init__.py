@@ -1,0 +1,11 @@
+"""HTTP endpoints, one module per family; ``routes()`` lists them all."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from nexus.api import admin, chat, status
+
+
+def routes() -> list[web.RouteDef]:
+    return [*chat.routes, *status.routes, *admin.routes]

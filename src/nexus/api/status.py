@@ -1,0 +1,83 @@
+"""``GET /health`` and ``GET /v1/models``: what the server sees, from the registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from nexus.api.common import json_response
+from nexus.registry import Backend, DiscoverySource, Model, Registry
+from nexus.state import STATE
+
+CAPABILITIES = ("chat", "vision", "tools", "json_mode", "embeddings")
+
+
+def health_summary(registry: Registry, uptime: float) -> dict[str, Any]:
+    backends = registry.get_all_backends()
+    healthy = sum(1 for b in backends if b.routable)
+    if backends and healthy == len(backends):
+        status = "healthy"
+    elif healthy:
+        status = "degraded"
+    else:
+        status = "unhealthy"
+    return {
+        "status": status,
+        "uptime_seconds": round(uptime, 3),
+        "backends": {
+            "total": len(backends),
+            "healthy": healthy,
+            "unhealthy": len(backends) - healthy,
+        },
+        "models": len(registry.healthy_model_ids()),
+    }
+
+
+async def health(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return json_response(health_summary(state.registry, state.uptime_seconds))
+
+
+def _merge(model_id: str, served: list[tuple[Backend, Model]]) -> dict[str, Any]:
+    """One /v1/models entry for a model, however many backends serve it."""
+    caps: dict[str, bool | None] = {}
+    for name in CAPABILITIES:
+        values = [getattr(m, f"supports_{name}") for _, m in served]
+        caps[name] = True if True in values else (False if None not in values else None)
+    contexts = [m.context_length for _, m in served if m.context_length]
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": 0,
+        "owned_by": "nexus",
+        "context_length": max(contexts) if contexts else None,
+        "capabilities": caps,
+        "backends": [
+            {
+                "name": b.name,
+                "type": b.type,
+                "context_length": m.context_length,
+                "discovered": b.discovery_source is DiscoverySource.MDNS,
+            }
+            for b, m in served
+        ],
+    }
+
+
+def models_listing(registry: Registry) -> dict[str, Any]:
+    served: dict[str, list[tuple[Backend, Model]]] = {}
+    for backend in registry.get_healthy_backends():
+        for model in backend.models.values():
+            served.setdefault(model.id, []).append((backend, model))
+    return {"object": "list", "data": [_merge(mid, served[mid]) for mid in sorted(served)]}
+
+
+async def models(request: web.Request) -> web.Response:
+    return json_response(models_listing(request.app[STATE].registry))
+
+
+routes = [
+    web.get("/health", health),
+    web.get("/v1/models", models),
+]

@@ -1,0 +1,90 @@
+"""``build_app(config)``: the one place the server is wired, for ``nexus serve`` and tests.
+
+Start-up order: upstream client, then health probes (backends come up in the background,
+never blocking start-up). Shutdown order is the reverse and runs after aiohttp has stopped
+accepting and drained in-flight requests (see ``nexus.server``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from nexus import logs
+from nexus.api import routes
+from nexus.api.common import errors_middleware
+from nexus.backends import make_adapters
+from nexus.config import Config
+from nexus.health import HealthChecker
+from nexus.proxy.forward import Forwarder
+from nexus.records import Recorder
+from nexus.registry import Backend, DiscoverySource, Registry
+from nexus.routing.router import Router
+from nexus.state import STATE, AppState
+
+log = logging.getLogger("nexus")
+
+OLLAMA_DEFAULT_URL = "http://localhost:11434"
+
+
+def initial_backends(config: Config) -> list[Backend]:
+    backends = [
+        Backend(
+            name=b.name,
+            url=b.url,
+            type=b.type,
+            priority=b.priority,
+            api_key_env=b.api_key_env,
+            discovery_source=DiscoverySource.STATIC,
+        )
+        for b in config.backends
+    ]
+    if not config.has_file and not backends:
+        # Zero-config: a single machine running Ollama just works, even without multicast.
+        backends.append(Backend(name="local-ollama", url=OLLAMA_DEFAULT_URL, type="ollama"))
+    return backends
+
+
+def build_app(config: Config) -> web.Application:
+    registry = Registry()
+    for backend in initial_backends(config):
+        registry.add_backend(backend)
+    router = Router(registry, config.routing)
+    health = HealthChecker(registry, config.health_check, make_adapters())
+    forwarder = Forwarder(config, registry, router, health)
+    recorder = Recorder()
+    recorder.sinks.append(logs.log_request)
+    state = AppState(
+        config=config,
+        registry=registry,
+        router=router,
+        forwarder=forwarder,
+        recorder=recorder,
+        health=health,
+    )
+    app = web.Application(
+        middlewares=[errors_middleware], client_max_size=config.server.max_request_bytes
+    )
+    app[STATE] = state
+    app.add_routes(routes())
+    app.on_startup.append(_startup)
+    app.on_shutdown.append(_shutdown)
+    app.on_cleanup.append(_cleanup)
+    return app
+
+
+async def _startup(app: web.Application) -> None:
+    state = app[STATE]
+    await state.forwarder.start()
+    await state.health.start()
+
+
+async def _shutdown(app: web.Application) -> None:
+    app[STATE].draining = True
+
+
+async def _cleanup(app: web.Application) -> None:
+    state = app[STATE]
+    await state.health.stop()
+    await state.forwarder.stop()

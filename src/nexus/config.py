@@ -1,0 +1,341 @@
+"""Typed configuration: defaults < TOML file < ``NEXUS_*`` environment < CLI flags.
+
+Every setting is a dataclass field whose ``metadata["help"]`` documents it; ``nexus config
+init`` renders those help texts into the example file and a test checks none is missing.
+Unknown keys and bad values stop start-up with one line naming the file, key and problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+BACKEND_TYPES = ("ollama", "vllm", "llamacpp", "exo", "lmstudio", "openai", "generic")
+STRATEGIES = ("smart", "round_robin", "priority_only", "random")
+LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
+LOG_FORMATS = ("pretty", "json")
+DEFAULT_CONFIG_FILE = "nexus.toml"
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for a one-line message."""
+
+
+def setting(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field carrying its help text (datasette style)."""
+    if isinstance(default, list | dict):
+        factory = default.copy
+        return field(default_factory=factory, metadata={"help": help, **kwargs})
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = setting("0.0.0.0", "Address to listen on.")
+    port: int = setting(8000, "Port to listen on.", min=0, max=65535)
+    request_timeout_seconds: float = setting(
+        300,
+        "How long to wait for a backend's first byte (first event of a stream). "
+        "Not a cap on a long, healthy generation.",
+        min=0.001,
+    )
+    max_concurrent_requests: int = setting(
+        1000, "In-flight proxied requests beyond which new ones get 503 + Retry-After.", min=1
+    )
+    connect_timeout_seconds: float = setting(
+        5, "How long to wait for a TCP (and TLS) connection to a backend.", min=0.001
+    )
+    stream_idle_timeout_seconds: float = setting(
+        60, "Longest silence between two stream chunks before the stream is ended.", min=0.001
+    )
+    max_request_bytes: int = setting(
+        20 * 1024 * 1024, "Largest request body accepted (413 beyond).", min=1024
+    )
+    shutdown_grace_seconds: float = setting(
+        30, "On SIGTERM, how long in-flight requests and streams may take to finish.", min=0
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryConfig:
+    enabled: bool = setting(True, "Find backends on the LAN with mDNS.")
+    service_types: list[str] = setting(
+        ["_ollama._tcp.local", "_llm._tcp.local"], "mDNS service types to browse."
+    )
+    grace_period_seconds: float = setting(
+        60, "How long a vanished mDNS backend is kept (status unknown) before removal.", min=0
+    )
+    interfaces: list[str] = setting([], "Addresses zeroconf binds to; empty means all interfaces.")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckConfig:
+    enabled: bool = setting(True, "Probe backends periodically.")
+    interval_seconds: float = setting(30, "Seconds between two probes of one backend.", min=0.01)
+    timeout_seconds: float = setting(5, "Time limit of one probe.", min=0.001)
+    failure_threshold: int = setting(
+        3, "Consecutive failures that turn a healthy backend unhealthy.", min=1
+    )
+    recovery_threshold: int = setting(
+        2, "Consecutive successes that turn an unhealthy backend healthy.", min=1
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WeightsConfig:
+    priority: float = setting(50, "Weight of the backend's priority in the smart score.", min=0)
+    load: float = setting(30, "Weight of the in-flight request count in the smart score.", min=0)
+    latency: float = setting(20, "Weight of the observed latency in the smart score.", min=0)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    strategy: str = setting("smart", "How to pick among capable backends.", choices=STRATEGIES)
+    max_retries: int = setting(
+        2, "Other backends tried for one request after the first fails.", min=0
+    )
+    weights: WeightsConfig = setting(WeightsConfig(), "Weights of the smart strategy.")
+    aliases: dict[str, str] = setting({}, 'Model name aliases, e.g. "gpt-4" = "llama3:70b".')
+    fallbacks: dict[str, list[str]] = setting(
+        {}, "Models to try, in order, when a model has no healthy backend."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    name: str = setting("", "Display name; also the stable id of the backend.", required=True)
+    url: str = setting("", "Base URL, e.g. http://localhost:11434.", required=True)
+    type: str = setting("generic", "Backend kind.", choices=BACKEND_TYPES)
+    priority: int = setting(50, "Routing priority, lower is preferred.", min=0, max=100)
+    api_key_env: str = setting(
+        "", "Environment variable holding this backend's API key (never the key itself)."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = setting("info", "Log level.", choices=LOG_LEVELS)
+    format: str = setting("pretty", "Log format.", choices=LOG_FORMATS)
+    components: dict[str, str] = setting(
+        {}, 'Per-component log levels, e.g. routing = "debug".', choices=LOG_LEVELS
+    )
+    log_content: bool = setting(
+        False, "Log (truncated) message content at DEBUG. Off by default: privacy."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = setting(ServerConfig(), "HTTP server.")
+    discovery: DiscoveryConfig = setting(DiscoveryConfig(), "mDNS discovery.")
+    health_check: HealthCheckConfig = setting(HealthCheckConfig(), "Backend health probes.")
+    routing: RoutingConfig = setting(RoutingConfig(), "Routing.")
+    backends: list[BackendConfig] = setting([], "Static backends.")
+    logging: LoggingConfig = setting(LoggingConfig(), "Logging.")
+    source: str = field(default="", compare=False, metadata={"internal": True})
+
+    @property
+    def has_file(self) -> bool:
+        return bool(self.source)
+
+
+# -- loading -----------------------------------------------------------------------------
+
+ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
+    "NEXUS_PORT": ("server", "port"),
+    "NEXUS_HOST": ("server", "host"),
+    "NEXUS_LOG_LEVEL": ("logging", "level"),
+    "NEXUS_DISCOVERY": ("discovery", "enabled"),
+}
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Build the config: defaults < file < environment < ``overrides`` (CLI flags).
+
+    ``path`` None means ``NEXUS_CONFIG`` or ``./nexus.toml`` if present, else no file.
+    """
+    env = os.environ if env is None else env
+    explicit = path is not None or "NEXUS_CONFIG" in env
+    file = Path(path if path is not None else env.get("NEXUS_CONFIG", DEFAULT_CONFIG_FILE))
+    raw: dict[str, Any] = {}
+    source = ""
+    if file.is_file():
+        source = str(file)
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: invalid TOML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file}: cannot read: {exc}") from None
+    elif explicit:
+        raise ConfigError(f"{file}: config file not found")
+    where = source or "environment"
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if var in env:
+            raw.setdefault(section, {})[key] = _from_env(var, env[var])
+            where = f"{source or 'config'} (or ${var})"
+    for section, values in (overrides or {}).items():
+        for key, value in values.items():
+            if value is not None:
+                raw.setdefault(section, {})[key] = value
+    config: Config = _build(Config, raw, where=source or where, prefix="")
+    config = dataclasses.replace(config, source=source)
+    validate(config)
+    return config
+
+
+def _from_env(var: str, value: str) -> Any:
+    if var == "NEXUS_DISCOVERY":
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"${var}: expected true or false, got {value!r}")
+    if var == "NEXUS_PORT":
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"${var}: expected a port number, got {value!r}") from None
+    return value
+
+
+def _build(cls: type[Any], raw: Any, *, where: str, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'}: expected a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields))
+        raise ConfigError(f"{where}: {prefix}{unknown[0]}: unknown key (known keys: {known})")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = prefix + name
+        if name not in raw:
+            if f.metadata.get("required"):
+                raise ConfigError(f"{where}: {key}: required")
+            continue
+        values[name] = _convert(hints[name], raw[name], f.metadata, where=where, key=key)
+    return cls(**values)
+
+
+def _convert(tp: Any, value: Any, meta: Mapping[str, Any], *, where: str, key: str) -> Any:
+    origin = get_origin(tp)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _build(tp, value, where=where, prefix=key + ".")
+    if origin is list:
+        (item,) = get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key}: expected a list, got {_kind(value)}")
+        return [
+            _convert(item, v, meta, where=where, key=f"{key}[{i}]") for i, v in enumerate(value)
+        ]
+    if origin is dict:
+        _, item = get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key}: expected a table, got {_kind(value)}")
+        return {
+            str(k): _convert(item, v, meta, where=where, key=f'{key}."{k}"')
+            for k, v in value.items()
+        }
+    if origin in (Union, types.UnionType, Literal):
+        raise TypeError(f"unsupported config type {tp}")  # pragma: no cover
+    return _scalar(tp, value, meta, where=where, key=key)
+
+
+def _scalar(tp: Any, value: Any, meta: Mapping[str, Any], *, where: str, key: str) -> Any:
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key}: expected true or false, got {_kind(value)}")
+        return value
+    if tp is int or tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: {key}: expected a number, got {_kind(value)}")
+        if tp is int and not isinstance(value, int):
+            raise ConfigError(f"{where}: {key}: expected a whole number, got {value!r}")
+        lo, hi = meta.get("min"), meta.get("max")
+        if lo is not None and value < lo:
+            raise ConfigError(f"{where}: {key}: must be at least {lo}, got {value!r}")
+        if hi is not None and value > hi:
+            raise ConfigError(f"{where}: {key}: must be at most {hi}, got {value!r}")
+        return tp(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key}: expected a string, got {_kind(value)}")
+        choices = meta.get("choices")
+        if choices:
+            normal = normalize_choice(value, choices)
+            if normal is None:
+                raise ConfigError(f"{where}: {key}: {value!r} is not one of {', '.join(choices)}")
+            return normal
+        return value
+    raise TypeError(f"unsupported config type {tp}")  # pragma: no cover
+
+
+def normalize_choice(value: str, choices: tuple[str, ...]) -> str | None:
+    """Case- and punctuation-insensitive match: "llama.cpp", "LlamaCpp" -> "llamacpp"."""
+    squash = value.strip().lower().replace("-", "").replace("_", "").replace(".", "")
+    for choice in choices:
+        if squash == choice.replace("_", ""):
+            return choice
+    if squash == "warning":
+        return "warn" if "warn" in choices else None
+    return None
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string"}.get(
+        type(value), "a list" if isinstance(value, list) else "a table"
+    )
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks: unique backend names, URL schemes, alias cycles."""
+    where = config.source or "config"
+    seen: set[str] = set()
+    for i, b in enumerate(config.backends):
+        if not b.name.strip():
+            raise ConfigError(f"{where}: backends[{i}].name: must not be empty")
+        if b.name in seen:
+            raise ConfigError(f"{where}: backends[{i}].name: duplicate name {b.name!r}")
+        seen.add(b.name)
+        if not b.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}: backends[{i}].url: must start with http:// or https://")
+    from nexus.routing.aliases import AliasCycleError, check_aliases
+
+    try:
+        check_aliases(config.routing.aliases)
+    except AliasCycleError as exc:
+        raise ConfigError(f"{where}: routing.aliases: {exc}") from None
+
+
+def iter_settings(
+    cls: type[Any] = Config, prefix: str = ""
+) -> typing.Iterator[tuple[str, dataclasses.Field[Any]]]:
+    """Every documented setting as (dotted key, field), recursing into sections."""
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        hints = typing.get_type_hints(cls)
+        tp = hints[f.name]
+        if get_origin(tp) is list and dataclasses.is_dataclass(get_args(tp)[0]):
+            yield prefix + f.name, f
+            yield from iter_settings(get_args(tp)[0], prefix + f.name + "[].")
+        elif dataclasses.is_dataclass(tp):
+            yield prefix + f.name, f
+            yield from iter_settings(typing.cast(type[Any], tp), prefix + f.name + ".")
+        else:
+            yield prefix + f.name, f

@@ -1,0 +1,145 @@
+"""Errors Nexus answers with, always in OpenAI's shape.
+
+Every error a client can see is a :class:`NexusError`; the HTTP layer turns it into
+``{"error": {"message", "type", "param", "code"}}`` with the matching status, so no
+framework default page ever reaches a client.
+
+Exception tree::
+
+    NexusError                      base: status, type, code, param, headers
+    ├── InvalidRequest              400  malformed JSON, missing or ill-typed field
+    ├── NotFound                    404  unknown route
+    ├── ModelNotFound               404  no backend has ever listed the model
+    ├── PayloadTooLarge             413  body over server.max_request_bytes
+    ├── UnsupportedMediaType        415  body is not JSON
+    ├── ServiceUnavailable          503  with Retry-After
+    │   ├── NoHealthyBackend        503  model known, but no healthy backend can serve it
+    │   ├── Overloaded              503  server.max_concurrent_requests reached
+    │   └── ShuttingDown            503  draining after SIGTERM
+    ├── BackendError                     a backend failed the request (retried elsewhere)
+    │   ├── BackendUnreachable      502  connect error, reset, DNS or TLS failure
+    │   ├── BackendBadResponse      502  5xx, or a 200 whose body is not valid JSON
+    │   └── BackendTimeout          504  no first byte in time, or a stream went idle
+    └── Forbidden                   403  admin API from a non-loopback client without token
+
+Upstream 4xx answers are not errors of ours: they are relayed as they came.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import orjson
+
+
+class NexusError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def body(self, request_id: str | None = None) -> bytes:
+        error: dict[str, object] = {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code,
+        }
+        if request_id:
+            error["request_id"] = request_id
+        return orjson.dumps({"error": error})
+
+
+class InvalidRequest(NexusError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class NotFound(NexusError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NexusError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class PayloadTooLarge(NexusError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UnsupportedMediaType(NexusError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class Forbidden(NexusError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class ServiceUnavailable(NexusError):
+    status = 503
+    type = "service_unavailable"
+    code = "service_unavailable"
+    retry_after = 1
+
+    def __init__(self, message: str, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.headers.setdefault("Retry-After", str(self.retry_after))
+
+
+class NoHealthyBackend(ServiceUnavailable):
+    code = "no_healthy_backend"
+    retry_after = 5
+
+
+class Overloaded(ServiceUnavailable):
+    code = "overloaded"
+
+
+class ShuttingDown(ServiceUnavailable):
+    code = "shutting_down"
+
+
+class BackendError(NexusError):
+    """A backend failed this request; the proxy may retry on another backend."""
+
+    status = 502
+    type = "upstream_error"
+
+
+class BackendUnreachable(BackendError):
+    code = "backend_unreachable"
+
+
+class BackendBadResponse(BackendError):
+    code = "backend_error"
+
+
+class BackendTimeout(BackendError):
+    status = 504
+    type = "timeout_error"
+    code = "backend_timeout"

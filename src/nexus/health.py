@@ -1,0 +1,159 @@
+"""Health checker (F03): one small loop per backend, probing concurrently and staggered.
+
+The request path never waits on a probe: probes only write to the registry. Each loop
+sleeps ``interval_seconds`` give or take 10 % (so many backends do not get probed in the
+same instant), and can be woken early by :meth:`HealthChecker.check_soon` when live
+traffic sees the backend fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+
+import aiohttp
+
+from nexus.backends import Adapter, ProbeError
+from nexus.config import HealthCheckConfig
+from nexus.registry import Backend, BackendStatus, Model, Registry
+
+log = logging.getLogger("nexus.health")
+
+ProbeObserver = Callable[[Backend, float, bool], None]
+
+
+def next_status(
+    current: BackendStatus, ok: bool, successes: int, failures: int, cfg: HealthCheckConfig
+) -> BackendStatus:
+    """F03's state machine; ``successes``/``failures`` already include this probe."""
+    if current is BackendStatus.DRAINING:
+        return current
+    if current is BackendStatus.UNKNOWN:
+        return BackendStatus.HEALTHY if ok else BackendStatus.UNHEALTHY
+    if current is BackendStatus.HEALTHY and not ok and failures >= cfg.failure_threshold:
+        return BackendStatus.UNHEALTHY
+    if current is BackendStatus.UNHEALTHY and ok and successes >= cfg.recovery_threshold:
+        return BackendStatus.HEALTHY
+    return current
+
+
+class HealthChecker:
+    def __init__(
+        self,
+        registry: Registry,
+        config: HealthCheckConfig,
+        adapters: dict[str, Adapter],
+        observers: list[ProbeObserver] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.config = config
+        self.adapters = adapters
+        self.observers = observers or []
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+
+    async def start(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout_seconds)
+        # Probes get their own small pool so they never queue behind (or starve) traffic.
+        connector = aiohttp.TCPConnector(limit=64, limit_per_host=4)
+        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+        for backend in self.registry:
+            self.watch(backend)
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def watch(self, backend: Backend, *, probe_now: bool = True) -> None:
+        """Start probing ``backend`` (the first probe right away unless ``probe_now`` is off)."""
+        if self._session is None or backend.id in self._tasks:
+            return
+        self._wake[backend.id] = asyncio.Event()
+        self._tasks[backend.id] = asyncio.create_task(
+            self._loop(backend, probe_now), name=f"health:{backend.name}"
+        )
+
+    def unwatch(self, backend_id: str) -> None:
+        task = self._tasks.pop(backend_id, None)
+        self._wake.pop(backend_id, None)
+        if task is not None:
+            task.cancel()
+
+    def check_soon(self, backend: Backend) -> None:
+        event = self._wake.get(backend.id)
+        if event is not None:
+            event.set()
+
+    async def _loop(self, backend: Backend, probe_now: bool) -> None:
+        wake = self._wake[backend.id]
+        while True:
+            if probe_now:
+                await self.check(backend)
+            probe_now = True
+            if not self.config.enabled:
+                return  # one probe to learn the models, then trust them
+            delay = self.config.interval_seconds * random.uniform(0.9, 1.1)
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay)
+
+    async def check(self, backend: Backend) -> None:
+        """Probe once and apply the result to the registry."""
+        assert self._session is not None
+        adapter = self.adapters.get(backend.type) or self.adapters["generic"]
+        started = time.perf_counter()
+        try:
+            models = await adapter.probe(self._session, backend)
+            error = None
+        except ProbeError as exc:
+            models, error = [], str(exc)
+        except TimeoutError:
+            models, error = [], f"probe timed out after {self.config.timeout_seconds:g}s"
+        elapsed = time.perf_counter() - started
+        for observer in self.observers:
+            observer(backend, elapsed, error is None)
+        if self.registry.get_backend(backend.id) is not backend:
+            return  # removed while probing
+        self.apply(backend, error, models if error is None else None, elapsed)
+
+    def apply(
+        self, backend: Backend, error: str | None, models: list[Model] | None, elapsed: float
+    ) -> None:
+        ok = error is None
+        backend.last_health_check = time.time()
+        if ok:
+            backend.consecutive_successes += 1
+            backend.consecutive_failures = 0
+            backend.probe_latency_ms = elapsed * 1000
+            backend.penalized_until = 0.0
+            self.registry.update_models(backend.id, models or [])
+        else:
+            backend.consecutive_failures += 1
+            backend.consecutive_successes = 0
+        before = backend.status
+        after = next_status(
+            before, ok, backend.consecutive_successes, backend.consecutive_failures, self.config
+        )
+        self.registry.update_status(backend.id, after, error)
+        if after is not before:
+            if ok:
+                log.info(
+                    "backend %s is %s (%d models, probe %.0f ms)",
+                    backend.name,
+                    after.value,
+                    len(backend.models),
+                    elapsed * 1000,
+                )
+            else:
+                log.info("backend %s is %s: %s", backend.name, after.value, error)

@@ -1,0 +1,88 @@
+"""Logging set-up: pretty or JSON lines, per-component levels, one record per request.
+
+Nothing here ever formats message content: the request record carries none, and
+``logging.log_content`` (off by default) is the only way to see any, at DEBUG.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from nexus.config import LoggingConfig
+from nexus.records import RequestRecord
+
+TRACE = 5
+LEVELS = {
+    "trace": TRACE,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
+request_log = logging.getLogger("nexus.request")
+
+
+def _timestamp(created: float) -> str:
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        + f".{int(created % 1 * 1000):03d}Z"
+    )
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line, stable field names (Loki / ELK friendly)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "timestamp": _timestamp(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            line.update(fields)
+            line["timestamp"] = _timestamp(fields["timestamp"])
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+class PrettyFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = _timestamp(record.created)
+        text = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        fields = getattr(record, "fields", None)
+        if fields:
+            shown = (f"{k}={v}" for k, v in fields.items() if v not in (None, "", []))
+            text += " " + " ".join(s for s in shown if not s.startswith("timestamp="))
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def setup(config: LoggingConfig, stream: Any = None) -> None:
+    logging.addLevelName(TRACE, "TRACE")
+    root = logging.getLogger("nexus")
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JSONFormatter() if config.format == "json" else PrettyFormatter())
+    root.addHandler(handler)
+    root.setLevel(LEVELS[config.level])
+    root.propagate = False
+    for component, level in config.components.items():
+        logging.getLogger(f"nexus.{component}").setLevel(LEVELS[level])
+    # aiohttp's own access log duplicates our request record; its errors still show.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def log_request(record: RequestRecord) -> None:
+    """The one structured line per request (F11)."""
+    if request_log.isEnabledFor(logging.INFO):
+        request_log.info("request", extra={"fields": record.to_dict()})

@@ -1,0 +1,1 @@
+"""Forwarding a routed request to a backend: failover, SSE relay, timeouts."""

@@ -1,0 +1,324 @@
+"""Send a request to the routed backend, failing over until one answers.
+
+Until the first byte goes to the client, any backend failure (refused, reset, DNS, TLS,
+timeout, 5xx, invalid JSON, a stream that ends before its first event) is retried on
+another backend serving the model, then down the fallback chain. After the first byte the
+backend is fixed: a failure ends the stream with an error event. 4xx answers are the
+client's business and pass through as they came (429: another backend is tried first).
+
+Three timeouts, never a total cap: connect (``connect_timeout_seconds``), first byte or
+first stream event (``request_timeout_seconds``), and idle gap between two stream reads
+(``stream_idle_timeout_seconds``), which also bounds a client that stops reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from nexus.backends import describe_client_error
+from nexus.config import Config
+from nexus.errors import (
+    BackendBadResponse,
+    BackendError,
+    BackendTimeout,
+    BackendUnreachable,
+    NexusError,
+)
+from nexus.health import HealthChecker
+from nexus.proxy.relay import StreamRelay
+from nexus.records import RequestRecord
+from nexus.registry import Backend, Registry
+from nexus.routing.requirements import Requirements
+from nexus.routing.router import Plan, Route, Router
+
+# Types whose streams understand stream_options.include_usage: asked for it upstream so
+# streams can be counted, and the extra usage chunk is dropped if the client did not ask.
+USAGE_AWARE = frozenset({"ollama", "vllm", "lmstudio", "openai", "llamacpp"})
+PASSTHROUGH_HEADERS = ("Retry-After", "Content-Type")
+MAX_ERROR_BODY = 64 * 1024
+
+
+class Upstream:
+    """An upstream response whose headers arrived, with what the relay needs."""
+
+    __slots__ = ("backend", "resp", "route", "sent_at")
+
+    def __init__(self, route: Route, resp: aiohttp.ClientResponse, sent_at: float) -> None:
+        self.route = route
+        self.backend = route.backend
+        self.resp = resp
+        self.sent_at = sent_at
+
+
+class Forwarder:
+    def __init__(
+        self, config: Config, registry: Registry, router: Router, health: HealthChecker
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.router = router
+        self.health = health
+        server = config.server
+        self.ttfb = server.request_timeout_seconds
+        self.idle = server.stream_idle_timeout_seconds
+        self.attempts_per_model = 1 + config.routing.max_retries
+        self.penalty = config.health_check.interval_seconds
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=0, ttl_dns_cache=30, keepalive_timeout=60, enable_cleanup_closed=True
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.config.server.connect_timeout_seconds
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+        )
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    # -- entry point --------------------------------------------------------------------
+
+    async def forward(
+        self,
+        request: web.Request,
+        path: str,
+        body: dict[str, Any],
+        raw: bytes,
+        req: Requirements,
+        record: RequestRecord,
+    ) -> web.StreamResponse:
+        plan = self.router.plan(req.model)
+        last: NexusError | None = None
+        while True:
+            try:
+                route = self.router.select(plan, req, self.attempts_per_model)
+            except NexusError as exc:
+                raise (last or exc) from None
+            self._note_route(record, route, plan)
+            payload = self._payload(body, raw, route, req)
+            try:
+                upstream = await self._send(request, path, route, payload)
+            except BackendError as exc:
+                self._failed(route.backend, exc, record)
+                last = exc
+                continue
+            response = await self._answer(request, upstream, plan, req, record)
+            if isinstance(response, web.StreamResponse):
+                return response
+            last = response
+
+    # -- one attempt --------------------------------------------------------------------
+
+    def _payload(self, body: dict[str, Any], raw: bytes, route: Route, req: Requirements) -> bytes:
+        changes: dict[str, Any] = {}
+        if route.model != req.model:
+            changes["model"] = route.model
+        if req.stream and not req.include_usage and route.backend.type in USAGE_AWARE:
+            options = body.get("stream_options") or {}
+            changes["stream_options"] = {**options, "include_usage": True}
+        if not changes:
+            return raw  # byte-faithful: the client's own bytes
+        return orjson.dumps({**body, **changes})
+
+    def _headers(
+        self, request: web.Request, backend: Backend, record: RequestRecord
+    ) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "X-Request-Id": record.request_id}
+        key = os.environ.get(backend.api_key_env) if backend.api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        elif auth := request.headers.get("Authorization"):
+            headers["Authorization"] = auth  # F01: local backends see the client's credentials
+        return headers
+
+    async def _send(
+        self, request: web.Request, path: str, route: Route, payload: bytes
+    ) -> Upstream:
+        assert self.session is not None
+        record: RequestRecord = request["record"]
+        backend = route.backend
+        self.registry.increment_pending(backend)
+        sent = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.ttfb):
+                resp = await self.session.post(
+                    backend.url + path,
+                    data=payload,
+                    headers=self._headers(request, backend, record),
+                )
+        except TimeoutError:
+            self.registry.decrement_pending(backend)
+            record.upstream_seconds += time.perf_counter() - sent
+            raise BackendTimeout(
+                f"backend '{backend.name}' did not answer within {self.ttfb:g}s"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            self.registry.decrement_pending(backend)
+            record.upstream_seconds += time.perf_counter() - sent
+            raise BackendUnreachable(
+                f"backend '{backend.name}' unreachable: {describe_client_error(exc)}"
+            ) from None
+        except BaseException:
+            self.registry.decrement_pending(backend)
+            raise
+        return Upstream(route, resp, sent)
+
+    async def _answer(
+        self,
+        request: web.Request,
+        upstream: Upstream,
+        plan: Plan,
+        req: Requirements,
+        record: RequestRecord,
+    ) -> web.StreamResponse | NexusError:
+        """Relay a good answer (returns the response), or return the error to fail over on."""
+        resp, backend = upstream.resp, upstream.backend
+        try:
+            if resp.status >= 500:
+                text = await self._read_body(resp, upstream, record, limit=MAX_ERROR_BODY)
+                error = BackendBadResponse(
+                    f"backend '{backend.name}' answered HTTP {resp.status}{_upstream_message(text)}"
+                )
+                self._failed(backend, error, record)
+                return error
+            if resp.status >= 400:
+                raw = await self._read_body(resp, upstream, record, limit=MAX_ERROR_BODY)
+                if resp.status == 429 and self._has_alternative(plan, req):
+                    return BackendBadResponse(f"backend '{backend.name}' is rate limited")
+                return self._passthrough(resp, raw, upstream, plan, record)
+            is_sse = resp.content_type == "text/event-stream"
+            if req.stream and is_sse:
+                relay = StreamRelay(self, request, upstream, plan, req, record)
+                return await relay.run()
+            raw = await self._read_body(resp, upstream, record, limit=None)
+            return self._complete(raw, upstream, plan, record)
+        except BackendError as exc:
+            self._failed(backend, exc, record)
+            return exc
+        finally:
+            resp.release()
+            self.registry.decrement_pending(backend)
+
+    async def _read_body(
+        self,
+        resp: aiohttp.ClientResponse,
+        upstream: Upstream,
+        record: RequestRecord,
+        limit: int | None,
+    ) -> bytes:
+        backend = upstream.backend
+        try:
+            async with asyncio.timeout(self.idle):
+                raw = await (resp.content.read(limit) if limit else resp.read())
+        except TimeoutError:
+            raise BackendTimeout(
+                f"backend '{backend.name}' stalled while sending its answer"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise BackendUnreachable(
+                f"backend '{backend.name}' failed mid-answer: {describe_client_error(exc)}"
+            ) from None
+        finally:
+            record.upstream_seconds += time.perf_counter() - upstream.sent_at
+        return raw
+
+    def _complete(
+        self, raw: bytes, upstream: Upstream, plan: Plan, record: RequestRecord
+    ) -> web.Response:
+        backend = upstream.backend
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BackendBadResponse(
+                f"backend '{backend.name}' answered with invalid JSON"
+            ) from None
+        if not isinstance(parsed, dict):
+            raise BackendBadResponse(f"backend '{backend.name}' answered an unexpected body")
+        record.usage(parsed.get("usage"))
+        if upstream.route.model != plan.requested and "model" in parsed:
+            parsed["model"] = plan.requested  # the client sees the name it asked for
+            raw = orjson.dumps(parsed)
+        self.registry.update_latency(backend, record.upstream_seconds * 1000)
+        record.status = 200
+        return web.Response(
+            body=raw,
+            status=200,
+            content_type="application/json",
+            headers=self.route_headers(upstream, record),
+        )
+
+    def _passthrough(
+        self,
+        resp: aiohttp.ClientResponse,
+        raw: bytes,
+        upstream: Upstream,
+        plan: Plan,
+        record: RequestRecord,
+    ) -> web.Response:
+        record.status = resp.status
+        record.error_type = "backend_client_error"
+        headers = self.route_headers(upstream, record)
+        for name in PASSTHROUGH_HEADERS:
+            if name in resp.headers:
+                headers[name] = resp.headers[name]
+        headers.setdefault("Content-Type", "application/json")
+        return web.Response(body=raw, status=resp.status, headers=headers)
+
+    # -- bookkeeping --------------------------------------------------------------------
+
+    def route_headers(self, upstream: Upstream, record: RequestRecord) -> dict[str, str]:
+        headers = {
+            "X-Nexus-Backend": upstream.backend.name,
+            "X-Nexus-Route-Reason": record.route_reason,
+            "X-Request-Id": record.request_id,
+        }
+        if upstream.route.fallback:
+            headers["X-Nexus-Fallback-Model"] = upstream.route.model
+        return headers
+
+    def _note_route(self, record: RequestRecord, route: Route, plan: Plan) -> None:
+        if record.backend:
+            record.retry_count += 1
+        record.backend = route.backend.name
+        record.backend_type = route.backend.type
+        record.routed_model = route.model
+        record.known_model = True
+        record.route_reason = route.reason
+        if route.fallback:
+            record.fallback_chain = plan.models[: plan.models.index(route.model) + 1]
+
+    def _failed(self, backend: Backend, error: NexusError, record: RequestRecord) -> None:
+        record.error = error.message
+        self.registry.penalize(backend, self.penalty, error.message)
+        self.health.check_soon(backend)
+
+    def _has_alternative(self, plan: Plan, req: Requirements) -> bool:
+        for model in plan.models:
+            for backend in self.registry.get_backends_for_model(model):
+                if backend.id not in plan.tried and backend.routable:
+                    return True
+        return False
+
+
+def _upstream_message(raw: bytes) -> str:
+    """The upstream's own error message, short, if it sent an OpenAI-shaped one."""
+    try:
+        error = orjson.loads(raw).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    message = error.get("message") if isinstance(error, dict) else error
+    return f": {str(message)[:200]}" if message else ""

@@ -1,0 +1,86 @@
+"""One record per request, filled in as it goes and handed to every sink when it ends.
+
+The request log line (F11), metrics (F09) and the dashboard history (F10) all read the same
+record, so they can never disagree about what happened. A record holds no message content.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Sink = Callable[["RequestRecord"], None]
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    request_id: str
+    endpoint: str  # "chat" | "embeddings"
+    model: str = ""  # as the client asked
+    routed_model: str = ""  # as the backend was asked (after alias / fallback)
+    known_model: bool = False  # a model some backend lists (safe as a metric label)
+    backend: str = ""
+    backend_type: str = ""
+    status: int = 0
+    stream: bool = False
+    route_reason: str = ""
+    retry_count: int = 0
+    fallback_chain: list[str] = field(default_factory=list)
+    error_type: str = ""  # "" on success; else e.g. timeout, backend_error, no_backend
+    error: str = ""
+    tokens_prompt: int | None = None
+    tokens_completion: int | None = None
+    started: float = field(default_factory=time.perf_counter)
+    timestamp: float = field(default_factory=time.time)
+    upstream_seconds: float = 0.0  # time spent waiting on backends
+    ttft_seconds: float | None = None  # first event of a stream
+    duration_seconds: float = 0.0
+
+    def usage(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            if isinstance(prompt, int):
+                self.tokens_prompt = prompt
+            if isinstance(completion, int):
+                self.tokens_completion = completion
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "timestamp": self.timestamp,
+            "request_id": self.request_id,
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "routed_model": self.routed_model,
+            "backend": self.backend,
+            "backend_type": self.backend_type,
+            "status": self.status,
+            "latency_ms": round(self.duration_seconds * 1000, 3),
+            "ttft_ms": None if self.ttft_seconds is None else round(self.ttft_seconds * 1000, 3),
+            "tokens_prompt": self.tokens_prompt,
+            "tokens_completion": self.tokens_completion,
+            "stream": self.stream,
+            "route_reason": self.route_reason,
+            "retry_count": self.retry_count,
+            "fallback_chain": self.fallback_chain,
+            "error_type": self.error_type,
+            "error": self.error,
+        }
+
+
+class Recorder:
+    """Fans finished records out to the sinks; a failing sink never fails a request."""
+
+    def __init__(self) -> None:
+        self.sinks: list[Sink] = []
+
+    def finish(self, record: RequestRecord) -> None:
+        record.duration_seconds = time.perf_counter() - record.started
+        for sink in self.sinks:
+            try:
+                sink(record)
+            except Exception:  # pragma: no cover - a sink bug must not break traffic
+                import logging
+
+                logging.getLogger("nexus").exception("request record sink failed")

@@ -1,0 +1,237 @@
+"""The backend registry (F02): the single source of truth for backends and their models.
+
+Nexus runs on one asyncio event loop, so a mutation between two awaits is atomic: the
+registry needs no locks (the Rust spec's DashMap). Readers on the request path get plain
+lists from the model index; writers (health checker, discovery, admin API) replace a
+backend's models and rebuild only that backend's index entries.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+LATENCY_EWMA_ALPHA = 0.2
+
+
+class BackendStatus(StrEnum):
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    UNKNOWN = "unknown"
+    DRAINING = "draining"
+
+
+class DiscoverySource(StrEnum):
+    STATIC = "static"
+    MDNS = "mdns"
+    MANUAL = "manual"
+
+
+@dataclass(slots=True)
+class Model:
+    """A model as one backend serves it. Capabilities are tri-state: ``None`` means the
+    backend does not say, and routing treats it as "may support" (no false negatives)."""
+
+    id: str
+    name: str = ""
+    context_length: int | None = None
+    supports_chat: bool = True
+    supports_vision: bool | None = None
+    supports_tools: bool | None = None
+    supports_json_mode: bool | None = None
+    supports_embeddings: bool | None = None
+    max_output_tokens: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name or self.id,
+            "context_length": self.context_length,
+            "capabilities": {
+                "chat": self.supports_chat,
+                "vision": self.supports_vision,
+                "tools": self.supports_tools,
+                "json_mode": self.supports_json_mode,
+                "embeddings": self.supports_embeddings,
+            },
+            "max_output_tokens": self.max_output_tokens,
+        }
+
+
+def backend_id(name: str) -> str:
+    """Stable id derived from the backend's name, so restarts keep ids (and history)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "nexus-backend:" + name))
+
+
+@dataclass(slots=True, eq=False)
+class Backend:
+    name: str
+    url: str
+    type: str = "generic"
+    priority: int = 50
+    discovery_source: DiscoverySource = DiscoverySource.STATIC
+    api_key_env: str = ""
+    id: str = ""
+    status: BackendStatus = BackendStatus.UNKNOWN
+    last_health_check: float | None = None
+    last_error: str | None = None
+    models: dict[str, Model] = field(default_factory=dict)
+    pending_requests: int = 0
+    total_requests: int = 0
+    failed_requests: int = 0
+    avg_latency_ms: float = 0.0
+    probe_latency_ms: float | None = None
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    penalized_until: float = 0.0
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.url = self.url.rstrip("/")
+        if not self.id:
+            self.id = backend_id(self.name)
+
+    @property
+    def routable(self) -> bool:
+        return self.status is BackendStatus.HEALTHY
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "url": self.url,
+            "type": self.type,
+            "status": self.status.value,
+            "priority": self.priority,
+            "discovery_source": self.discovery_source.value,
+            "last_health_check": self.last_health_check,
+            "last_error": self.last_error,
+            "pending_requests": self.pending_requests,
+            "total_requests": self.total_requests,
+            "failed_requests": self.failed_requests,
+            "avg_latency_ms": round(self.avg_latency_ms, 3),
+            "probe_latency_ms": (
+                None if self.probe_latency_ms is None else round(self.probe_latency_ms, 3)
+            ),
+            "models": [m.to_dict() for m in self.models.values()],
+            "metadata": dict(self.metadata),
+        }
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._backends: dict[str, Backend] = {}
+        self._by_model: dict[str, list[Backend]] = {}
+
+    # -- membership ---------------------------------------------------------------------
+
+    def add_backend(self, backend: Backend) -> Backend:
+        if backend.id in self._backends:
+            raise ValueError(f"backend {backend.name!r} already exists")
+        self._backends[backend.id] = backend
+        self._index(backend, backend.models)
+        return backend
+
+    def remove_backend(self, backend_id: str) -> Backend | None:
+        backend = self._backends.pop(backend_id, None)
+        if backend is not None:
+            self._unindex(backend)
+        return backend
+
+    def get_backend(self, backend_id: str) -> Backend | None:
+        return self._backends.get(backend_id)
+
+    def find(self, ref: str) -> Backend | None:
+        """A backend by id, name or URL (what a person types on the command line)."""
+        ref_url = ref.rstrip("/")
+        for backend in self._backends.values():
+            if ref in (backend.id, backend.name) or ref_url == backend.url:
+                return backend
+        return None
+
+    def get_all_backends(self) -> list[Backend]:
+        return list(self._backends.values())
+
+    def get_healthy_backends(self) -> list[Backend]:
+        return [b for b in self._backends.values() if b.routable]
+
+    def get_backends_for_model(self, model: str) -> list[Backend]:
+        return self._by_model.get(model, [])
+
+    def has_model(self, model: str) -> bool:
+        return model in self._by_model
+
+    def model_ids(self) -> list[str]:
+        return sorted(self._by_model)
+
+    def healthy_model_ids(self) -> list[str]:
+        return sorted(m for m, bs in self._by_model.items() if any(b.routable for b in bs))
+
+    def __iter__(self) -> Iterator[Backend]:
+        return iter(list(self._backends.values()))
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    # -- state updates ------------------------------------------------------------------
+
+    def update_status(
+        self, backend_id: str, status: BackendStatus, error: str | None = None
+    ) -> None:
+        backend = self._backends[backend_id]
+        backend.status = status
+        backend.last_error = error
+
+    def update_models(self, backend_id: str, models: Iterable[Model]) -> None:
+        backend = self._backends[backend_id]
+        new = {m.id: m for m in models}
+        if new.keys() != backend.models.keys():
+            self._unindex(backend)
+            backend.models = new
+            self._index(backend, new)
+        else:
+            backend.models = new
+
+    def increment_pending(self, backend: Backend) -> None:
+        backend.pending_requests += 1
+        backend.total_requests += 1
+
+    def decrement_pending(self, backend: Backend) -> None:
+        # Never below zero, whatever order the finally-blocks of a cancelled request run in.
+        backend.pending_requests = max(0, backend.pending_requests - 1)
+
+    def update_latency(self, backend: Backend, ms: float) -> None:
+        if backend.avg_latency_ms == 0.0:
+            backend.avg_latency_ms = ms
+        else:
+            backend.avg_latency_ms += LATENCY_EWMA_ALPHA * (ms - backend.avg_latency_ms)
+
+    def penalize(self, backend: Backend, seconds: float, error: str) -> None:
+        """A live request failed here: route around it now instead of waiting for probes."""
+        backend.failed_requests += 1
+        backend.penalized_until = time.monotonic() + seconds
+        backend.last_error = error
+
+    # -- serialisation ------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backends": [b.to_dict() for b in self._backends.values()]}
+
+    # -- index ----------------------------------------------------------------------------
+
+    def _index(self, backend: Backend, models: Iterable[str]) -> None:
+        for model in models:
+            self._by_model.setdefault(model, []).append(backend)
+
+    def _unindex(self, backend: Backend) -> None:
+        for model in backend.models:
+            holders = self._by_model.get(model)
+            if holders is None:
+                continue
+            holders[:] = [b for b in holders if b is not backend]
+            if not holders:
+                del self._by_model[model]

@@ -1,0 +1,1 @@
+"""Routing: request inspection, aliases, fallbacks and backend selection."""

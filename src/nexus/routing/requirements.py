@@ -1,0 +1,166 @@
+"""Request inspection (F15): validate a parsed request and derive what it needs.
+
+One pass over the parsed body, no I/O: the model, a token estimate (characters / 4 of all
+text, plus ``max_tokens``), and whether it needs vision, tools or JSON mode. Validation is
+deliberately shallow: enough to answer malformed input with a 400 naming the field, while
+anything a backend understands and we do not (unknown fields) passes through untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from nexus.errors import InvalidRequest
+
+MAX_MODEL_NAME = 256
+JSON_FORMATS = ("json_object", "json_schema")
+
+
+@dataclass(slots=True)
+class Requirements:
+    model: str
+    estimated_tokens: int = 0
+    needs_vision: bool = False
+    needs_tools: bool = False
+    needs_json_mode: bool = False
+    stream: bool = False
+    include_usage: bool = False
+    embeddings: bool = False
+
+    def describe(self) -> str:
+        needs = [
+            n
+            for n, on in (
+                ("vision", self.needs_vision),
+                ("tools", self.needs_tools),
+                ("json_mode", self.needs_json_mode),
+                ("embeddings", self.embeddings),
+            )
+            if on
+        ]
+        return ", ".join(needs) or "chat"
+
+
+def _model(body: Any) -> str:
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("'model' is required and must be a non-empty string", param="model")
+    if len(model) > MAX_MODEL_NAME or any(ord(c) < 32 for c in model):
+        raise InvalidRequest("'model' is not a valid model name", param="model")
+    return model
+
+
+def _optional(body: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) and kind is not bool:
+        raise InvalidRequest(f"'{key}' must be {what}", param=key)
+    if not isinstance(value, kind):
+        raise InvalidRequest(f"'{key}' must be {what}", param=key)
+    return value
+
+
+def _int_range(body: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
+    value = _optional(body, key, int, "an integer")
+    if value is not None and not lo <= value <= hi:
+        raise InvalidRequest(f"'{key}' must be between {lo} and {hi}", param=key)
+    return value  # type: ignore[no-any-return]
+
+
+def _number_range(body: dict[str, Any], key: str, lo: float, hi: float) -> None:
+    value = _optional(body, key, (int, float), "a number")
+    if value is not None and not lo <= value <= hi:
+        raise InvalidRequest(f"'{key}' must be between {lo:g} and {hi:g}", param=key)
+
+
+def inspect_chat(body: Any) -> Requirements:
+    model = _model(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty array", param="messages")
+    chars = 0
+    vision = False
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"messages[{i}] must be an object", param=f"messages[{i}]")
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            raise InvalidRequest(
+                f"messages[{i}].role must be a non-empty string", param=f"messages[{i}].role"
+            )
+        content = message.get("content")
+        if content is None:
+            continue  # an assistant tool-call turn carries no content
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for j, part in enumerate(content):
+                where = f"messages[{i}].content[{j}]"
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise InvalidRequest(f"{where} must be an object with a 'type'", param=where)
+                kind = part["type"]
+                if kind == "text":
+                    text = part.get("text")
+                    if not isinstance(text, str):
+                        raise InvalidRequest(f"{where}.text must be a string", param=where)
+                    chars += len(text)
+                elif kind in ("image_url", "input_image", "image"):
+                    vision = True
+        else:
+            raise InvalidRequest(
+                f"messages[{i}].content must be a string, an array or null",
+                param=f"messages[{i}].content",
+            )
+    stream = _optional(body, "stream", bool, "a boolean") or False
+    options = _optional(body, "stream_options", dict, "an object") or {}
+    max_tokens = _int_range(body, "max_tokens", 1, 10_000_000)
+    max_completion = _int_range(body, "max_completion_tokens", 1, 10_000_000)
+    _int_range(body, "n", 1, 128)
+    _number_range(body, "temperature", 0, 2)
+    _number_range(body, "top_p", 0, 1)
+    tools = _optional(body, "tools", list, "an array")
+    fmt = _optional(body, "response_format", dict, "an object")
+    if fmt is not None and not isinstance(fmt.get("type"), str):
+        raise InvalidRequest("'response_format.type' must be a string", param="response_format")
+    return Requirements(
+        model=model,
+        estimated_tokens=chars // 4 + (max_completion or max_tokens or 0),
+        needs_vision=vision,
+        needs_tools=bool(tools),
+        needs_json_mode=fmt is not None and fmt["type"] in JSON_FORMATS,
+        stream=stream,
+        include_usage=bool(options.get("include_usage")),
+    )
+
+
+def inspect_embeddings(body: Any) -> Requirements:
+    model = _model(body)
+    data = body.get("input")
+    chars = 0
+    if isinstance(data, str):
+        chars = len(data)
+    elif isinstance(data, list) and data:
+        for i, item in enumerate(data):
+            if isinstance(item, str):
+                chars += len(item)
+            elif isinstance(item, list) and all(
+                isinstance(t, int) and not isinstance(t, bool) for t in item
+            ):
+                chars += 4 * len(item)
+            elif isinstance(item, int) and not isinstance(item, bool):
+                chars += 4
+            else:
+                raise InvalidRequest(
+                    f"input[{i}] must be a string or an array of token ids", param="input"
+                )
+    else:
+        raise InvalidRequest(
+            "'input' must be a non-empty string or a non-empty array", param="input"
+        )
+    _optional(body, "encoding_format", str, "a string")
+    _int_range(body, "dimensions", 1, 65536)
+    return Requirements(model=model, estimated_tokens=chars // 4, embeddings=True)

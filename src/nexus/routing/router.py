@@ -1,0 +1,202 @@
+"""Backend selection (F06, F07, F08): which backend, and which model on it, serves a request.
+
+``Router.plan`` turns the requested name into the ordered list of models to try (alias
+resolution, then the fallback chain); ``Router.select`` picks the best capable, healthy
+backend for one of them, skipping backends already tried. Everything reads in-memory
+registry state: no I/O, no awaits, O(candidates).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from nexus.config import RoutingConfig, WeightsConfig
+from nexus.errors import InvalidRequest, ModelNotFound, NexusError, NoHealthyBackend
+from nexus.registry import Backend, Model, Registry
+from nexus.routing import aliases
+from nexus.routing.requirements import Requirements
+
+log = logging.getLogger("nexus.routing")
+
+MAX_MODELS_IN_HINT = 20
+
+
+@dataclass(slots=True)
+class Route:
+    backend: Backend
+    model: str  # the model name the backend is asked for
+    reason: str
+    fallback: bool = False
+
+
+@dataclass(slots=True)
+class Plan:
+    requested: str
+    models: list[str]  # models[0] is the (alias-resolved) primary, the rest fallbacks
+    tried: set[str] = field(default_factory=set)
+    excluded: dict[str, str] = field(default_factory=dict)
+
+
+def smart_score(backend: Backend, weights: WeightsConfig) -> float:
+    """F06's score: higher is better. Latency is what real requests observed (rolling),
+    falling back to the health probe's round trip before any request went there."""
+    latency = backend.avg_latency_ms or backend.probe_latency_ms or 0.0
+    return (
+        (100 - backend.priority) * weights.priority
+        + (100 - min(backend.pending_requests, 100)) * weights.load
+        + (100 - min(latency / 10, 100)) * weights.latency
+    )
+
+
+def unmet(model: Model, req: Requirements) -> str | None:
+    """Why ``model`` cannot serve ``req``, or None. Unknown capabilities (None) pass."""
+    if req.embeddings:
+        if model.supports_embeddings is False:
+            return "not an embedding model"
+    elif not model.supports_chat:
+        return "not a chat model"
+    if req.needs_vision and model.supports_vision is False:
+        return "no vision"
+    if req.needs_tools and model.supports_tools is False:
+        return "no tool calling"
+    if req.needs_json_mode and model.supports_json_mode is False:
+        return "no JSON mode"
+    if model.context_length and req.estimated_tokens > model.context_length:
+        return f"context {model.context_length} < ~{req.estimated_tokens} tokens"
+    return None
+
+
+class Router:
+    def __init__(self, registry: Registry, config: RoutingConfig) -> None:
+        self.registry = registry
+        self.config = config
+        self._rotation = itertools.count()
+        strategies: dict[str, Callable[[list[Backend]], Backend]] = {
+            "smart": self._pick_smart,
+            "round_robin": self._pick_round_robin,
+            "priority_only": self._pick_priority,
+            "random": random.choice,
+        }
+        self._pick = strategies[config.strategy]
+
+    def plan(self, requested: str) -> Plan:
+        cfg = self.config
+        primary = aliases.resolve(requested, cfg.aliases, self.registry.has_model)
+        if primary != requested:
+            log.debug("alias %s -> %s", requested, primary)
+        models = [primary]
+        for name in cfg.fallbacks.get(requested) or cfg.fallbacks.get(primary) or ():
+            target = aliases.resolve(name, cfg.aliases, self.registry.has_model)
+            if target not in models:
+                models.append(target)
+        return Plan(requested=requested, models=models)
+
+    def select(self, plan: Plan, req: Requirements, attempts_per_model: int) -> Route:
+        """The next backend to try for ``plan``, or a NexusError explaining why none can."""
+        now = time.monotonic()
+        for index, model in enumerate(plan.models):
+            holders = self.registry.get_backends_for_model(model)
+            used = sum(1 for b in holders if b.id in plan.tried)
+            if used >= attempts_per_model:
+                continue
+            candidates = self._candidates(plan, model, holders, req)
+            if not candidates:
+                continue
+            fresh = [b for b in candidates if b.penalized_until <= now]
+            backend = self._pick(fresh or candidates)
+            plan.tried.add(backend.id)
+            if index > 0:
+                log.warning(
+                    "fallback for %s: using %s (%s)",
+                    plan.requested,
+                    model,
+                    self._why(plan, plan.models[0]),
+                )
+                return Route(backend, model, "fallback", fallback=True)
+            reason = "failover" if used else self._reason(req, len(candidates))
+            return Route(backend, model, reason)
+        raise self._no_route(plan, req)
+
+    # -- strategies ---------------------------------------------------------------------
+
+    def _pick_smart(self, candidates: list[Backend]) -> Backend:
+        if len(candidates) == 1:
+            return candidates[0]
+        weights = self.config.weights
+        # Ties rotate, so identical idle backends share the load instead of one taking all.
+        offset = next(self._rotation) % len(candidates)
+        rotated = candidates[offset:] + candidates[:offset]
+        return max(rotated, key=lambda b: smart_score(b, weights))
+
+    def _pick_round_robin(self, candidates: list[Backend]) -> Backend:
+        return candidates[next(self._rotation) % len(candidates)]
+
+    @staticmethod
+    def _pick_priority(candidates: list[Backend]) -> Backend:
+        return min(candidates, key=lambda b: b.priority)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _candidates(
+        self, plan: Plan, model: str, holders: Sequence[Backend], req: Requirements
+    ) -> list[Backend]:
+        out = []
+        for backend in holders:
+            if backend.id in plan.tried:
+                continue
+            if not backend.routable:
+                plan.excluded.setdefault(backend.name, backend.status.value)
+                continue
+            why = unmet(backend.models[model], req)
+            if why is not None:
+                plan.excluded[backend.name] = f"{model}: {why}"
+                continue
+            out.append(backend)
+        return out
+
+    @staticmethod
+    def _reason(req: Requirements, count: int) -> str:
+        if req.needs_vision or req.needs_tools or req.needs_json_mode:
+            return "capability-match"
+        return "only-candidate" if count == 1 else "best-score"
+
+    def _why(self, plan: Plan, model: str) -> str:
+        holders = self.registry.get_backends_for_model(model)
+        if not holders:
+            return f"no backend serves {model}"
+        return "; ".join(f"{b.name}: {plan.excluded.get(b.name, 'failed')}" for b in holders)
+
+    def _no_route(self, plan: Plan, req: Requirements) -> NexusError:
+        known = [m for m in plan.models if self.registry.has_model(m)]
+        if not known:
+            available = self.registry.healthy_model_ids() or self.registry.model_ids()
+            hint = ", ".join(available[:MAX_MODELS_IN_HINT]) or "none"
+            if len(available) > MAX_MODELS_IN_HINT:
+                hint += f", ... ({len(available)} in all)"
+            return ModelNotFound(
+                f"model '{plan.requested}' not found; available models: {hint}", param="model"
+            )
+        details = "; ".join(f"{name}: {why}" for name, why in plan.excluded.items())
+        capable_somewhere = any(
+            unmet(b.models[m], req) is None
+            for m in known
+            for b in self.registry.get_backends_for_model(m)
+        )
+        if plan.tried or capable_somewhere:
+            what = "" if plan.tried else f" meets the request's needs ({req.describe()})"
+            tried = f" after trying {len(plan.tried)} backend(s)" if plan.tried else ""
+            return NoHealthyBackend(
+                f"no healthy backend{what} for model '{plan.requested}'{tried}"
+                + (f" (excluded: {details})" if details else "")
+            )
+        return InvalidRequest(
+            f"no backend for model '{plan.requested}' meets the request's needs "
+            f"({req.describe()}; estimated {req.estimated_tokens} tokens): {details}",
+            param="messages",
+            code="capability_mismatch",
+        )

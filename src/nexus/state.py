@@ -1,0 +1,35 @@
+"""What the running server holds, shared by every handler through ``app[STATE]``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from nexus.config import Config
+from nexus.health import HealthChecker
+from nexus.proxy.forward import Forwarder
+from nexus.records import Recorder
+from nexus.registry import Registry
+from nexus.routing.router import Router
+
+
+@dataclass(eq=False)
+class AppState:
+    config: Config
+    registry: Registry
+    router: Router
+    forwarder: Forwarder
+    recorder: Recorder
+    health: HealthChecker
+    started: float = field(default_factory=time.monotonic)
+    in_flight: int = 0
+    draining: bool = False
+
+    @property
+    def uptime_seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+STATE = web.AppKey("nexus_state", AppState)

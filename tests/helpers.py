@@ -1,0 +1,124 @@
+"""Run Nexus exactly as ``nexus serve`` does (TOML file -> config.load -> Server), in-process.
+
+``running_nexus`` writes a real config file, loads it through the same loader the CLI uses,
+starts the same ``Server`` on 127.0.0.1 (port 0) and waits until every backend has been
+probed once, so tests start from a settled registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from openai import AsyncOpenAI
+
+from nexus import config as config_mod
+from nexus.registry import BackendStatus
+from nexus.server import Server
+from nexus.state import STATE, AppState
+from tests.fakes import FakeBackend
+
+
+def to_toml(data: Mapping[str, Any], prefix: str = "") -> str:
+    """A tiny TOML writer for test configs (tables, arrays of tables, scalars, lists)."""
+    lines: list[str] = []
+    tables: list[str] = []
+    for key, value in data.items():
+        qkey = json.dumps(key) if not key.replace("_", "").isalnum() else key
+        full = f"{prefix}.{qkey}" if prefix else qkey
+        if isinstance(value, Mapping):
+            tables.append(f"\n[{full}]\n" + to_toml(value, full))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            for item in value:
+                tables.append(f"\n[[{full}]]\n" + to_toml(item, full))
+        else:
+            lines.append(f"{qkey} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n" + "".join(tables)
+
+
+def backend_entry(fake: FakeBackend, name: str, kind: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "url": fake.url, "type": kind, **extra}
+
+
+@dataclass
+class Nexus:
+    url: str
+    server: Server
+    client: AsyncOpenAI
+
+    @property
+    def state(self) -> AppState:
+        return self.server.app[STATE]
+
+    async def get(self, path: str) -> tuple[int, Any, Mapping[str, str]]:
+        async with aiohttp.ClientSession() as session, session.get(self.url + path) as resp:
+            return resp.status, await resp.json(content_type=None), resp.headers
+
+    async def post(
+        self, path: str, body: Any = None, *, data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Any, Mapping[str, str]]:
+        async with aiohttp.ClientSession() as session, session.post(
+            self.url + path, json=body if data is None else None, data=data, headers=headers
+        ) as resp:
+            raw = await resp.read()
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = raw
+            return resp.status, parsed, resp.headers
+
+    async def settle(self, timeout: float = 5.0) -> None:
+        """Wait until no backend is in the Unknown state any more."""
+        async with asyncio.timeout(timeout):
+            while any(b.status is BackendStatus.UNKNOWN for b in self.state.registry):
+                await asyncio.sleep(0.01)
+
+    def pending(self) -> dict[str, int]:
+        return {b.name: b.pending_requests for b in self.state.registry}
+
+
+def default_sections(backends: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "server": {"host": "127.0.0.1", "port": 0, "request_timeout_seconds": 5,
+                   "stream_idle_timeout_seconds": 2, "connect_timeout_seconds": 2},
+        "discovery": {"enabled": False},
+        "health_check": {"interval_seconds": 30, "timeout_seconds": 2},
+        "backends": backends,
+    }
+
+
+def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@asynccontextmanager
+async def running_nexus(
+    tmp_path: Path, backends: list[dict[str, Any]], **sections: Any
+) -> AsyncIterator[Nexus]:
+    path = tmp_path / "nexus.toml"
+    path.write_text(to_toml(merge(default_sections(backends), sections)))
+    cfg = config_mod.load(path, env={})
+    server = Server(cfg)
+    runner = await server.start()
+    url = f"http://127.0.0.1:{server.port}"
+    client = AsyncOpenAI(base_url=url + "/v1", api_key="sk-test", max_retries=0, timeout=15)
+    nexus = Nexus(url=url, server=server, client=client)
+    try:
+        await nexus.settle()
+        yield nexus
+    finally:
+        await client.close()
+        await runner.cleanup()
