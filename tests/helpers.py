@@ -61,12 +61,19 @@ class Nexus:
             return resp.status, await resp.json(content_type=None), resp.headers
 
     async def post(
-        self, path: str, body: Any = None, *, data: bytes | None = None,
+        self,
+        path: str,
+        body: Any = None,
+        *,
+        data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> tuple[int, Any, Mapping[str, str]]:
-        async with aiohttp.ClientSession() as session, session.post(
-            self.url + path, json=body if data is None else None, data=data, headers=headers
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                self.url + path, json=body if data is None else None, data=data, headers=headers
+            ) as resp,
+        ):
             raw = await resp.read()
             try:
                 parsed = json.loads(raw)
@@ -86,8 +93,13 @@ class Nexus:
 
 def default_sections(backends: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "server": {"host": "127.0.0.1", "port": 0, "request_timeout_seconds": 5,
-                   "stream_idle_timeout_seconds": 2, "connect_timeout_seconds": 2},
+        "server": {
+            "host": "127.0.0.1",
+            "port": 0,
+            "request_timeout_seconds": 5,
+            "stream_idle_timeout_seconds": 2,
+            "connect_timeout_seconds": 2,
+        },
         "discovery": {"enabled": False},
         "health_check": {"interval_seconds": 30, "timeout_seconds": 2},
         "backends": backends,

@@ -11,7 +11,7 @@ import logging
 
 from aiohttp import web
 
-from nexus import logs
+from nexus import dashboard, logs
 from nexus.api import routes
 from nexus.api.common import errors_middleware
 from nexus.backends import make_adapters
@@ -71,7 +71,27 @@ def build_app(config: Config) -> web.Application:
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
     app.on_cleanup.append(_cleanup)
+    if config.discovery.enabled:
+        _setup_discovery(app, state)
+    dashboard.setup(app)
     return app
+
+
+def _setup_discovery(app: web.Application, state: AppState) -> None:
+    # zeroconf is imported only when discovery is on: it is the heaviest import we have.
+    from nexus.discovery import Discovery
+
+    discovery = Discovery(state.registry, state.config.discovery, state.health)
+
+    async def start(_: web.Application) -> None:
+        await discovery.start()
+
+    async def stop(_: web.Application) -> None:
+        await discovery.stop()
+
+    # After the health checker started (probes for found backends), before it stops.
+    app.on_startup.append(start)
+    app.on_cleanup.insert(0, stop)
 
 
 async def _startup(app: web.Application) -> None:

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import web
+
 Sink = Callable[["RequestRecord"], None]
 
 
@@ -67,6 +69,9 @@ class RequestRecord:
             "error_type": self.error_type,
             "error": self.error,
         }
+
+
+RECORD = web.RequestKey("nexus_record", RequestRecord)
 
 
 class Recorder:

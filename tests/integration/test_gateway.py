@@ -15,8 +15,13 @@ from tests.helpers import Nexus, backend_entry, running_nexus
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[tuple[Nexus, FakeOllama, FakeVLLM, FakeLlamaCpp]]:
     async with (
-        FakeOllama([FakeModel("llama3:8b"), FakeModel("llava:7b", vision=True),
-                    FakeModel("nomic-embed-text", embedding=True)]) as ollama,
+        FakeOllama(
+            [
+                FakeModel("llama3:8b"),
+                FakeModel("llava:7b", vision=True),
+                FakeModel("nomic-embed-text", embedding=True),
+            ]
+        ) as ollama,
         FakeVLLM([FakeModel("meta-llama/Llama-3.1-8B-Instruct", context_length=32768)]) as vllm,
         FakeLlamaCpp([FakeModel("smollm2", context_length=4096)]) as llamacpp,
     ):
@@ -29,10 +34,15 @@ async def fleet(tmp_path: Path) -> AsyncIterator[tuple[Nexus, FakeOllama, FakeVL
             yield nexus, ollama, vllm, llamacpp
 
 
-async def test_chat_non_streaming_each_backend(fleet: tuple[Nexus, FakeOllama, FakeVLLM, FakeLlamaCpp]) -> None:
+async def test_chat_non_streaming_each_backend(
+    fleet: tuple[Nexus, FakeOllama, FakeVLLM, FakeLlamaCpp],
+) -> None:
     nexus, ollama, vllm, llamacpp = fleet
-    for model, fake in (("llama3:8b", ollama), ("meta-llama/Llama-3.1-8B-Instruct", vllm),
-                        ("smollm2", llamacpp)):
+    for model, fake in (
+        ("llama3:8b", ollama),
+        ("meta-llama/Llama-3.1-8B-Instruct", vllm),
+        ("smollm2", llamacpp),
+    ):
         resp = await nexus.client.chat.completions.with_raw_response.create(
             model=model, messages=[{"role": "user", "content": "hi"}]
         )
@@ -61,8 +71,9 @@ async def test_models_and_health(fleet: tuple[Nexus, FakeOllama, FakeVLLM, FakeL
     nexus, *_ = fleet
     models = await nexus.client.models.list()
     ids = [m.id for m in models.data]
-    assert sorted(ids) == sorted(["llama3:8b", "llava:7b", "nomic-embed-text",
-                                  "meta-llama/Llama-3.1-8B-Instruct", "smollm2"])
+    assert sorted(ids) == sorted(
+        ["llama3:8b", "llava:7b", "nomic-embed-text", "meta-llama/Llama-3.1-8B-Instruct", "smollm2"]
+    )
     status, health, _ = await nexus.get("/health")
     assert status == 200
     assert health["status"] == "healthy"

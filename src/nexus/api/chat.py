@@ -18,7 +18,7 @@ from nexus.errors import (
     ShuttingDown,
     UnsupportedMediaType,
 )
-from nexus.records import RequestRecord
+from nexus.records import RECORD, RequestRecord
 from nexus.routing.requirements import Requirements, inspect_chat, inspect_embeddings
 from nexus.state import STATE, AppState
 
@@ -49,7 +49,7 @@ async def _proxy(
 ) -> web.StreamResponse:
     state: AppState = request.app[STATE]
     record = RequestRecord(request_id=request_id(request), endpoint=endpoint)
-    request["record"] = record
+    request[RECORD] = record
     if state.draining:
         raise ShuttingDown("Nexus is shutting down; retry on another instance")
     if state.in_flight >= state.config.server.max_concurrent_requests:

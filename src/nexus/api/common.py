@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from nexus.errors import NexusError, NotFound, PayloadTooLarge
+from nexus.records import RECORD
 
 log = logging.getLogger("nexus")
 
@@ -56,12 +57,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except NexusError as exc:
-        record = request.get("record")
+        record = request.get(RECORD)
         return error_response(exc, record.request_id if record else None)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        record = request.get("record")
+        record = request.get(RECORD)
         response = error_response(_from_http(exc), record.request_id if record else None)
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
@@ -69,5 +70,5 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         error = NexusError("internal error in Nexus", code="internal_error")
-        record = request.get("record")
+        record = request.get(RECORD)
         return error_response(error, record.request_id if record else None)

@@ -33,7 +33,7 @@ from nexus.errors import (
 )
 from nexus.health import HealthChecker
 from nexus.proxy.relay import StreamRelay
-from nexus.records import RequestRecord
+from nexus.records import RECORD, RequestRecord
 from nexus.registry import Backend, Registry
 from nexus.routing.requirements import Requirements
 from nexus.routing.router import Plan, Route, Router
@@ -149,7 +149,7 @@ class Forwarder:
         self, request: web.Request, path: str, route: Route, payload: bytes
     ) -> Upstream:
         assert self.session is not None
-        record: RequestRecord = request["record"]
+        record = request[RECORD]
         backend = route.backend
         self.registry.increment_pending(backend)
         sent = time.perf_counter()
