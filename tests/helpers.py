@@ -134,3 +134,84 @@ async def running_nexus(
     finally:
         await client.close()
         await runner.cleanup()
+
+
+@dataclass
+class NexusProcess:
+    """``python -m nexus serve`` as a child process, exactly as a user runs it."""
+
+    proc: asyncio.subprocess.Process
+    url: str
+    lines: list[str]
+    _reader: asyncio.Task[None]
+
+    async def stop(self) -> int:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+        try:
+            async with asyncio.timeout(15):
+                code = await self.proc.wait()
+        except TimeoutError:
+            self.proc.kill()
+            code = await self.proc.wait()
+        self._reader.cancel()
+        return code
+
+
+async def nexus_cli(*args: str, env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
+    """Run ``python -m nexus ARGS``; returns (exit code, stdout, stderr)."""
+    import os
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nexus", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+@asynccontextmanager
+async def spawn_nexus(
+    config_path: Path, *args: str, env: Mapping[str, str] | None = None
+) -> AsyncIterator[NexusProcess]:
+    import os
+    import re
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nexus", "serve", "-c", str(config_path), *args,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def read() -> None:
+        assert proc.stderr is not None
+        async for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            lines.append(line)
+            match = re.search(r"listening on http://[^:]+:(\d+)", line)
+            if match and not found.done():
+                found.set_result(f"http://127.0.0.1:{match.group(1)}")
+        if not found.done():
+            found.set_exception(RuntimeError("nexus exited:\n" + "\n".join(lines)))
+
+    reader = asyncio.create_task(read())
+    async with asyncio.timeout(20):
+        url = await found
+    child = NexusProcess(proc=proc, url=url, lines=lines, _reader=reader)
+    try:
+        yield child
+    finally:
+        await child.stop()
+
+
+def write_config(tmp_path: Path, backends: list[dict[str, Any]], **sections: Any) -> Path:
+    path = tmp_path / "nexus.toml"
+    path.write_text(to_toml(merge(default_sections(backends), sections)))
+    return path

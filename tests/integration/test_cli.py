@@ -1,0 +1,137 @@
+"""The ``nexus`` command as a user runs it: serve in a child process, admin commands over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+
+import aiohttp
+
+from tests.fakes import Behavior, FakeLlamaCpp, FakeModel, FakeOllama, FakeVLLM
+from tests.helpers import backend_entry, nexus_cli, spawn_nexus, write_config
+
+
+async def test_version_and_help() -> None:
+    code, out, _ = await nexus_cli("--version")
+    assert code == 0 and "0.1.0" in out
+    code, out, _ = await nexus_cli("--help")
+    assert code == 0 and all(c in out for c in ("serve", "backends", "models", "health", "config"))
+
+
+async def test_bad_config_is_one_line_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nprot = 1\n")
+    code, _, err = await nexus_cli("serve", "-c", str(bad))
+    assert code != 0
+    assert "bad.toml: server.prot: unknown key" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code, _, err = await nexus_cli("serve", "-c", str(tmp_path / "missing.toml"))
+    assert code != 0 and "missing.toml: config file not found" in err
+
+
+async def test_config_init_then_serve_accepts_it(tmp_path: Path) -> None:
+    out = tmp_path / "gen.toml"
+    code, _, _ = await nexus_cli("config", "init", "-o", str(out))
+    assert code == 0 and out.exists()
+    code, _, err = await nexus_cli("config", "init", "-o", str(out))
+    assert code != 0 and "exists" in err
+    text = out.read_text().replace("port = 8000", "port = 0").replace('host = "0.0.0.0"', 'host = "127.0.0.1"')
+    text = text.replace("[discovery]\n# Find backends on the LAN with mDNS.\nenabled = true",
+                        "[discovery]\nenabled = false")
+    out.write_text(text)
+    async with spawn_nexus(out) as nexus:
+        async with aiohttp.ClientSession() as s, s.get(nexus.url + "/health") as r:
+            assert r.status == 200
+
+
+async def test_admin_commands_show_the_running_server(tmp_path: Path) -> None:
+    async with (
+        FakeOllama([FakeModel("llama3:8b"), FakeModel("llava", vision=True)]) as ollama,
+        FakeVLLM([FakeModel("qwen", context_length=32768)]) as vllm,
+        FakeLlamaCpp([FakeModel("smol")]) as extra,
+    ):
+        config = write_config(tmp_path, [backend_entry(ollama, "local-ollama", "ollama", priority=1),
+                                         backend_entry(vllm, "gpu-server", "vllm")])
+        async with spawn_nexus(config) as nexus:
+            env = {"NEXUS_URL": nexus.url}
+            await asyncio.sleep(0.3)  # first probes
+            code, out, _ = await nexus_cli("backends", env=env)
+            assert code == 0
+            assert "local-ollama" in out and "gpu-server" in out and "vLLM" in out and "Healthy" in out
+            code, out, _ = await nexus_cli("backends", "--json", env=env)
+            data = json.loads(out)
+            assert {b["name"] for b in data} == {"local-ollama", "gpu-server"}
+            code, out, _ = await nexus_cli("backends", "--json", "--status", "unhealthy", env=env)
+            assert json.loads(out) == []
+
+            code, out, err = await nexus_cli("backends", "add", extra.url, "--name", "laptop", env=env)
+            assert code == 0, err
+            assert "llama.cpp" in out and "healthy" in out  # type detected by probing
+            code, out, _ = await nexus_cli("models", "--json", env=env)
+            assert {m["id"] for m in json.loads(out)} == {"llama3:8b", "llava", "qwen", "smol"}
+            code, out, _ = await nexus_cli("models", "--backend", "gpu-server", env=env)
+            assert "qwen" in out and "32768" in out and "llama3:8b" not in out
+            code, out, _ = await nexus_cli("health", env=env)
+            assert "Status: Healthy" in out and "Backends: 3/3 healthy" in out and "Models: 4 available" in out
+            code, out, _ = await nexus_cli("health", "--json", env=env)
+            assert json.loads(out)["backends"]["total"] == 3
+
+            code, out, _ = await nexus_cli("backends", "remove", extra.url, env=env)
+            assert code == 0 and "laptop" in out
+            code, _, err = await nexus_cli("backends", "remove", "laptop", env=env)
+            assert code != 0 and "no backend" in err
+            code, _, err = await nexus_cli("backends", "add", "ftp://x", env=env)
+            assert code != 0 and "http" in err
+
+
+async def test_admin_commands_when_server_is_down() -> None:
+    code, _, err = await nexus_cli("backends", "--url", "http://127.0.0.1:1")
+    assert code != 0
+    assert "cannot reach Nexus at http://127.0.0.1:1" in err and "Traceback" not in err
+
+
+async def test_sigterm_drains_in_flight_streams_then_exits_zero(tmp_path: Path) -> None:
+    async with FakeVLLM([FakeModel("qwen")], stream_chunks=8) as fake:
+        fake.chat_behavior, fake.delay = Behavior.SLOW, 0.15
+        config = write_config(tmp_path, [backend_entry(fake, "v", "vllm")],
+                              server={"host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 10})
+        async with spawn_nexus(config) as nexus:
+            await asyncio.sleep(0.3)
+            body = {"model": "qwen", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+            async with aiohttp.ClientSession() as s:
+                resp = await s.post(nexus.url + "/v1/chat/completions", json=body)
+                first = await resp.content.readline()
+                assert first.startswith(b"data: ")
+                nexus.proc.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.2)
+                # New work is refused while the old stream finishes.
+                async with s.post(nexus.url + "/v1/chat/completions", json=body) as refused:
+                    assert refused.status == 503 and "Retry-After" in refused.headers
+                rest = await resp.read()
+                assert rest.rstrip().endswith(b"data: [DONE]")
+            async with asyncio.timeout(10):
+                code = await nexus.proc.wait()
+            assert code == 0, "\n".join(nexus.lines)
+
+
+async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
+    async with FakeVLLM([FakeModel("qwen")]) as fake:
+        fake.chat_behavior = Behavior.HANG
+        config = write_config(tmp_path, [backend_entry(fake, "v", "vllm")],
+                              server={"host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 60})
+        async with spawn_nexus(config) as nexus:
+            await asyncio.sleep(0.3)
+            async with aiohttp.ClientSession() as s:
+                task = asyncio.create_task(s.post(nexus.url + "/v1/chat/completions",
+                                                  json={"model": "qwen", "messages": [{"role": "user", "content": "x"}]}))
+                await asyncio.sleep(0.3)
+                nexus.proc.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.3)
+                assert nexus.proc.returncode is None  # draining, waiting on the hung request
+                nexus.proc.send_signal(signal.SIGINT)
+                async with asyncio.timeout(5):
+                    code = await nexus.proc.wait()
+                assert code != 0
+                task.cancel()
