@@ -129,13 +129,10 @@ async def test_invalid_json_probe_is_a_failure_and_transitions_are_logged(
 
 async def test_errors_are_named(tmp_path: Path) -> None:
     async with FakeVLLM([FakeModel("qwen")]) as fake:
-        port = fake.port
-        plain = fake.url
-        await fake.stop()
-        backends = [{"name": "refused", "url": plain, "type": "vllm"},
-                    {"name": "tls", "url": "https://127.0.0.1:%d" % port, "type": "vllm"}]
-        await fake.start(port=port)
-        backends[0]["url"] = "http://127.0.0.1:1"  # nothing listens on port 1
+        backends = [
+            {"name": "refused", "url": "http://127.0.0.1:1", "type": "vllm"},  # nothing listens
+            {"name": "tls", "url": f"https://127.0.0.1:{fake.port}", "type": "vllm"},  # plain HTTP
+        ]
         async with running_nexus(tmp_path, backends) as nexus:
             refused = nexus.state.registry.find("refused")
             tls = nexus.state.registry.find("tls")
