@@ -17,7 +17,9 @@ from nexus.api.common import errors_middleware
 from nexus.backends import make_adapters
 from nexus.config import Config
 from nexus.health import HealthChecker
+from nexus.metrics import Metrics
 from nexus.proxy.forward import Forwarder
+from nexus.quality import QualityTracker
 from nexus.records import Recorder
 from nexus.registry import Backend, DiscoverySource, Registry
 from nexus.routing.router import Router
@@ -50,11 +52,16 @@ def build_app(config: Config) -> web.Application:
     registry = Registry()
     for backend in initial_backends(config):
         registry.add_backend(backend)
-    router = Router(registry, config.routing)
-    health = HealthChecker(registry, config.health_check, make_adapters())
+    quality = QualityTracker()
+    metrics = Metrics(registry, config.routing)
+    router = Router(registry, config.routing, quality)
+    health = HealthChecker(
+        registry, config.health_check, make_adapters(), observers=[metrics.observe_probe]
+    )
     forwarder = Forwarder(config, registry, router, health)
     recorder = Recorder()
-    recorder.sinks.append(logs.log_request)
+    # Order matters only for cost: metrics first, the log line (the slowest) last.
+    recorder.sinks += [metrics.record, quality.record, logs.log_request]
     state = AppState(
         config=config,
         registry=registry,
@@ -62,6 +69,8 @@ def build_app(config: Config) -> web.Application:
         forwarder=forwarder,
         recorder=recorder,
         health=health,
+        metrics=metrics,
+        quality=quality,
     )
     app = web.Application(
         middlewares=[errors_middleware], client_max_size=config.server.max_request_bytes
@@ -96,6 +105,8 @@ def _setup_discovery(app: web.Application, state: AppState) -> None:
 
 async def _startup(app: web.Application) -> None:
     state = app[STATE]
+    if state.config.logging.log_content:
+        log.warning("logging.log_content is on: message content is logged (truncated) at DEBUG")
     await state.forwarder.start()
     await state.health.start()
 

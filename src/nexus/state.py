@@ -9,7 +9,9 @@ from aiohttp import web
 
 from nexus.config import Config
 from nexus.health import HealthChecker
+from nexus.metrics import Metrics
 from nexus.proxy.forward import Forwarder
+from nexus.quality import QualityTracker
 from nexus.records import Recorder
 from nexus.registry import Registry
 from nexus.routing.router import Router
@@ -23,6 +25,8 @@ class AppState:
     forwarder: Forwarder
     recorder: Recorder
     health: HealthChecker
+    metrics: Metrics
+    quality: QualityTracker
     started: float = field(default_factory=time.monotonic)
     in_flight: int = 0
     draining: bool = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from nexus.api.common import json_response
 from nexus.registry import Backend, DiscoverySource, Model, Registry
@@ -77,7 +78,19 @@ async def models(request: web.Request) -> web.Response:
     return json_response(models_listing(request.app[STATE].registry))
 
 
+async def stats(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return json_response(state.metrics.stats(state.quality.stats()))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[STATE].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 routes = [
     web.get("/health", health),
     web.get("/v1/models", models),
+    web.get("/v1/stats", stats),
+    web.get("/metrics", metrics),
 ]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from nexus.config import RoutingConfig, WeightsConfig
 from nexus.errors import InvalidRequest, ModelNotFound, NexusError, NoHealthyBackend
+from nexus.quality import QualityTracker
 from nexus.registry import Backend, Model, Registry
 from nexus.routing import aliases
 from nexus.routing.requirements import Requirements
@@ -42,15 +43,19 @@ class Plan:
     excluded: dict[str, str] = field(default_factory=dict)
 
 
-def smart_score(backend: Backend, weights: WeightsConfig) -> float:
+def smart_score(backend: Backend, weights: WeightsConfig, error_rate: float = 0.0) -> float:
     """F06's score: higher is better. Latency is what real requests observed (rolling),
-    falling back to the health probe's round trip before any request went there."""
+    falling back to the health probe's round trip before any request went there. A backend
+    whose recent requests failed loses up to the whole weight of all three terms (F16)."""
     latency = backend.avg_latency_ms or backend.probe_latency_ms or 0.0
-    return (
+    score = (
         (100 - backend.priority) * weights.priority
         + (100 - min(backend.pending_requests, 100)) * weights.load
         + (100 - min(latency / 10, 100)) * weights.latency
     )
+    if error_rate:
+        score -= error_rate * 100 * (weights.priority + weights.load + weights.latency)
+    return score
 
 
 def unmet(model: Model, req: Requirements) -> str | None:
@@ -72,9 +77,12 @@ def unmet(model: Model, req: Requirements) -> str | None:
 
 
 class Router:
-    def __init__(self, registry: Registry, config: RoutingConfig) -> None:
+    def __init__(
+        self, registry: Registry, config: RoutingConfig, quality: QualityTracker | None = None
+    ) -> None:
         self.registry = registry
         self.config = config
+        self.quality = quality
         self._rotation = itertools.count()
         strategies: dict[str, Callable[[list[Backend]], Backend]] = {
             "smart": self._pick_smart,
@@ -83,6 +91,7 @@ class Router:
             "random": random.choice,
         }
         self._pick = strategies[config.strategy]
+        self._model = ""  # the model being picked for (read by the smart strategy)
 
     def plan(self, requested: str) -> Plan:
         cfg = self.config
@@ -108,6 +117,7 @@ class Router:
             if not candidates:
                 continue
             fresh = [b for b in candidates if b.penalized_until <= now]
+            self._model = model
             backend = self._pick(fresh or candidates)
             plan.tried.add(backend.id)
             if index > 0:
@@ -128,10 +138,15 @@ class Router:
         if len(candidates) == 1:
             return candidates[0]
         weights = self.config.weights
+        quality, model = self.quality, self._model
         # Ties rotate, so identical idle backends share the load instead of one taking all.
         offset = next(self._rotation) % len(candidates)
         rotated = candidates[offset:] + candidates[:offset]
-        return max(rotated, key=lambda b: smart_score(b, weights))
+        if quality is None:
+            return max(rotated, key=lambda b: smart_score(b, weights))
+        return max(
+            rotated, key=lambda b: smart_score(b, weights, quality.error_rate(model, b.name))
+        )
 
     def _pick_round_robin(self, candidates: list[Backend]) -> Backend:
         return candidates[next(self._rotation) % len(candidates)]

@@ -1,0 +1,121 @@
+"""Quality tracking (F16): rolling per model+backend profiles that feed routing.
+
+Each (model, backend) pair keeps 5-minute buckets for the last 24 hours. A bucket holds
+counts and a log-scale latency histogram, so percentiles over 1 h or 24 h come from merging
+at most 288 small arrays and memory stays bounded however much traffic flows. Routing reads
+a cheaper signal: an exponentially weighted error rate, which rises at once when a backend
+starts failing and falls again as it succeeds (no permanent exclusion).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from nexus.records import RequestRecord
+
+BUCKET_SECONDS = 300
+WINDOWS = {"1h": 3600, "24h": 86400}
+MAX_BUCKETS = WINDOWS["24h"] // BUCKET_SECONDS
+# Latency bins: 1 ms .. ~17 min, 10 % apart.
+BINS = [0.001 * 1.1**i for i in range(int(math.log(1000 / 0.001, 1.1)) + 1)]
+ERROR_EWMA_ALPHA = 0.2
+
+
+@dataclass(slots=True)
+class Bucket:
+    start: int
+    requests: int = 0
+    errors: int = 0
+    latency: list[int] = field(default_factory=lambda: [0] * (len(BINS) + 1))
+    ttft_sum: float = 0.0
+    ttft_count: int = 0
+    tokens: int = 0
+    generation_seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class Profile:
+    buckets: deque[Bucket] = field(default_factory=lambda: deque(maxlen=MAX_BUCKETS))
+    error_rate: float = 0.0  # EWMA, what routing reads
+
+    def bucket(self, now: float) -> Bucket:
+        start = int(now // BUCKET_SECONDS) * BUCKET_SECONDS
+        if not self.buckets or self.buckets[-1].start != start:
+            self.buckets.append(Bucket(start))
+        return self.buckets[-1]
+
+    def summary(self, seconds: int, now: float) -> dict[str, Any] | None:
+        since = now - seconds
+        chosen = [b for b in self.buckets if b.start + BUCKET_SECONDS > since]
+        requests = sum(b.requests for b in chosen)
+        if not requests:
+            return None
+        merged = [sum(col) for col in zip(*(b.latency for b in chosen), strict=True)]
+        ttft_n = sum(b.ttft_count for b in chosen)
+        ttft = sum(b.ttft_sum for b in chosen) / ttft_n * 1000 if ttft_n else None
+        gen = sum(b.generation_seconds for b in chosen)
+        return {
+            "requests": requests,
+            "error_rate": round(sum(b.errors for b in chosen) / requests, 4),
+            "latency_ms": {f"p{q}": _percentile(merged, q / 100) for q in (50, 95, 99)},
+            "ttft_ms": None if ttft is None else round(ttft, 3),
+            "tokens_per_second": round(sum(b.tokens for b in chosen) / gen, 2) if gen else None,
+        }
+
+
+def _percentile(hist: list[int], q: float) -> float | None:
+    total = sum(hist)
+    if not total:
+        return None
+    rank, seen = q * total, 0
+    for i, count in enumerate(hist):
+        seen += count
+        if seen >= rank:
+            return round(BINS[min(i, len(BINS) - 1)] * 1000, 3)
+    return None  # pragma: no cover
+
+
+class QualityTracker:
+    def __init__(self) -> None:
+        self.profiles: dict[tuple[str, str], Profile] = {}
+
+    def record(self, rec: RequestRecord) -> None:
+        """Recorder sink: only requests that reached a backend say anything about it."""
+        if not rec.backend or rec.status == 499:
+            return
+        key = (rec.routed_model, rec.backend)
+        profile = self.profiles.get(key)
+        if profile is None:
+            profile = self.profiles[key] = Profile()
+        failed = rec.status >= 500
+        profile.error_rate += ERROR_EWMA_ALPHA * ((1.0 if failed else 0.0) - profile.error_rate)
+        bucket = profile.bucket(time.time())
+        bucket.requests += 1
+        if failed:
+            bucket.errors += 1
+            return
+        bucket.latency[bisect.bisect_left(BINS, rec.duration_seconds)] += 1
+        if rec.ttft_seconds is not None:
+            bucket.ttft_sum += rec.ttft_seconds
+            bucket.ttft_count += 1
+        if rec.tokens_completion:
+            bucket.tokens += rec.tokens_completion
+            bucket.generation_seconds += rec.duration_seconds - (rec.ttft_seconds or 0.0)
+
+    def error_rate(self, model: str, backend: str) -> float:
+        profile = self.profiles.get((model, backend))
+        return profile.error_rate if profile is not None else 0.0
+
+    def stats(self) -> dict[str, Any]:
+        now = time.time()
+        out: dict[str, Any] = {}
+        for (model, backend), profile in self.profiles.items():
+            windows = {name: profile.summary(sec, now) for name, sec in WINDOWS.items()}
+            if any(windows.values()):
+                out.setdefault(model, {})[backend] = windows
+        return out
