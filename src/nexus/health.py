@@ -136,7 +136,8 @@ class HealthChecker:
             backend.consecutive_successes += 1
             backend.consecutive_failures = 0
             backend.probe_latency_ms = elapsed * 1000
-            backend.penalized_until = 0.0
+            # A live-traffic penalty is not lifted by a good probe: a backend can answer its
+            # probe and still hang on chat. It lapses after one probe interval.
             self.registry.update_models(backend.id, models or [])
         else:
             backend.consecutive_failures += 1

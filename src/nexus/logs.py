@@ -25,6 +25,8 @@ LEVELS = {
     "error": logging.ERROR,
 }
 request_log = logging.getLogger("nexus.request")
+content_log = logging.getLogger("nexus.content")
+CONTENT_LIMIT = 500
 
 
 def _timestamp(created: float) -> str:
@@ -86,3 +88,12 @@ def log_request(record: RequestRecord) -> None:
     """The one structured line per request (F11)."""
     if request_log.isEnabledFor(logging.INFO):
         request_log.info("request", extra={"fields": record.to_dict()})
+
+
+def log_content(request_id: str, body: dict[str, Any]) -> None:
+    """Opt-in only (``logging.log_content``): message content, truncated, at DEBUG."""
+    if content_log.isEnabledFor(logging.DEBUG):
+        text = orjson.dumps(body.get("messages", body.get("input"))).decode()
+        if len(text) > CONTENT_LIMIT:
+            text = text[:CONTENT_LIMIT] + f"... ({len(text)} chars)"
+        content_log.debug("content request_id=%s %s", request_id, text)

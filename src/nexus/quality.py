@@ -24,6 +24,9 @@ MAX_BUCKETS = WINDOWS["24h"] // BUCKET_SECONDS
 # Latency bins: 1 ms .. ~17 min, 10 % apart.
 BINS = [0.001 * 1.1**i for i in range(int(math.log(1000 / 0.001, 1.1)) + 1)]
 ERROR_EWMA_ALPHA = 0.2
+# With no traffic (because it is deprioritised), a backend's error rate halves this often,
+# so it is tried again instead of being excluded for good.
+ERROR_HALF_LIFE_SECONDS = 30.0
 
 
 @dataclass(slots=True)
@@ -41,7 +44,19 @@ class Bucket:
 @dataclass(slots=True)
 class Profile:
     buckets: deque[Bucket] = field(default_factory=lambda: deque(maxlen=MAX_BUCKETS))
-    error_rate: float = 0.0  # EWMA, what routing reads
+    error_rate: float = 0.0  # EWMA over requests, decaying with time: what routing reads
+    updated: float = 0.0  # monotonic time of the last error_rate change
+
+    def current_error_rate(self, now: float) -> float:
+        if not self.error_rate:
+            return 0.0
+        return self.error_rate * 0.5 ** ((now - self.updated) / ERROR_HALF_LIFE_SECONDS)
+
+    def observe(self, failed: bool) -> None:
+        now = time.monotonic()
+        rate = self.current_error_rate(now)
+        self.error_rate = rate + ERROR_EWMA_ALPHA * ((1.0 if failed else 0.0) - rate)
+        self.updated = now
 
     def bucket(self, now: float) -> Bucket:
         start = int(now // BUCKET_SECONDS) * BUCKET_SECONDS
@@ -84,21 +99,28 @@ class QualityTracker:
     def __init__(self) -> None:
         self.profiles: dict[tuple[str, str], Profile] = {}
 
-    def record(self, rec: RequestRecord) -> None:
-        """Recorder sink: only requests that reached a backend say anything about it."""
-        if not rec.backend or rec.status == 499:
-            return
-        key = (rec.routed_model, rec.backend)
-        profile = self.profiles.get(key)
+    def _profile(self, model: str, backend: str) -> Profile:
+        profile = self.profiles.get((model, backend))
         if profile is None:
-            profile = self.profiles[key] = Profile()
-        failed = rec.status >= 500
-        profile.error_rate += ERROR_EWMA_ALPHA * ((1.0 if failed else 0.0) - profile.error_rate)
+            profile = self.profiles[(model, backend)] = Profile()
+        return profile
+
+    def failure(self, model: str, backend: str) -> None:
+        """One attempt failed on ``backend`` (called per attempt, so failovers count too)."""
+        profile = self._profile(model, backend)
+        profile.observe(failed=True)
         bucket = profile.bucket(time.time())
         bucket.requests += 1
-        if failed:
-            bucket.errors += 1
+        bucket.errors += 1
+
+    def record(self, rec: RequestRecord) -> None:
+        """Recorder sink for successes; failures were counted per attempt by failure()."""
+        if not rec.backend or rec.status != 200 or rec.error_type:
             return
+        profile = self._profile(rec.routed_model, rec.backend)
+        profile.observe(failed=False)
+        bucket = profile.bucket(time.time())
+        bucket.requests += 1
         bucket.latency[bisect.bisect_left(BINS, rec.duration_seconds)] += 1
         if rec.ttft_seconds is not None:
             bucket.ttft_sum += rec.ttft_seconds
@@ -109,7 +131,7 @@ class QualityTracker:
 
     def error_rate(self, model: str, backend: str) -> float:
         profile = self.profiles.get((model, backend))
-        return profile.error_rate if profile is not None else 0.0
+        return profile.current_error_rate(time.monotonic()) if profile is not None else 0.0
 
     def stats(self) -> dict[str, Any]:
         now = time.time()

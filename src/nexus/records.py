@@ -30,6 +30,7 @@ class RequestRecord:
     route_reason: str = ""
     retry_count: int = 0
     fallback_chain: list[str] = field(default_factory=list)
+    attempts: list[str] = field(default_factory=list)  # backends tried, in order
     error_type: str = ""  # "" on success; else e.g. timeout, backend_error, no_backend
     error: str = ""
     tokens_prompt: int | None = None
@@ -66,6 +67,7 @@ class RequestRecord:
             "route_reason": self.route_reason,
             "retry_count": self.retry_count,
             "fallback_chain": self.fallback_chain,
+            "attempts": self.attempts,
             "error_type": self.error_type,
             "error": self.error,
         }

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from nexus import logs
 from nexus.api.common import request_id
 from nexus.errors import (
     InvalidRequest,
@@ -60,6 +61,8 @@ async def _proxy(
     try:
         raw, body = await _read_json(request, state.config.server.max_request_bytes)
         req = inspect(body)
+        if state.config.logging.log_content:
+            logs.log_content(record.request_id, body)
         record.model = req.model
         record.stream = req.stream
         return await state.forwarder.forward(request, path, body, raw, req, record)

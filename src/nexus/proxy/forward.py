@@ -113,7 +113,7 @@ class Forwarder:
             try:
                 upstream = await self._send(request, path, route, payload)
             except BackendError as exc:
-                self._failed(route.backend, exc, record)
+                self.failed(route.backend, exc, record)
                 last = exc
                 continue
             response = await self._answer(request, upstream, plan, req, record)
@@ -193,7 +193,7 @@ class Forwarder:
                 error = BackendBadResponse(
                     f"backend '{backend.name}' answered HTTP {resp.status}{_upstream_message(text)}"
                 )
-                self._failed(backend, error, record)
+                self.failed(backend, error, record)
                 return error
             if resp.status >= 400:
                 raw = await self._read_body(resp, upstream, record, limit=MAX_ERROR_BODY)
@@ -207,7 +207,7 @@ class Forwarder:
             raw = await self._read_body(resp, upstream, record, limit=None)
             return self._complete(raw, upstream, plan, record)
         except BackendError as exc:
-            self._failed(backend, exc, record)
+            self.failed(backend, exc, record)
             return exc
         finally:
             resp.release()
@@ -293,6 +293,7 @@ class Forwarder:
     def _note_route(self, record: RequestRecord, route: Route, plan: Plan) -> None:
         if record.backend:
             record.retry_count += 1
+        record.attempts.append(route.backend.name)
         record.backend = route.backend.name
         record.backend_type = route.backend.type
         record.routed_model = route.model
@@ -301,9 +302,12 @@ class Forwarder:
         if route.fallback:
             record.fallback_chain = plan.models[: plan.models.index(route.model) + 1]
 
-    def _failed(self, backend: Backend, error: NexusError, record: RequestRecord) -> None:
+    def failed(self, backend: Backend, error: NexusError, record: RequestRecord) -> None:
+        """An attempt failed: penalise the backend now and ask for a probe soon."""
         record.error = error.message
         self.registry.penalize(backend, self.penalty, error.message)
+        if self.router.quality is not None:
+            self.router.quality.failure(record.routed_model, backend.name)
         self.health.check_soon(backend)
 
     def _has_alternative(self, plan: Plan, req: Requirements) -> bool:

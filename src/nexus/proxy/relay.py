@@ -200,9 +200,7 @@ class StreamRelay:
         self.record.error_type = error.code or "backend_error"
         self.record.error = error.message
         self.record.status = error.status
-        self.forwarder.registry.penalize(
-            self.upstream.backend, self.forwarder.penalty, error.message
-        )
+        self.forwarder.failed(self.upstream.backend, error, self.record)
 
     @staticmethod
     async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:

@@ -44,17 +44,21 @@ class Plan:
 
 
 def smart_score(backend: Backend, weights: WeightsConfig, error_rate: float = 0.0) -> float:
-    """F06's score: higher is better. Latency is what real requests observed (rolling),
-    falling back to the health probe's round trip before any request went there. A backend
-    whose recent requests failed loses up to the whole weight of all three terms (F16)."""
-    latency = backend.avg_latency_ms or backend.probe_latency_ms or 0.0
+    """F06's score: higher is better. Latency is what real requests observed (a rolling
+    average; time to first byte for streams). A backend no request has reached yet counts as
+    fast, so it gets tried and measured: probe round trips say little about generation. A
+    backend whose recent requests failed loses up to the whole weight of all three terms."""
+    latency = backend.avg_latency_ms
     score = (
         (100 - backend.priority) * weights.priority
         + (100 - min(backend.pending_requests, 100)) * weights.load
-        + (100 - min(latency / 10, 100)) * weights.latency
+        # Whole points (10 ms each): backends within the same 10 ms tie and share the load
+        # instead of a 0.1 ms difference sending everything to one of them.
+        + (100 - min(latency // 10, 100)) * weights.latency
     )
     if error_rate:
-        score -= error_rate * 100 * (weights.priority + weights.load + weights.latency)
+        # Whole percentage points, like latency: noise below 0.5 % does not break ties.
+        score -= round(error_rate * 100) * (weights.priority + weights.load + weights.latency)
     return score
 
 
@@ -188,6 +192,11 @@ class Router:
 
     def _no_route(self, plan: Plan, req: Requirements) -> NexusError:
         known = [m for m in plan.models if self.registry.has_model(m)]
+        if not known and len(plan.models) > 1:
+            return NoHealthyBackend(
+                f"no backend serves model '{plan.requested}' or any of its fallbacks "
+                f"({', '.join(plan.models[1:])})"
+            )
         if not known:
             available = self.registry.healthy_model_ids() or self.registry.model_ids()
             hint = ", ".join(available[:MAX_MODELS_IN_HINT]) or "none"

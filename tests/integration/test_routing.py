@@ -1,0 +1,267 @@
+"""Routing end to end: strategies, capabilities, aliases, fallbacks, failover."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.fakes import Behavior, FakeModel, FakeOllama, FakeVLLM
+from tests.helpers import Nexus, backend_entry, running_nexus
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+async def served_by(nexus: Nexus, n: int, model: str = "m", **extra: Any) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    for _ in range(n):
+        resp = await nexus.client.chat.completions.with_raw_response.create(
+            model=model, messages=MSG, **extra  # type: ignore[arg-type]
+        )
+        seen[resp.headers["X-Nexus-Backend"]] += 1
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("strategy", "check"),
+    [
+        ("round_robin", lambda c: sorted(c.values()) == [10, 10, 10]),
+        ("priority_only", lambda c: c == {"b1": 30}),
+        ("smart", lambda c: c == {"b1": 30}),  # b1 has the best priority, all idle
+        ("random", lambda c: len(c) >= 2 and sum(c.values()) == 30),
+    ],
+)
+async def test_strategies_over_three_backends(tmp_path: Path, strategy: str, check: Any) -> None:
+    async with FakeVLLM([FakeModel("m")]) as f1, FakeVLLM([FakeModel("m")]) as f2, FakeVLLM([FakeModel("m")]) as f3:
+        backends = [backend_entry(f, f"b{i}", "vllm", priority=i * 10) for i, f in enumerate((f1, f2, f3), 1)]
+        async with running_nexus(tmp_path, backends, routing={"strategy": strategy}) as nexus:
+            seen = await served_by(nexus, 30)
+            assert check(seen), seen
+
+
+async def test_smart_spreads_equal_backends_and_prefers_less_loaded(tmp_path: Path) -> None:
+    async with FakeVLLM([FakeModel("m")]) as f1, FakeVLLM([FakeModel("m")]) as f2:
+        backends = [backend_entry(f1, "a", "vllm"), backend_entry(f2, "b", "vllm")]
+        async with running_nexus(tmp_path, backends) as nexus:
+            seen = await served_by(nexus, 20)
+            assert set(seen) == {"a", "b"}  # equal scores rotate
+            f1.chat_behavior, f1.delay = Behavior.SLOW, 1.0
+            # Occupy "a": slow requests keep it loaded; new ones go to "b".
+            a_backend = nexus.state.registry.find("a")
+            assert a_backend is not None
+            a_backend.pending_requests += 50
+            try:
+                assert await served_by(nexus, 10) == {"b": 10}
+            finally:
+                a_backend.pending_requests -= 50
+
+
+async def test_capabilities_route_only_to_capable_backends(tmp_path: Path) -> None:
+    async with (
+        FakeOllama([FakeModel("llava", vision=True, tools=False, context_length=4096)]) as vision_box,
+        FakeOllama([FakeModel("llava", vision=False, tools=True, context_length=32768)]) as text_box,
+    ):
+        backends = [backend_entry(vision_box, "vision", "ollama"), backend_entry(text_box, "text", "ollama")]
+        async with running_nexus(tmp_path, backends) as nexus:
+            image = [{"role": "user", "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]
+            for _ in range(5):
+                resp = await nexus.client.chat.completions.with_raw_response.create(model="llava", messages=image)  # type: ignore[arg-type]
+                assert resp.headers["X-Nexus-Backend"] == "vision"
+                assert resp.headers["X-Nexus-Route-Reason"] == "capability-match"
+            tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+            assert await served_by(nexus, 5, "llava", tools=tools) == {"text": 5}
+            long_prompt = [{"role": "user", "content": "word " * 6000}]  # ~7500 tokens > 4096
+            for _ in range(5):
+                resp = await nexus.client.chat.completions.with_raw_response.create(model="llava", messages=long_prompt)  # type: ignore[arg-type]
+                assert resp.headers["X-Nexus-Backend"] == "text"
+            # Nobody can do both: 400 naming the unmet needs and why each backend was excluded.
+            with pytest.raises(openai.BadRequestError) as info:
+                await nexus.client.chat.completions.create(model="llava", messages=image, tools=tools)  # type: ignore[arg-type]
+            message = info.value.body["message"]  # type: ignore[index]
+            assert "vision" in message and "tools" in message
+            assert "vision: llava: no tool calling" in message and "text: llava: no vision" in message
+
+
+async def test_capable_backend_down_is_503_naming_the_need(tmp_path: Path) -> None:
+    async with (
+        FakeOllama([FakeModel("llava", vision=True)]) as vision_box,
+        FakeOllama([FakeModel("llava", vision=False)]) as text_box,
+    ):
+        backends = [backend_entry(vision_box, "vision", "ollama"), backend_entry(text_box, "text", "ollama")]
+        hc = {"interval_seconds": 0.1, "failure_threshold": 1}
+        async with running_nexus(tmp_path, backends, health_check=hc) as nexus:
+            await vision_box.stop()
+            backend = nexus.state.registry.find("vision")
+            async with asyncio.timeout(5):
+                while backend is not None and backend.routable:
+                    await asyncio.sleep(0.02)
+            image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+            status, body, _ = await nexus.post("/v1/chat/completions", {"model": "llava", "messages": image})
+            assert status == 503
+            assert "vision" in body["error"]["message"] and "vision: unhealthy" in body["error"]["message"]
+
+
+async def test_json_mode_is_routable_to_ollama_vllm_llamacpp(tmp_path: Path) -> None:
+    async with FakeOllama([FakeModel("m")]) as o:
+        async with running_nexus(tmp_path, [backend_entry(o, "o", "ollama")]) as nexus:
+            reply = await nexus.client.chat.completions.create(
+                model="m", messages=MSG, response_format={"type": "json_object"}
+            )
+            assert reply.choices[0].message.content
+
+
+async def test_alias_chain_direct_match_and_requested_name_in_replies(tmp_path: Path) -> None:
+    async with FakeOllama([FakeModel("llama3:70b"), FakeModel("gpt-3.5-turbo")]) as fake:
+        aliases = {"gpt-4": "llama-70b", "llama-70b": "llama3:70b", "gpt-3.5-turbo": "llama3:70b"}
+        async with running_nexus(tmp_path, [backend_entry(fake, "o", "ollama")], routing={"aliases": aliases}) as nexus:
+            reply = await nexus.client.chat.completions.create(model="gpt-4", messages=MSG)  # type: ignore[arg-type]
+            assert reply.model == "gpt-4"
+            assert fake.chat_requests[-1].json["model"] == "llama3:70b"
+            stream = await nexus.client.chat.completions.create(model="gpt-4", messages=MSG, stream=True)  # type: ignore[arg-type]
+            models = {c.model async for c in stream}
+            assert models == {"gpt-4"}
+            # A model a backend has directly wins over an alias of the same name.
+            await nexus.client.chat.completions.create(model="gpt-3.5-turbo", messages=MSG)  # type: ignore[arg-type]
+            assert fake.chat_requests[-1].json["model"] == "gpt-3.5-turbo"
+
+
+async def test_fallback_chain_header_model_and_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="nexus.routing")
+    async with FakeOllama([FakeModel("mixtral:8x7b")]) as fake:
+        routing = {"fallbacks": {"llama3:70b": ["qwen2:72b", "mixtral:8x7b"]}}
+        async with running_nexus(tmp_path, [backend_entry(fake, "o", "ollama")], routing=routing) as nexus:
+            # llama3:70b is served by nobody at the moment: the chain still applies.
+            resp = await nexus.client.chat.completions.with_raw_response.create(model="llama3:70b", messages=MSG)  # type: ignore[arg-type]
+            assert resp.headers["X-Nexus-Fallback-Model"] == "mixtral:8x7b"
+            assert resp.headers["X-Nexus-Route-Reason"] == "fallback"
+            assert resp.parse().model == "llama3:70b"
+            stream = await nexus.client.chat.completions.with_raw_response.create(
+                model="llama3:70b", messages=MSG, stream=True  # type: ignore[arg-type]
+            )
+            assert stream.headers["X-Nexus-Fallback-Model"] == "mixtral:8x7b"
+            assert {c.model async for c in stream.parse()} == {"llama3:70b"}
+            warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+            assert any("llama3:70b" in w and "mixtral:8x7b" in w and "no backend serves" in w for w in warning)
+            # Exhausted chain: 503.
+            await fake.stop()
+            status, body, _ = await nexus.post("/v1/chat/completions", {"model": "llama3:70b", "messages": MSG})
+            assert status in (502, 503) and body["error"]["message"]
+
+
+async def test_fallback_when_primary_unhealthy(tmp_path: Path) -> None:
+    async with FakeOllama([FakeModel("big")]) as big, FakeOllama([FakeModel("small")]) as small:
+        backends = [backend_entry(big, "big-box", "ollama"), backend_entry(small, "small-box", "ollama")]
+        routing = {"fallbacks": {"big": ["small"]}}
+        hc = {"interval_seconds": 0.1, "failure_threshold": 1}
+        async with running_nexus(tmp_path, backends, routing=routing, health_check=hc) as nexus:
+            assert await served_by(nexus, 2, "big") == {"big-box": 2}
+            big.health_behavior = Behavior.ERROR_500
+            backend = nexus.state.registry.find("big-box")
+            async with asyncio.timeout(5):
+                while backend is not None and backend.routable:
+                    await asyncio.sleep(0.02)
+            resp = await nexus.client.chat.completions.with_raw_response.create(model="big", messages=MSG)  # type: ignore[arg-type]
+            assert resp.headers["X-Nexus-Backend"] == "small-box"
+            assert resp.headers["X-Nexus-Fallback-Model"] == "small"
+
+
+@pytest.mark.parametrize("fault", ["refuse", Behavior.HANG, Behavior.ERROR_500, Behavior.ERROR_503,
+                                   Behavior.INVALID_JSON, Behavior.CUT_STREAM, Behavior.HEADERS_THEN_STALL])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_failover_to_second_backend(tmp_path: Path, fault: Any, stream: bool) -> None:
+    async with FakeVLLM([FakeModel("m")]) as bad, FakeVLLM([FakeModel("m")]) as good:
+        backends = [backend_entry(bad, "bad", "vllm", priority=1), backend_entry(good, "good", "vllm", priority=2)]
+        server = {"request_timeout_seconds": 1, "stream_idle_timeout_seconds": 1}
+        async with running_nexus(tmp_path, backends, server=server) as nexus:
+            if fault == "refuse":
+                await bad.stop()
+            else:
+                bad.chat_behavior, bad.cut_after = fault, 0
+            started = time.monotonic()
+            resp = await nexus.client.chat.completions.with_raw_response.create(model="m", messages=MSG, stream=stream)  # type: ignore[call-overload]
+            assert resp.headers["X-Nexus-Backend"] == "good"
+            assert resp.headers["X-Nexus-Route-Reason"] == "failover"
+            reply = resp.parse()
+            if stream:
+                text = "".join([c.choices[0].delta.content or "" async for c in reply if c.choices])
+            else:
+                text = reply.choices[0].message.content
+            assert str(good.port) in text
+            if fault == "refuse":
+                assert time.monotonic() - started < 0.5  # refused fails over in milliseconds
+            assert nexus.pending() == {"bad": 0, "good": 0}
+            bad_backend = nexus.state.registry.find("bad")
+            assert bad_backend is not None and bad_backend.penalized_until > 0
+            # Penalised at once: the next request goes straight to the good backend.
+            resp = await nexus.client.chat.completions.with_raw_response.create(model="m", messages=MSG)  # type: ignore[arg-type]
+            assert resp.headers["X-Nexus-Backend"] == "good"
+            assert resp.headers["X-Nexus-Route-Reason"] != "failover"
+
+
+async def test_no_retry_on_400_and_429_tries_another(tmp_path: Path) -> None:
+    async with FakeVLLM([FakeModel("m")]) as first, FakeVLLM([FakeModel("m")]) as second:
+        backends = [backend_entry(first, "first", "vllm", priority=1), backend_entry(second, "second", "vllm", priority=2)]
+        async with running_nexus(tmp_path, backends) as nexus:
+            first.chat_behavior = Behavior.ERROR_400
+            with pytest.raises(openai.BadRequestError):
+                await nexus.client.chat.completions.create(model="m", messages=MSG)  # type: ignore[arg-type]
+            assert len(second.chat_requests) == 0
+            first.chat_behavior = Behavior.ERROR_429
+            resp = await nexus.client.chat.completions.with_raw_response.create(model="m", messages=MSG)  # type: ignore[arg-type]
+            assert resp.headers["X-Nexus-Backend"] == "second"
+            second.chat_behavior = Behavior.ERROR_429
+            first.chat_behavior = Behavior.ERROR_429
+            status, _, headers = await nexus.post("/v1/chat/completions", {"model": "m", "messages": MSG})
+            assert status == 429 and headers["Retry-After"] == "7"
+
+
+async def test_retries_are_bounded_by_max_retries(tmp_path: Path) -> None:
+    fakes = [FakeVLLM([FakeModel("m")]) for _ in range(4)]
+    for f in fakes:
+        await f.start()
+        f.chat_behavior = Behavior.ERROR_500
+    try:
+        backends = [backend_entry(f, f"b{i}", "vllm") for i, f in enumerate(fakes)]
+        async with running_nexus(tmp_path, backends, routing={"max_retries": 1}) as nexus:
+            status, body, _ = await nexus.post("/v1/chat/completions", {"model": "m", "messages": MSG})
+            assert status == 502
+            assert sum(len(f.chat_requests) for f in fakes) == 2
+    finally:
+        for f in fakes:
+            await f.stop()
+
+
+async def test_quality_tracking_deprioritises_and_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nexus import quality
+
+    async with FakeVLLM([FakeModel("m")]) as flaky, FakeVLLM([FakeModel("m")]) as steady:
+        backends = [backend_entry(flaky, "flaky", "vllm"), backend_entry(steady, "steady", "vllm")]
+        async with running_nexus(tmp_path, backends, health_check={"interval_seconds": 0.05}) as nexus:
+            flaky.chat_behavior = Behavior.ERROR_500
+            seen = await served_by(nexus, 10)  # every answer comes from steady (failover)
+            assert seen == {"steady": 10}
+            assert nexus.state.quality.error_rate("m", "flaky") > 0.1
+            flaky.chat_behavior = Behavior.OK
+            await asyncio.sleep(0.1)  # the live-traffic penalty lapses after one interval
+            assert await served_by(nexus, 10) == {"steady": 10}  # still deprioritised
+            # Not excluded for good: the error rate decays and flaky gets traffic again.
+            monkeypatch.setattr(quality, "ERROR_HALF_LIFE_SECONDS", 0.05)
+            await asyncio.sleep(0.5)
+            seen = await served_by(nexus, 10)
+            assert seen["flaky"] >= 3, seen
+            stats = (await nexus.get("/v1/stats"))[1]
+            window = stats["quality"]["m"]["flaky"]["1h"]
+            assert window["requests"] > 1 and 0 < window["error_rate"] < 1
+            assert window["latency_ms"]["p50"] is not None
