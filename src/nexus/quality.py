@@ -50,7 +50,8 @@ class Profile:
     def current_error_rate(self, now: float) -> float:
         if not self.error_rate:
             return 0.0
-        return self.error_rate * 0.5 ** ((now - self.updated) / ERROR_HALF_LIFE_SECONDS)
+        decay: float = 0.5 ** ((now - self.updated) / ERROR_HALF_LIFE_SECONDS)
+        return self.error_rate * decay
 
     def observe(self, failed: bool) -> None:
         now = time.monotonic()

@@ -234,7 +234,7 @@ async def test_retries_are_bounded_by_max_retries(tmp_path: Path) -> None:
         backends = [backend_entry(f, f"b{i}", "vllm") for i, f in enumerate(fakes)]
         async with running_nexus(tmp_path, backends, routing={"max_retries": 1}) as nexus:
             status, body, _ = await nexus.post("/v1/chat/completions", {"model": "m", "messages": MSG})
-            assert status == 502
+            assert status == 502 and "HTTP 500" in body["error"]["message"]
             assert sum(len(f.chat_requests) for f in fakes) == 2
     finally:
         for f in fakes:
