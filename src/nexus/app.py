@@ -11,7 +11,7 @@ import logging
 
 from aiohttp import web
 
-from nexus import dashboard, logs
+from nexus import dashboard, logs, protocol
 from nexus.api import routes
 from nexus.api.common import errors_middleware
 from nexus.backends import make_adapters
@@ -77,6 +77,7 @@ def build_app(config: Config) -> web.Application:
     )
     app[STATE] = state
     app.add_routes(routes())
+    app.on_response_prepare.append(protocol.set_server_header)
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
     app.on_cleanup.append(_cleanup)

@@ -58,6 +58,12 @@ class ServerConfig:
     max_request_bytes: int = setting(
         20 * 1024 * 1024, "Largest request body accepted (413 beyond).", min=1024
     )
+    client_timeout_seconds: float = setting(
+        30,
+        "How long a client may take to send a request (head or body), and how long an idle "
+        "keep-alive connection stays open. Bounds slow or stuck clients.",
+        min=0.01,
+    )
     shutdown_grace_seconds: float = setting(
         30, "On SIGTERM, how long in-flight requests and streams may take to finish.", min=0
     )

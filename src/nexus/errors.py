@@ -9,6 +9,7 @@ Exception tree::
     NexusError                      base: status, type, code, param, headers
     ├── InvalidRequest              400  malformed JSON, missing or ill-typed field
     ├── NotFound                    404  unknown route
+    ├── RequestTimeout              408  the client sent its body too slowly
     ├── ModelNotFound               404  no backend has ever listed the model
     ├── PayloadTooLarge             413  body over server.max_request_bytes
     ├── UnsupportedMediaType        415  body is not JSON
@@ -80,6 +81,12 @@ class ModelNotFound(NexusError):
     status = 404
     type = "invalid_request_error"
     code = "model_not_found"
+
+
+class RequestTimeout(NexusError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class PayloadTooLarge(NexusError):

@@ -19,6 +19,7 @@ import time
 
 from aiohttp import web
 
+from nexus import protocol
 from nexus.app import build_app
 from nexus.config import Config
 from nexus.state import STATE
@@ -79,8 +80,12 @@ class Server:
             handler_cancellation=True,
             # Draining happened before cleanup; this only bounds the stragglers.
             shutdown_timeout=1.0,
+            # aiohttp arms this timer when a connection opens and while it idles: a client
+            # that trickles its request head (slowloris) is cut when it fires.
+            keepalive_timeout=cfg.client_timeout_seconds,
         )
         await runner.setup()
+        protocol.install(runner)
         if sock is not None:
             site: web.BaseSite = web.SockSite(runner, sock)
         else:

@@ -16,6 +16,7 @@ from nexus.errors import (
     NexusError,
     Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
     ShuttingDown,
     UnsupportedMediaType,
 )
@@ -27,16 +28,19 @@ Inspector = Callable[[Any], Requirements]
 JSON_TYPES = ("application/json", "text/plain", "application/octet-stream", "")
 
 
-async def _read_json(request: web.Request, limit: int) -> tuple[bytes, Any]:
+async def _read_json(request: web.Request, limit: int, seconds: float) -> tuple[bytes, Any]:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
     ctype = request.content_type
     if ctype not in JSON_TYPES and not ctype.endswith("+json"):
         raise UnsupportedMediaType(f"expected a JSON body (application/json), got {ctype}")
     try:
-        raw = await request.read()
+        async with asyncio.timeout(seconds):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes") from None
+    except TimeoutError:
+        raise RequestTimeout(f"request body not received within {seconds:g}s") from None
     if not raw:
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:
@@ -59,7 +63,10 @@ async def _proxy(
         )
     state.in_flight += 1
     try:
-        raw, body = await _read_json(request, state.config.server.max_request_bytes)
+        server = state.config.server
+        raw, body = await _read_json(
+            request, server.max_request_bytes, server.client_timeout_seconds
+        )
         req = inspect(body)
         if state.config.logging.log_content:
             logs.log_content(record.request_id, body)
