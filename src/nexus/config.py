@@ -78,7 +78,9 @@ class DiscoveryConfig:
     grace_period_seconds: float = setting(
         60, "How long a vanished mDNS backend is kept (status unknown) before removal.", min=0
     )
-    interfaces: list[str] = setting([], "Addresses zeroconf binds to; empty means all interfaces.")
+    interfaces: list[str] = setting(
+        [], "Addresses (or interface names) zeroconf binds to; empty means all interfaces."
+    )
 
 
 @dataclass(frozen=True, slots=True)

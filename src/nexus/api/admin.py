@@ -73,7 +73,17 @@ async def add_backend(request: web.Request) -> web.Response:
         raise InvalidRequest("'name' must be a non-empty string", param="name")
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 100:
         raise InvalidRequest("'priority' must be an integer from 0 to 100", param="priority")
-    if state.registry.find(name) or state.registry.find(url):
+    existing = state.registry.find(url)
+    # A backend added by hand replaces a discovered one at the same address (F05).
+    discovered = (
+        existing
+        if existing is not None and existing.discovery_source is DiscoverySource.MDNS
+        else None
+    )
+    named = state.registry.find(name)
+    if (named is not None and named is not discovered) or (
+        existing is not None and discovered is None
+    ):
         raise InvalidRequest(f"a backend named {name!r} or at {url} already exists", code="exists")
     kind = body.get("type")
     if kind is None:
@@ -91,6 +101,9 @@ async def add_backend(request: web.Request) -> web.Response:
         priority=priority,
         discovery_source=DiscoverySource.MANUAL,
     )
+    if discovered is not None:
+        state.registry.remove_backend(discovered.id)
+        state.health.unwatch(discovered.id)
     state.registry.add_backend(backend)
     await state.health.check(backend)
     state.health.watch(backend, probe_now=False)
