@@ -198,6 +198,14 @@ class Router:
                 f"({', '.join(plan.models[1:])})"
             )
         if not known:
+            # Backends that never listed models may well serve it: say so, with why.
+            silent = [b for b in self.registry if not b.models and not b.routable]
+            if silent:
+                reasons = "; ".join(f"{b.name}: {b.last_error or b.status.value}" for b in silent)
+                return NoHealthyBackend(
+                    f"model '{plan.requested}' is not listed by any reachable backend; "
+                    f"not reachable: {reasons}"
+                )
             available = self.registry.healthy_model_ids() or self.registry.model_ids()
             hint = ", ".join(available[:MAX_MODELS_IN_HINT]) or "none"
             if len(available) > MAX_MODELS_IN_HINT:
