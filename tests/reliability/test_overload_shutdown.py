@@ -1,0 +1,67 @@
+"""Overload: fast 503s, never a hang. SIGTERM under load: drain, refuse new work, exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+
+from tests.fakes import Behavior, FakeModel, FakeVLLM
+from tests.helpers import backend_entry, running_nexus, spawn_nexus, write_config
+
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_beyond_max_concurrent_requests_fast_503s(tmp_path: Path) -> None:
+    async with FakeVLLM([FakeModel("m")]) as fake:
+        fake.chat_behavior, fake.delay = Behavior.SLOW, 1.5
+        server = {"max_concurrent_requests": 20}
+        async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")], server=server) as nexus:
+            connector = aiohttp.TCPConnector(limit=0)
+            async with aiohttp.ClientSession(connector=connector) as s:
+
+                async def one(stream: bool) -> tuple[int, float, str | None]:
+                    started = time.monotonic()
+                    async with s.post(nexus.url + "/v1/chat/completions", json={**BODY, "stream": stream}) as r:
+                        await r.read()
+                        return r.status, time.monotonic() - started, r.headers.get("Retry-After")
+
+                results = await asyncio.gather(*(one(i % 2 == 0) for i in range(200)))
+            ok = [r for r in results if r[0] == 200]
+            rejected = [r for r in results if r[0] == 503]
+            assert len(ok) == 20 and len(rejected) == 180
+            assert all(r[2] for r in rejected)
+            # Rejections do not wait for the slow ones: they come back well before 1.5 s.
+            assert max(r[1] for r in rejected) < 1.2
+            assert nexus.state.in_flight == 0 and nexus.pending() == {"v": 0}
+
+
+async def test_sigterm_under_load_drains_everything_and_exits_zero(tmp_path: Path) -> None:
+    async with FakeVLLM([FakeModel("m")], stream_chunks=6) as fake:
+        fake.chat_behavior, fake.delay = Behavior.SLOW, 0.2
+        config = write_config(tmp_path, [backend_entry(fake, "v", "vllm")],
+                              server={"host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 15})
+        async with spawn_nexus(config) as nexus:
+            await asyncio.sleep(0.3)
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+
+                async def one(stream: bool) -> tuple[int, bytes]:
+                    async with s.post(nexus.url + "/v1/chat/completions", json={**BODY, "stream": stream}) as r:
+                        return r.status, await r.read()
+
+                in_flight = [asyncio.create_task(one(i % 2 == 0)) for i in range(40)]
+                await asyncio.sleep(0.4)  # all 40 are with the backend now
+                nexus.proc.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.1)
+                late = await one(False)
+                assert late[0] == 503 and b"shutting_down" in late[1]
+                results = await asyncio.gather(*in_flight)
+            assert [status for status, _ in results] == [200] * 40
+            assert all(raw.rstrip().endswith(b"[DONE]") for (_, raw), i in zip(results, range(40), strict=True) if i % 2 == 0)
+            async with asyncio.timeout(10):
+                code = await nexus.proc.wait()
+            assert code == 0, "\n".join(nexus.lines[-20:])
+            assert any("shutting down" in line for line in nexus.lines)

@@ -1,0 +1,94 @@
+"""No secrets anywhere; the admin API is loopback-only unless a token is set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from unittest import mock
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import make_mocked_request
+
+from nexus.api import admin
+from nexus.errors import Forbidden
+from tests.fakes import Behavior, FakeModel, FakeVLLM
+from tests.helpers import backend_entry, running_nexus
+
+CLIENT_KEY = "sk-client-key-0123456789"
+BACKEND_KEY = "sk-backend-key-9876543210"
+CONTENT = "PRIVATE-CONVERSATION-CONTENT"
+
+
+async def test_no_secret_or_content_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(1, logger="nexus")
+    monkeypatch.setenv("LAB_KEY", BACKEND_KEY)
+    async with FakeVLLM([FakeModel("m")]) as keyed, FakeVLLM([FakeModel("m")]) as plain:
+        backends = [backend_entry(keyed, "keyed", "openai", api_key_env="LAB_KEY"),
+                    backend_entry(plain, "plain", "vllm")]
+        async with running_nexus(tmp_path, backends, logging={"level": "trace"}) as nexus:
+            headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
+            seen: list[str] = []
+            async with aiohttp.ClientSession(headers=headers) as s:
+                for stream in (False, True):
+                    body = {"model": "m", "stream": stream, "messages": [{"role": "user", "content": CONTENT}]}
+                    for _ in range(2):
+                        async with s.post(nexus.url + "/v1/chat/completions", json=body) as r:
+                            assert r.status == 200
+                            seen.append(str(dict(r.headers)))
+                keyed.chat_behavior = plain.chat_behavior = Behavior.ERROR_500
+                async with s.post(nexus.url + "/v1/chat/completions", json=body) as r:
+                    seen.append(await r.text() + str(dict(r.headers)))
+                async with s.post(nexus.url + "/v1/chat/completions", json={"model": CONTENT, "messages": []}) as r:
+                    seen.append(await r.text())
+                for path in ("/metrics", "/v1/stats", "/health", "/v1/models", "/admin/backends", "/"):
+                    async with s.get(nexus.url + path) as r:
+                        seen.append(await r.text() + str(dict(r.headers)))
+            # The backend with a key got its key, not the client's; the other got the client's.
+            assert keyed.chat_requests[0].headers["Authorization"] == f"Bearer {BACKEND_KEY}"
+            assert plain.chat_requests[0].headers["Authorization"] == f"Bearer {CLIENT_KEY}"
+    logs = "\n".join(r.getMessage() + str(getattr(r, "fields", "")) for r in caplog.records)
+    assert "nexus.request" in {r.name for r in caplog.records}  # the log was really captured
+    everything = logs + "\n".join(seen)
+    for secret in (CLIENT_KEY, BACKEND_KEY, CONTENT):
+        assert secret not in everything, secret
+    assert "Traceback" not in everything and "aiohttp/" not in everything and "Python/" not in everything
+
+
+async def test_admin_token_required_when_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEXUS_ADMIN_TOKEN", "tok-123")
+    async with running_nexus(tmp_path, []) as nexus:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(nexus.url + "/admin/backends") as r:
+                assert r.status == 403 and (await r.json())["error"]["code"] == "forbidden"
+            async with s.get(nexus.url + "/admin/backends", headers={"Authorization": "Bearer nope"}) as r:
+                assert r.status == 403
+            async with s.get(nexus.url + "/admin/backends", headers={"Authorization": "Bearer tok-123"}) as r:
+                assert r.status == 200
+            async with s.post(nexus.url + "/admin/backends", json={"url": "http://127.0.0.1:1"}) as r:
+                assert r.status == 403
+
+
+@pytest.mark.parametrize(("peer", "allowed"), [("127.0.0.1", True), ("::1", True), ("127.9.9.9", True),
+                                                ("192.168.1.20", False), ("10.0.0.1", False), ("fe80::1", False)])
+def test_admin_is_loopback_only_without_token(monkeypatch: pytest.MonkeyPatch, peer: str, allowed: bool) -> None:
+    monkeypatch.delenv("NEXUS_ADMIN_TOKEN", raising=False)
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (peer, 1234) if name == "peername" else default
+    app = mock.MagicMock()
+    request = make_mocked_request("GET", "/admin/backends", transport=transport, app=app)
+    if allowed:
+        admin._authorize(request)
+    else:
+        with pytest.raises(Forbidden):
+            admin._authorize(request)
+
+
+async def test_admin_add_only_accepts_http_urls(tmp_path: Path) -> None:
+    async with running_nexus(tmp_path, []) as nexus:
+        for url in ("file:///etc/passwd", "ftp://x", "gopher://x", "javascript:alert(1)", "//x", 5):
+            status, body, _ = await nexus.post("/admin/backends", {"url": url})
+            assert status == 400 and body["error"]["param"] == "url"
+        assert len(nexus.state.registry) == 0
+
