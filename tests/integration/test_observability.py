@@ -90,7 +90,7 @@ async def test_stats_match_the_requests_made(tmp_path: Path) -> None:
             await nexus.post("/v1/chat/completions", {"model": "nope", "messages": MSG})
             status, stats, _ = await nexus.get("/v1/stats")
             assert status == 200
-            assert stats["requests"] == {"total": 7, "success": 6, "errors": 1}
+            assert stats["requests"] == {"total": 7, "success": 6, "errors": 1, "in_flight": 0}
             assert stats["backends"]["a"]["requests"] + stats["backends"]["b"]["requests"] == 6
             assert stats["backends"]["a"]["pending"] == 0 and stats["backends"]["a"]["status"] == "healthy"
             assert stats["backends"]["a"]["avg_latency_ms"] > 0

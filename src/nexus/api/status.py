@@ -80,7 +80,9 @@ async def models(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return json_response(state.metrics.stats(state.quality.stats()))
+    data = state.metrics.stats(state.quality.stats())
+    data["requests"]["in_flight"] = state.in_flight
+    return json_response(data)
 
 
 async def metrics(request: web.Request) -> web.Response:
