@@ -1,0 +1,447 @@
+"""What the dashboard shows, kept up to date, and pushed to every viewer.
+
+``Hub`` holds three bounded structures fed by the request recorder (history, chart buckets)
+and the registry (backend views, status-change notices). The recorder sink is O(1): it only
+appends to deques and sets a flag; it never awaits and never touches a socket.
+
+One background task (the broadcaster) wakes every ``tick`` seconds, works out what changed
+since its last pass and encodes a single delta message, which it hands to each viewer's
+bounded queue without waiting. Each viewer has its own writer task that sends with a timeout,
+so a slow or dead viewer only ever hurts itself: its queue overflows (it is re-sent a full
+snapshot later) or its send times out (it is disconnected).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import WSCloseCode, web
+from yarl import URL
+
+from nexus import __version__
+from nexus.records import RequestRecord
+from nexus.registry import Backend, BackendStatus, Registry
+
+log = logging.getLogger("nexus.dashboard")
+
+HISTORY_SIZE = 100
+BUCKET_SECONDS = 10
+WINDOW_BUCKETS = 60  # 10 minutes of 10 s buckets
+MAX_SERIES = 64  # distinct backend names kept for charts (plus the "all" series)
+NOTICES_SIZE = 20
+MAX_TEXT = 500  # longest error / name text shown
+ALL = ""  # series key of the all-backends aggregate
+
+Json = dict[str, Any]
+
+
+def clip(text: str | None, limit: int = MAX_TEXT) -> str:
+    if not text:
+        return ""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def display_url(url: str) -> str:
+    """The backend's address without credentials, path or query: what a person needs."""
+    try:
+        parsed = URL(url)
+    except (ValueError, TypeError):
+        return clip(url, 200)
+    if not parsed.host:
+        return clip(url, 200)
+    port = "" if parsed.port is None or parsed.is_default_port() else f":{parsed.port}"
+    return clip(f"{parsed.host}{port}", 200)
+
+
+def same_site(request: web.Request) -> bool:
+    """A browser's WebSocket from a page of this server (or a non-browser client)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    try:
+        origin_host = URL(origin).host
+        own_host = URL(f"http://{request.host}").host
+    except (ValueError, TypeError):
+        return False
+    return bool(origin_host) and (origin_host or "").lower() == (own_host or "").lower()
+
+
+def status_level(status: str) -> str:
+    """green / amber / red, by name."""
+    if status == BackendStatus.HEALTHY.value:
+        return "ok"
+    if status == BackendStatus.UNHEALTHY.value:
+        return "bad"
+    return "warn"
+
+
+def backend_view(backend: Backend) -> Json:
+    """The dashboard's (escaped-later, content-free) picture of one backend."""
+    models = sorted(backend.models.values(), key=lambda m: m.id)
+    return {
+        "id": backend.id,
+        "name": clip(backend.name, 200),
+        "address": display_url(backend.url),
+        "type": clip(backend.type, 40),
+        "source": backend.discovery_source.value,
+        "status": backend.status.value,
+        "last_check": backend.last_health_check,
+        "last_error": clip(backend.last_error),
+        "pending": backend.pending_requests,
+        "total": backend.total_requests,
+        "failed": backend.failed_requests,
+        "avg_ms": round(backend.avg_latency_ms, 1),
+        "models": [
+            {
+                "id": clip(m.id, 200),
+                "ctx": m.context_length,
+                "vision": m.supports_vision,
+                "tools": m.supports_tools,
+                "json": m.supports_json_mode,
+                "embeddings": m.supports_embeddings,
+                "chat": m.supports_chat,
+            }
+            for m in models
+        ],
+    }
+
+
+def history_entry(seq: int, record: RequestRecord) -> Json:
+    """A finished request as the history shows it: metadata only, never message content."""
+    ttft = record.ttft_seconds
+    return {
+        "seq": seq,
+        "ts": record.timestamp,
+        "id": clip(record.request_id, 128),
+        "endpoint": record.endpoint,
+        "model": clip(record.model, 200),
+        "routed_model": clip(record.routed_model, 200),
+        "backend": clip(record.backend, 200),
+        "status": record.status,
+        "ms": round(record.duration_seconds * 1000, 1),
+        "ttft_ms": None if ttft is None else round(ttft * 1000, 1),
+        "tokens_in": record.tokens_prompt,
+        "tokens_out": record.tokens_completion,
+        "stream": record.stream,
+        "reason": clip(record.route_reason, 200),
+        "retries": record.retry_count,
+        "chain": [clip(m, 200) for m in record.fallback_chain[:10]],
+        "error_type": clip(record.error_type, 60),
+        "error": clip(record.error),
+    }
+
+
+class Series:
+    """Requests, errors and summed latency per 10 s bucket, for the last few minutes."""
+
+    __slots__ = ("buckets",)
+
+    def __init__(self) -> None:
+        # [bucket index, requests, errors, latency sum in ms]; sparse, newest last.
+        self.buckets: deque[list[float]] = deque(maxlen=WINDOW_BUCKETS + 1)
+
+    def add(self, bucket: int, ms: float, error: bool) -> None:
+        buckets = self.buckets
+        if not buckets or buckets[-1][0] < bucket:  # the common case: a new bucket
+            buckets.append([bucket, 1, int(error), ms])
+            return
+        # This bucket or an older one (requests end out of order): at most WINDOW_BUCKETS steps.
+        for i in range(len(buckets) - 1, -1, -1):
+            slot = buckets[i]
+            if slot[0] == bucket:
+                slot[1] += 1
+                slot[2] += error
+                slot[3] += ms
+                return
+            if slot[0] < bucket:
+                if len(buckets) < WINDOW_BUCKETS + 1:
+                    buckets.insert(i + 1, [bucket, 1, int(error), ms])
+                return
+        if len(buckets) < WINDOW_BUCKETS + 1:
+            buckets.appendleft([bucket, 1, int(error), ms])
+
+    def window(self, end: int) -> list[list[float]]:
+        start = end - WINDOW_BUCKETS + 1
+        return [
+            [int(b[0]), int(b[1]), int(b[2]), round(b[3] / b[1], 1)]
+            for b in self.buckets
+            if start <= b[0] <= end
+        ]
+
+
+@dataclass(eq=False)
+class Viewer:
+    ws: web.WebSocketResponse
+    request: web.Request
+    queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(maxsize=16))
+    resync: bool = False  # its queue overflowed: send a fresh snapshot next
+    writer: asyncio.Task[None] | None = None
+
+    def abort(self) -> None:
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+
+
+class Hub:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        uptime: Callable[[], float] = lambda: 0.0,
+        tick: float = 0.25,
+        registry_every: float = 1.0,
+        charts_every: float = 1.0,
+        send_timeout: float = 5.0,
+        max_viewers: int = 1000,
+    ) -> None:
+        self.registry = registry
+        self.uptime = uptime
+        self.tick = tick
+        self.registry_every = registry_every
+        self.charts_every = charts_every
+        self.send_timeout = send_timeout
+        self.max_viewers = max_viewers
+        self.history: deque[Json] = deque(maxlen=HISTORY_SIZE)
+        self.seq = 0  # of the newest history entry
+        self.dirty = False  # records arrived since the broadcaster's last pass
+        self.series: dict[str, Series] = {ALL: Series()}
+        self.notices: deque[Json] = deque(maxlen=NOTICES_SIZE)
+        self.backends: dict[str, Json] = {}  # id -> view, as last diffed
+        self.viewers: set[Viewer] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._sent_seq = 0
+        self._last_registry = 0.0
+        self._charts_bucket = 0
+        self._charts_dirty = False
+        self._last_charts = 0.0
+        self.diff_backends()  # baseline: the first pass reports no change
+
+    # -- the recorder sink: O(1), synchronous, never raises into the request path ----------
+
+    def record(self, record: RequestRecord) -> None:
+        self.seq += 1
+        self.history.append(history_entry(self.seq, record))
+        ms = record.duration_seconds * 1000
+        error = bool(record.error_type) or record.status >= 400
+        # Counted when it ended (a long stream belongs where it finished).
+        bucket = int((record.timestamp + record.duration_seconds) // BUCKET_SECONDS)
+        self.series[ALL].add(bucket, ms, error)
+        if record.backend:
+            series = self.series.get(record.backend)
+            if series is None and len(self.series) <= MAX_SERIES:
+                series = self.series[record.backend] = Series()
+            if series is not None:
+                series.add(bucket, ms, error)
+        self.dirty = True
+
+    # -- views -------------------------------------------------------------------------------
+
+    def backend_views(self) -> list[Json]:
+        return [backend_view(b) for b in self.registry.get_all_backends()]
+
+    def diff_backends(self) -> tuple[list[Json], list[str], list[Json]]:
+        """(changed views, removed ids, new notices) since the previous call."""
+        now = time.time()
+        current = {v["id"]: v for v in self.backend_views()}
+        changed = [v for i, v in current.items() if self.backends.get(i) != v]
+        removed = [i for i in self.backends if i not in current]
+        notices: list[Json] = []
+        if self.backends or not current:  # not on the very first call (baseline)
+            for view in changed:
+                before = self.backends.get(view["id"])
+                if before is None:
+                    notices.append(self._notice(now, view, "", f"added ({view['status']})"))
+                elif before["status"] != view["status"] and (
+                    before["status"] != BackendStatus.UNKNOWN.value
+                    or view["status"] != BackendStatus.HEALTHY.value
+                ):  # a first successful probe is no news; every other change is
+                    notices.append(
+                        self._notice(now, view, before["status"], f"now {view['status']}")
+                    )
+            for backend_id in removed:
+                gone = self.backends[backend_id]
+                notices.append(self._notice(now, gone, gone["status"], "removed", level="warn"))
+        self.backends = current
+        self.notices.extend(notices)
+        return changed, removed, notices
+
+    @staticmethod
+    def _notice(now: float, view: Json, before: str, what: str, level: str = "") -> Json:
+        return {
+            "ts": now,
+            "backend": view["name"],
+            "from": before,
+            "to": view["status"],
+            "level": level or status_level(view["status"]),
+            "text": f"{view['name']} is {what}",
+        }
+
+    def charts(self, now: float | None = None) -> Json:
+        end = int((time.time() if now is None else now) // BUCKET_SECONDS)
+        series: dict[str, list[list[float]]] = {}
+        for name, s in list(self.series.items()):
+            points = s.window(end)
+            if points or name == ALL:
+                series[name] = points
+            else:
+                del self.series[name]  # nothing in the window any more: forget it
+        return {
+            "bucket_seconds": BUCKET_SECONDS,
+            "buckets": WINDOW_BUCKETS,
+            "end": end,
+            "all": series.pop(ALL),
+            "backends": series,
+        }
+
+    def snapshot(self) -> Json:
+        """Everything the page shows: the first WS message, and the polling fallback."""
+        return {
+            "type": "snapshot",
+            "version": __version__,
+            "now": time.time(),
+            "uptime": round(self.uptime(), 1),
+            "seq": self.seq,
+            "backends": self.backend_views(),
+            "history": list(self.history),
+            "notices": list(self.notices),
+            "charts": self.charts(),
+        }
+
+    # -- the broadcaster ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="nexus-dashboard-broadcaster")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.close_viewers()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick)
+            try:
+                self.broadcast_once()
+            except Exception:  # pragma: no cover - keep the dashboard alive whatever happens
+                log.exception("dashboard broadcast failed")
+
+    def delta(self, now: float | None = None) -> Json | None:
+        """What changed since the previous call, or None when nothing did."""
+        mono = time.monotonic()
+        now = time.time() if now is None else now
+        message: Json = {"type": "delta", "now": now, "seq": self.seq}
+        if self.seq != self._sent_seq:
+            fresh = [e for e in self.history if e["seq"] > self._sent_seq]
+            message["history"] = fresh
+            # The viewer lost entries it never saw (more than the ring holds in one tick).
+            message["reset_history"] = bool(fresh) and fresh[0]["seq"] > self._sent_seq + 1
+            self._sent_seq = self.seq
+        if self.dirty:
+            self.dirty = False
+            self._charts_dirty = True
+        if mono - self._last_registry >= self.registry_every:
+            self._last_registry = mono
+            changed, removed, notices = self.diff_backends()
+            if changed:
+                message["backends"] = changed
+            if removed:
+                message["removed"] = removed
+            if notices:
+                message["notices"] = notices
+        bucket = int(now // BUCKET_SECONDS)
+        if (self._charts_dirty and mono - self._last_charts >= self.charts_every) or (
+            bucket != self._charts_bucket
+        ):
+            self._charts_dirty = False
+            self._last_charts = mono
+            self._charts_bucket = bucket
+            message["charts"] = self.charts(now)
+        if len(message) == 3:
+            return None
+        return message
+
+    def broadcast_once(self) -> None:
+        message = self.delta()
+        if message is None or not self.viewers:
+            return
+        text = orjson.dumps(message).decode()
+        for viewer in list(self.viewers):
+            if viewer.resync:
+                continue
+            try:
+                viewer.queue.put_nowait(text)
+            except asyncio.QueueFull:
+                # Too slow to keep up: drop its backlog, send it one fresh snapshot later.
+                while not viewer.queue.empty():
+                    viewer.queue.get_nowait()
+                viewer.resync = True
+                viewer.queue.put_nowait("")  # wake the writer
+
+    # -- viewers -----------------------------------------------------------------------------
+
+    async def serve(self, request: web.Request) -> web.StreamResponse:
+        if not same_site(request):
+            # WebSockets skip CORS: without this, any web page could read the dashboard.
+            raise web.HTTPForbidden(reason="cross-origin dashboard connection refused")
+        if len(self.viewers) >= self.max_viewers:
+            raise web.HTTPServiceUnavailable(reason="too many dashboard viewers")
+        ws = web.WebSocketResponse(timeout=1.0, heartbeat=20.0, compress=False, max_msg_size=4096)
+        await ws.prepare(request)
+        viewer = Viewer(ws=ws, request=request)
+        viewer.queue.put_nowait(orjson.dumps(self.snapshot()).decode())
+        self.viewers.add(viewer)
+        viewer.writer = asyncio.create_task(self._write(viewer))
+        try:
+            async for _ in ws:  # viewers have nothing to say; this notices them leaving
+                pass
+        finally:
+            self.viewers.discard(viewer)
+            writer = viewer.writer
+            if writer is not None and not writer.done():
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+        return ws
+
+    async def _write(self, viewer: Viewer) -> None:
+        ws = viewer.ws
+        try:
+            while not ws.closed:
+                text = await viewer.queue.get()
+                if viewer.resync:
+                    viewer.resync = False
+                    text = orjson.dumps(self.snapshot()).decode()
+                if not text:
+                    continue
+                await asyncio.wait_for(ws.send_str(text), self.send_timeout)
+        except Exception:
+            # Its send buffer is stuck (timeout) or the socket is gone: cut it loose.
+            self.viewers.discard(viewer)
+            viewer.abort()
+
+    async def close_viewers(self) -> None:
+        viewers, self.viewers = list(self.viewers), set()
+
+        async def close(viewer: Viewer) -> None:
+            try:
+                await asyncio.wait_for(
+                    viewer.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown"),
+                    1.0,
+                )
+            except Exception:
+                viewer.abort()
+
+        await asyncio.gather(*(close(v) for v in viewers))
