@@ -100,9 +100,8 @@ class Server:
         state = self.app[STATE]
         names = ", ".join(f"{b.name} ({b.url})" for b in state.registry) or "none yet"
         log.info("Nexus listening on http://%s:%s", host, port)
-        log.info(
-            "OpenAI API: http://%s:%s/v1  health: http://%s:%s/health", shown, port, shown, port
-        )
+        base = f"http://{shown}:{port}"
+        log.info("dashboard: %s/  OpenAI API: %s/v1  health: %s/health", base, base, base)
         log.info(
             "backends: %s%s",
             names,
