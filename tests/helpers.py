@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,18 +173,33 @@ async def nexus_cli(*args: str, env: Mapping[str, str] | None = None) -> tuple[i
     return proc.returncode or 0, out.decode(), err.decode()
 
 
-@asynccontextmanager
-async def spawn_nexus(
+def spawn_nexus(
     config_path: Path, *args: str, env: Mapping[str, str] | None = None
+) -> AbstractAsyncContextManager[NexusProcess]:
+    """``nexus serve -c CONFIG ARGS`` in a child process."""
+    return _spawn(["-c", str(config_path), *args], env=env, cwd=None)
+
+
+def spawn_nexus_without_config(
+    cwd: Path, env: Mapping[str, str]
+) -> AbstractAsyncContextManager[NexusProcess]:
+    """``nexus serve`` with no flags, in ``cwd`` (which holds no nexus.toml)."""
+    return _spawn([], env=env, cwd=cwd)
+
+
+@asynccontextmanager
+async def _spawn(
+    args: list[str], *, env: Mapping[str, str] | None, cwd: Path | None
 ) -> AsyncIterator[NexusProcess]:
     import os
     import re
     import sys
 
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nexus", "serve", "-c", str(config_path), *args,
+        sys.executable, "-m", "nexus", "serve", *args,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
+        env={**environ, **(env or {})}, cwd=cwd,
     )
     assert proc.stderr is not None
     lines: list[str] = []

@@ -8,9 +8,16 @@ import signal
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.fakes import Behavior, FakeLlamaCpp, FakeModel, FakeOllama, FakeVLLM
-from tests.helpers import backend_entry, nexus_cli, spawn_nexus, write_config
+from tests.helpers import (
+    backend_entry,
+    nexus_cli,
+    spawn_nexus,
+    spawn_nexus_without_config,
+    write_config,
+)
 
 
 async def test_version_and_help() -> None:
@@ -135,3 +142,27 @@ async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
                     code = await nexus.proc.wait()
                 assert code != 0
                 task.cancel()
+
+
+async def test_zero_config_first_run_finds_local_ollama(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No config file at all: defaults, plus Ollama's default address as a static backend.
+    # Discovery is off here only because a test must never multicast beyond loopback.
+    ollama = FakeOllama([FakeModel("llama3:8b")])
+    try:
+        await ollama.start(port=11434)
+    except OSError:
+        pytest.skip("port 11434 is in use on this machine")
+    try:
+        monkeypatch.chdir(tmp_path)
+        env = {"NEXUS_HOST": "127.0.0.1", "NEXUS_PORT": "0", "NEXUS_DISCOVERY": "false"}
+        async with spawn_nexus_without_config(tmp_path, env) as nexus:
+            await asyncio.sleep(0.5)
+            code, out, _ = await nexus_cli("backends", "--json", env={"NEXUS_URL": nexus.url})
+            assert code == 0
+            (backend,) = json.loads(out)
+            assert (backend["name"], backend["url"], backend["status"]) == (
+                "local-ollama", "http://localhost:11434", "healthy")
+            log = "\n".join(nexus.lines)
+            assert "no config file" in log and "dashboard: http://127.0.0.1:" in log
+    finally:
+        await ollama.stop()
