@@ -7,6 +7,7 @@ accepting and drained in-flight requests (see ``nexus.server``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -38,6 +39,7 @@ def initial_backends(config: Config) -> list[Backend]:
             type=b.type,
             priority=b.priority,
             api_key_env=b.api_key_env,
+            context_length=b.context_length or None,
             discovery_source=DiscoverySource.STATIC,
         )
         for b in config.backends
@@ -106,6 +108,7 @@ def _setup_discovery(app: web.Application, state: AppState) -> None:
 
 async def _startup(app: web.Application) -> None:
     state = app[STATE]
+    state.background.append(asyncio.create_task(logs.flush_periodically(), name="log-flush"))
     if state.config.logging.log_content:
         log.warning("logging.log_content is on: message content is logged (truncated) at DEBUG")
     await state.forwarder.start()
@@ -118,5 +121,9 @@ async def _shutdown(app: web.Application) -> None:
 
 async def _cleanup(app: web.Application) -> None:
     state = app[STATE]
+    for task in state.background:
+        task.cancel()
+    await asyncio.gather(*state.background, return_exceptions=True)
+    logs.flush()
     await state.health.stop()
     await state.forwarder.stop()

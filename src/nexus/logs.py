@@ -6,6 +6,8 @@ Nothing here ever formats message content: the request record carries none, and
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
 import time
@@ -24,16 +26,69 @@ LEVELS = {
     "warn": logging.WARNING,
     "error": logging.ERROR,
 }
-request_log = logging.getLogger("nexus.request")
+REQUEST_LOGGER = "nexus.request"
+request_log = logging.getLogger(REQUEST_LOGGER)
 content_log = logging.getLogger("nexus.content")
 CONTENT_LIMIT = 500
 
 
+_stamp_second = -1
+_stamp_prefix = ""
+
+
 def _timestamp(created: float) -> str:
-    return (
-        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
-        + f".{int(created % 1 * 1000):03d}Z"
-    )
+    """ISO 8601 UTC with milliseconds; the strftime part is cached per second."""
+    global _stamp_second, _stamp_prefix
+    second = int(created)
+    if second != _stamp_second:
+        _stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _stamp_second = second
+    return f"{_stamp_prefix}.{int(created % 1 * 1000):03d}Z"
+
+
+class LineHandler(logging.Handler):
+    """Writes one line per record. Request lines are not flushed one by one: at thousands
+    of requests a second, a write() per line would be the log's main cost. They reach the
+    stream when the buffer fills, on ``flush()`` (every FLUSH_SECONDS while the server runs,
+    and at exit); every other line is flushed at once."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__()
+        self.text = stream
+        self.binary = getattr(stream, "buffer", None)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+            if self.binary is not None:
+                self.binary.write(line.encode())
+                if record.name != REQUEST_LOGGER:
+                    self.binary.flush()
+            else:
+                self.text.write(line)
+                if record.name != REQUEST_LOGGER:
+                    self.text.flush()
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self.lock or contextlib.nullcontext():
+            (self.binary or self.text).flush()
+
+
+FLUSH_SECONDS = 0.25
+
+
+async def flush_periodically() -> None:
+    """Runs while the server runs: buffered request lines reach the log within 0.25 s."""
+    while True:
+        await asyncio.sleep(FLUSH_SECONDS)
+        flush()
+
+
+def flush() -> None:
+    for handler in logging.getLogger("nexus").handlers:
+        handler.flush()
 
 
 class JSONFormatter(logging.Formatter):
@@ -73,7 +128,7 @@ def setup(config: LoggingConfig, stream: Any = None) -> None:
     root = logging.getLogger("nexus")
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = LineHandler(stream or sys.stderr)
     handler.setFormatter(JSONFormatter() if config.format == "json" else PrettyFormatter())
     root.addHandler(handler)
     root.setLevel(LEVELS[config.level])

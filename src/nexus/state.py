@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ class AppState:
     metrics: Metrics
     quality: QualityTracker
     started: float = field(default_factory=time.monotonic)
+    background: list[asyncio.Task[None]] = field(default_factory=list)
     in_flight: int = 0
     draining: bool = False
 

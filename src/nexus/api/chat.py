@@ -35,8 +35,11 @@ async def _read_json(request: web.Request, limit: int, seconds: float) -> tuple[
     if ctype not in JSON_TYPES and not ctype.endswith("+json"):
         raise UnsupportedMediaType(f"expected a JSON body (application/json), got {ctype}")
     try:
-        async with asyncio.timeout(seconds):
-            raw = await request.read()
+        if request.content.is_eof():
+            raw = await request.read()  # all here already (small bodies): no timer needed
+        else:
+            async with asyncio.timeout(seconds):
+                raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes") from None
     except TimeoutError:

@@ -28,6 +28,12 @@ class Requirements:
     include_usage: bool = False
     embeddings: bool = False
 
+    @property
+    def is_plain_chat(self) -> bool:
+        """Chat with no special needs: only the model and its context length matter."""
+        needs = self.needs_vision or self.needs_tools or self.needs_json_mode
+        return not (needs or self.embeddings)
+
     def describe(self) -> str:
         needs = [
             n

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -18,13 +19,14 @@ from dataclasses import dataclass, field
 from nexus.config import RoutingConfig, WeightsConfig
 from nexus.errors import InvalidRequest, ModelNotFound, NexusError, NoHealthyBackend
 from nexus.quality import QualityTracker
-from nexus.registry import Backend, Model, Registry
+from nexus.registry import Backend, BackendStatus, Model, Registry
 from nexus.routing import aliases
 from nexus.routing.requirements import Requirements
 
 log = logging.getLogger("nexus.routing")
 
 MAX_MODELS_IN_HINT = 20
+HEALTHY = BackendStatus.HEALTHY
 
 
 @dataclass(slots=True)
@@ -48,13 +50,15 @@ def smart_score(backend: Backend, weights: WeightsConfig, error_rate: float = 0.
     average; time to first byte for streams). A backend no request has reached yet counts as
     fast, so it gets tried and measured: probe round trips say little about generation. A
     backend whose recent requests failed loses up to the whole weight of all three terms."""
-    latency = backend.avg_latency_ms
+    pending = backend.pending_requests
+    # Whole points (10 ms each): backends within the same 10 ms tie and share the load
+    # instead of a 0.1 ms difference sending everything to one of them.
+    latency = backend.avg_latency_ms // 10
+    # (Conditional expressions rather than min(): this runs once per candidate per request.)
     score = (
         (100 - backend.priority) * weights.priority
-        + (100 - min(backend.pending_requests, 100)) * weights.load
-        # Whole points (10 ms each): backends within the same 10 ms tie and share the load
-        # instead of a 0.1 ms difference sending everything to one of them.
-        + (100 - min(latency // 10, 100)) * weights.latency
+        + (100 - (pending if pending < 100 else 100)) * weights.load
+        + (100 - (latency if latency < 100 else 100)) * weights.latency
     )
     if error_rate:
         # Whole percentage points, like latency: noise below 0.5 % does not break ties.
@@ -139,18 +143,24 @@ class Router:
     # -- strategies ---------------------------------------------------------------------
 
     def _pick_smart(self, candidates: list[Backend]) -> Backend:
-        if len(candidates) == 1:
+        count = len(candidates)
+        if count == 1:
             return candidates[0]
-        weights = self.config.weights
-        quality, model = self.quality, self._model
-        # Ties rotate, so identical idle backends share the load instead of one taking all.
-        offset = next(self._rotation) % len(candidates)
-        rotated = candidates[offset:] + candidates[:offset]
-        if quality is None:
-            return max(rotated, key=lambda b: smart_score(b, weights))
-        return max(
-            rotated, key=lambda b: smart_score(b, weights, quality.error_rate(model, b.name))
-        )
+        weights, model = self.config.weights, self._model
+        profiles = self.quality.profiles if self.quality is not None else {}
+        now = time.monotonic()
+        # Start at a rotating offset: ties go round, so identical idle backends share the
+        # load instead of the first one taking all of it.
+        offset = next(self._rotation) % count
+        best, best_score = candidates[offset], -math.inf
+        for i in range(offset, offset + count):
+            backend = candidates[i % count]
+            profile = profiles.get((model, backend.name))
+            error_rate = profile.current_error_rate(now) if profile is not None else 0.0
+            score = smart_score(backend, weights, error_rate)
+            if score > best_score:
+                best, best_score = backend, score
+        return best
 
     def _pick_round_robin(self, candidates: list[Backend]) -> Backend:
         return candidates[next(self._rotation) % len(candidates)]
@@ -165,13 +175,20 @@ class Router:
         self, plan: Plan, model: str, holders: Sequence[Backend], req: Requirements
     ) -> list[Backend]:
         out = []
+        tried = plan.tried
+        tokens = req.estimated_tokens
+        plain = req.is_plain_chat
         for backend in holders:
-            if backend.id in plan.tried:
+            if tried and backend.id in tried:
                 continue
-            if not backend.routable:
+            if backend.status is not HEALTHY:
                 plan.excluded.setdefault(backend.name, backend.status.value)
                 continue
-            why = unmet(backend.models[model], req)
+            served = backend.models[model]
+            if plain and served.supports_chat and tokens <= (served.context_length or tokens):
+                out.append(backend)  # the common case, without a call per backend
+                continue
+            why = unmet(served, req)
             if why is not None:
                 plan.excluded[backend.name] = f"{model}: {why}"
                 continue
