@@ -125,6 +125,12 @@ class BackendConfig:
     api_key_env: str = setting(
         "", "Environment variable holding this backend's API key (never the key itself)."
     )
+    context_length: int = setting(
+        0,
+        "Context length of this backend's models, overriding what its probe reports "
+        "(llama-cpp-python reports none; Ollama reports the trained one). 0: as probed.",
+        min=0,
+    )
 
 
 @dataclass(frozen=True, slots=True)

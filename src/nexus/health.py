@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -115,10 +116,21 @@ class HealthChecker:
         started = time.perf_counter()
         try:
             models = await adapter.probe(self._session, backend)
+            if backend.context_length:
+                # replace, never mutate: adapters may cache and share Model objects
+                models = [
+                    dataclasses.replace(m, context_length=backend.context_length)
+                    for m in models
+                ]
             error = None
         except ProbeError as exc:
             models, error = [], str(exc)
         except TimeoutError:
+            if backend.pending_requests:
+                # Busy, not down: single-slot servers (llama.cpp) answer probes only between
+                # generations. Live requests have their own timeouts to judge it by.
+                log.debug("probe of busy backend %s timed out; not counted", backend.name)
+                return
             models, error = [], f"probe timed out after {self.config.timeout_seconds:g}s"
         elapsed = time.perf_counter() - started
         for observer in self.observers:

@@ -75,6 +75,7 @@ class Backend:
     priority: int = 50
     discovery_source: DiscoverySource = DiscoverySource.STATIC
     api_key_env: str = ""
+    context_length: int | None = None  # configured: overrides the probed one
     id: str = ""
     status: BackendStatus = BackendStatus.UNKNOWN
     last_health_check: float | None = None

@@ -107,7 +107,10 @@ async def test_request_id_is_taken_or_generated(tmp_path: Path) -> None:
             assert headers["X-Request-Id"] == "abc-123"
             assert fake.chat_requests[-1].headers["X-Request-Id"] == "abc-123"
             _, _, headers = await nexus.post("/v1/chat/completions", body, headers={"X-Request-Id": "bad id <script>"})
-            assert re.fullmatch(r"[0-9a-f]{24}", headers["X-Request-Id"])
+            generated = headers["X-Request-Id"]
+            assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", generated)
+            _, _, again = await nexus.post("/v1/chat/completions", body)
+            assert again["X-Request-Id"] != generated
             status, reply, headers = await nexus.post("/v1/chat/completions", {"model": "x"}, headers={"X-Request-Id": "r-9"})
             assert status == 400 and reply["error"]["request_id"] == "r-9" == headers["X-Request-Id"]
 

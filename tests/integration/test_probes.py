@@ -146,3 +146,20 @@ def test_dns_failure_is_named() -> None:
     key = aiohttp.client_reqrep.ConnectionKey("llm.invalid", 80, False, True, None, None, None)
     exc = aiohttp.ClientConnectorDNSError(key, OSError(-2, "Name or service not known"))
     assert describe_client_error(exc) == "DNS resolution failed for llm.invalid"
+
+
+async def test_probe_timeout_counts_unless_the_backend_is_busy(tmp_path: Path) -> None:
+    async with FakeVLLM([FakeModel("qwen")]) as fake:
+        hc = {"interval_seconds": 0.1, "timeout_seconds": 0.2, "failure_threshold": 1}
+        async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")], health_check=hc) as nexus:
+            backend = nexus.state.registry.find("v")
+            assert backend is not None
+            fake.health_behavior = Behavior.HANG
+            backend.pending_requests += 1  # generating: a slow probe is expected, not a failure
+            await asyncio.sleep(0.8)
+            assert backend.status is BackendStatus.HEALTHY
+            backend.pending_requests -= 1
+            async with asyncio.timeout(5):
+                while backend.status is not BackendStatus.UNHEALTHY:
+                    await asyncio.sleep(0.02)
+            assert "timed out" in (backend.last_error or "")

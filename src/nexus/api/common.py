@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -15,6 +16,11 @@ from nexus.records import RECORD
 
 log = logging.getLogger("nexus")
 
+# Generated ids: a random per-process prefix and a counter, unique without a syscall each,
+# shaped as a UUID because some backends (llama-cpp-python) reject any other request id.
+_RANDOM = os.urandom(8).hex()
+_ID_PREFIX = f"{_RANDOM[:8]}-{_RANDOM[8:12]}-{_RANDOM[12:]}"
+_ID_COUNTER = itertools.count(1)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -24,7 +30,8 @@ def request_id(request: web.Request) -> str:
     incoming = request.headers.get("X-Request-Id")
     if incoming and REQUEST_ID.fullmatch(incoming):
         return incoming
-    return os.urandom(12).hex()
+    n = f"{next(_ID_COUNTER):016x}"
+    return f"{_ID_PREFIX}-{n[:4]}-{n[4:]}"
 
 
 def error_response(exc: NexusError, rid: str | None) -> web.Response:

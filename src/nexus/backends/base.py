@@ -68,8 +68,8 @@ async def fetch_json(
 ) -> Any:
     """GET/POST ``url`` and parse its JSON. Returns None on 404 when ``allow_404``.
 
-    Any transport failure, non-2xx status or unparseable body becomes ProbeError: a backend
-    that answers 200 with garbage is not healthy.
+    Any transport failure, non-2xx status or unparseable body becomes ProbeError (a backend
+    that answers 200 with garbage is not healthy); a timeout stays a TimeoutError.
     """
     data = None if body is None else orjson.dumps(body)
     headers = {"Content-Type": "application/json"} if data is not None else None
@@ -80,9 +80,9 @@ async def fetch_json(
                 return None
             if resp.status >= 400:
                 raise ProbeError(f"{method} {_path(url)} answered HTTP {resp.status}")
-    except ProbeError:
-        raise
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+    except (ProbeError, TimeoutError):
+        raise  # the health checker words timeouts itself (and knows when one is expected)
+    except (aiohttp.ClientError, OSError) as exc:
         raise ProbeError(describe_client_error(exc)) from exc
     try:
         return orjson.loads(raw) if raw else None

@@ -13,9 +13,9 @@ first stream event (``request_timeout_seconds``), and idle gap between two strea
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
+import uuid
 from typing import Any
 
 import aiohttp
@@ -42,6 +42,9 @@ from nexus.routing.router import Plan, Route, Router
 # streams can be counted, and the extra usage chunk is dropped if the client did not ask.
 USAGE_AWARE = frozenset({"ollama", "vllm", "lmstudio", "openai", "llamacpp"})
 PASSTHROUGH_HEADERS = ("Retry-After", "Content-Type")
+# Types that may be llama-cpp-python, whose middleware (starlette-context RequestIdPlugin)
+# answers an empty 400 to any X-Request-Id that is not a UUID: they get the id only if it is.
+UUID_REQUEST_IDS = frozenset({"llamacpp"})
 MAX_ERROR_BODY = 64 * 1024
 
 
@@ -76,8 +79,13 @@ class Forwarder:
         connector = aiohttp.TCPConnector(
             limit=0, ttl_dns_cache=30, keepalive_timeout=60, enable_cleanup_closed=True
         )
+        # sock_read bounds the wait for the first byte and every gap within a JSON body;
+        # aiohttp re-arms it per read, so it costs no timer of ours on the hot path.
+        # Streams keep their own, shorter idle deadline (see relay.py).
         timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.config.server.connect_timeout_seconds
+            total=None,
+            sock_connect=self.config.server.connect_timeout_seconds,
+            sock_read=self.ttfb,
         )
         self.session = aiohttp.ClientSession(
             connector=connector,
@@ -137,7 +145,9 @@ class Forwarder:
     def _headers(
         self, request: web.Request, backend: Backend, record: RequestRecord
     ) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "X-Request-Id": record.request_id}
+        headers = {"Content-Type": "application/json"}
+        if backend.type not in UUID_REQUEST_IDS or _is_uuid(record.request_id):
+            headers["X-Request-Id"] = record.request_id
         key = os.environ.get(backend.api_key_env) if backend.api_key_env else None
         if key:
             headers["Authorization"] = f"Bearer {key}"
@@ -154,12 +164,9 @@ class Forwarder:
         self.registry.increment_pending(backend)
         sent = time.perf_counter()
         try:
-            async with asyncio.timeout(self.ttfb):
-                resp = await self.session.post(
-                    backend.url + path,
-                    data=payload,
-                    headers=self._headers(request, backend, record),
-                )
+            resp = await self.session.post(
+                backend.url + path, data=payload, headers=self._headers(request, backend, record)
+            )
         except TimeoutError:
             self.registry.decrement_pending(backend)
             record.upstream_seconds += time.perf_counter() - sent
@@ -222,8 +229,7 @@ class Forwarder:
     ) -> bytes:
         backend = upstream.backend
         try:
-            async with asyncio.timeout(self.idle):
-                raw = await (resp.content.read(limit) if limit else resp.read())
+            raw = await (resp.content.read(limit) if limit else resp.read())
         except TimeoutError:
             raise BackendTimeout(
                 f"backend '{backend.name}' stalled while sending its answer"
@@ -326,3 +332,11 @@ def _upstream_message(raw: bytes) -> str:
         return ""
     message = error.get("message") if isinstance(error, dict) else error
     return f": {str(message)[:200]}" if message else ""
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
