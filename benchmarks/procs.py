@@ -1,0 +1,167 @@
+"""Child processes of a benchmark run: spawning, readiness, RSS, and clean shutdown.
+
+Everything binds to 127.0.0.1. Children get the parent's environment minus ``NEXUS_*``
+variables (so a developer's own settings cannot change what is measured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+
+HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident set size of ``pid`` in MB (VmRSS from /proc), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time ``pid`` has used so far (from /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _open_log(path: Path) -> IO[bytes]:
+    return open(path, "wb")  # handed to the child; closed in Proc.stop
+
+
+@dataclass
+class Proc:
+    name: str
+    proc: asyncio.subprocess.Process
+    log: Path
+    _log_file: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def tail(self, size: int = 3000) -> str:
+        try:
+            return self.log.read_bytes()[-size:].decode(errors="replace")
+        except OSError:
+            return "(no log)"
+
+    def rss(self) -> float | None:
+        return rss_mb(self.pid)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+
+async def spawn(name: str, args: Sequence[str], log: Path) -> Proc:
+    handle = _open_log(log)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=handle,
+        stderr=asyncio.subprocess.STDOUT,
+        env=child_env(),
+        cwd=str(ROOT),
+    )
+    return Proc(name, proc, log, handle)
+
+
+async def run_json(args: Sequence[str], timeout: float) -> Any:
+    """Run a child that prints one JSON document on stdout; return it parsed."""
+    import orjson
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=child_env(),
+        cwd=str(ROOT),
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise RuntimeError(f"{args[:2]} did not finish within {timeout:g}s") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args[:2]} failed ({proc.returncode}): {err.decode()[-2000:]}")
+    return orjson.loads(out)
+
+
+async def wait_until(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    body: bytes | None = None,
+    ok: Any = None,
+    timeout: float = 15.0,
+    interval: float = 0.002,
+    proc: Proc | None = None,
+) -> float:
+    """Poll ``url`` until it answers 200 (and ``ok(json)`` holds); seconds waited."""
+    started = time.perf_counter()
+    deadline = started + timeout
+    last = ""
+    while time.perf_counter() < deadline:
+        if proc is not None and proc.proc.returncode is not None:
+            raise RuntimeError(
+                f"{proc.name} exited ({proc.proc.returncode}): {proc.tail()}"
+            )
+        try:
+            async with session.request(
+                method, url, data=body, headers={"Content-Type": "application/json"}
+            ) as resp:
+                data = await resp.read()
+                if resp.status == 200 and (ok is None or ok(data)):
+                    return time.perf_counter() - started
+                last = f"HTTP {resp.status}: {data[:200]!r}"
+        except (aiohttp.ClientError, OSError) as exc:
+            last = repr(exc)
+        await asyncio.sleep(interval)
+    raise RuntimeError(f"{url} not ready after {timeout:g}s: {last}")

@@ -1,0 +1,281 @@
+"""One command for the whole benchmark: ``python -m benchmarks.run [--quick] [--json PATH]
+[--gateway-url URL ...]``. See docs/benchmarks.md.
+
+Starts, on 127.0.0.1 only, the fake upstream, the floor proxy and Nexus (each its own
+process), measures, prints a table with ratios against the floor, and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from benchmarks import micro, phases, report
+from benchmarks.loadgen import Target
+from benchmarks.procs import HOST, ROOT, Proc, free_port, spawn, wait_until
+from benchmarks.settings import Settings
+
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+NEXUS_TOML = """\
+[server]
+host = "127.0.0.1"
+port = {port}
+# 1000 slow streams are measured; the default limit (1000) leaves no room for a probe.
+max_concurrent_requests = 1100
+
+[discovery]
+enabled = false
+
+[health_check]
+interval_seconds = 5
+
+[logging]
+level = "info"
+format = "json"
+
+[[backends]]
+name = "upstream"
+url = "{upstream}"
+type = "vllm"
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="a short run (smoke test, ~30 s)")
+    p.add_argument("--json", metavar="PATH",
+                   help="write the results here (default: benchmarks/results/bench-DATE.json)")
+    p.add_argument("--gateway-url", action="append", default=[], metavar="URL",
+                   help="another gateway on 127.0.0.1, already in front of the upstream "
+                        "(use --upstream-port); may repeat")
+    p.add_argument("--gateway-key", default="", help="bearer token sent to --gateway-url")
+    p.add_argument("--upstream-port", type=int, default=0, help="fixed upstream port")
+    p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
+                   help="throughput driver (auto: wrk when installed)")
+    p.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
+    return p.parse_args(argv)
+
+
+def gateway_target(index: int, url: str, key: str) -> Target:
+    parsed = URL(url)
+    host = "127.0.0.1" if parsed.host == "localhost" else parsed.host
+    if parsed.scheme != "http" or host != HOST or parsed.port is None:
+        raise SystemExit(f"--gateway-url must be http://127.0.0.1:PORT[/prefix], not {url}")
+    prefix = parsed.path.rstrip("/")
+    prefix = prefix.removesuffix("/v1")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return Target(f"gw{index}", host, parsed.port, prefix, headers)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.cfg = Settings.quick() if args.quick else Settings.full()
+        self.workdir = Path(tempfile.mkdtemp(prefix="nexus-bench-"))
+        self.procs: list[Proc] = []
+        self.upstream_port = args.upstream_port or free_port()
+        self.upstream_url = f"http://{HOST}:{self.upstream_port}"
+        self.targets: dict[str, Target] = {}
+        self.nexus: Proc | None = None
+        self.floor: Proc | None = None
+
+    def log(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    async def start_upstream(self, session: aiohttp.ClientSession) -> None:
+        args = ["-m", "benchmarks.upstream", "--port", str(self.upstream_port),
+                "--slow-delay", str(self.cfg.slow_delay),
+                "--paced-delay-ms", str(self.cfg.paced_delay_ms)]
+        proc = await spawn("upstream", args, self.workdir / "upstream.log")
+        self.procs.append(proc)
+        await wait_until(session, "GET", self.upstream_url + "/v1/models", proc=proc)
+        self.targets["direct"] = Target("direct", HOST, self.upstream_port)
+
+    async def start_floor(self, session: aiohttp.ClientSession) -> None:
+        port = free_port()
+        args = ["-m", "benchmarks.floor_proxy", "--port", str(port),
+                "--upstream", self.upstream_url]
+        self.floor = await spawn("floor", args, self.workdir / "floor.log")
+        self.procs.append(self.floor)
+        await wait_until(session, "POST", f"http://{HOST}:{port}/v1/chat/completions",
+                         body=self.cfg.chat_body.encode(), proc=self.floor)
+        self.targets["floor"] = Target("floor", HOST, port)
+
+    async def start_nexus(self, session: aiohttp.ClientSession, tag: str) -> tuple[Proc, float]:
+        """Spawn Nexus; seconds from spawn to its first successful proxied request."""
+        port = free_port()
+        toml = self.workdir / f"nexus-{tag}.toml"
+        toml.write_text(NEXUS_TOML.format(port=port, upstream=self.upstream_url))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        proc = await spawn(f"nexus-{tag}", ["-m", "nexus", "serve", "-c", str(toml)],
+                           self.workdir / f"nexus-{tag}.log")
+        self.procs.append(proc)
+        url = f"http://{HOST}:{port}"
+        await wait_until(session, "POST", url + "/v1/chat/completions",
+                         body=self.cfg.chat_body.encode(), proc=proc, timeout=30)
+        elapsed = loop.time() - started
+        self.targets["nexus"] = Target("nexus", HOST, port)
+        return proc, elapsed
+
+    async def startup(self, session: aiohttp.ClientSession) -> dict[str, Any]:
+        samples = []
+        for i in range(self.cfg.startup_samples):
+            proc, seconds = await self.start_nexus(session, str(i))
+            samples.append(seconds)
+            self.log(f"  start-up {i + 1}: {seconds * 1000:.0f} ms")
+            if i < self.cfg.startup_samples - 1:
+                await proc.stop()
+                self.procs.remove(proc)
+            else:
+                self.nexus = proc
+        samples_sorted = sorted(samples)
+        return {"samples_s": samples, "median_s": samples_sorted[len(samples) // 2]}
+
+    async def settle_nexus(self, session: aiohttp.ClientSession) -> None:
+        url = f"http://{HOST}:{self.targets['nexus'].port}"
+        await wait_until(session, "GET", url + "/health",
+                         ok=lambda d: orjson.loads(d).get("status") == "healthy")
+        await wait_until(session, "GET", url + "/v1/models",
+                         ok=lambda d: b'"bench-model"' in d)
+
+    async def add_gateways(self, session: aiohttp.ClientSession) -> None:
+        for i, url in enumerate(self.args.gateway_url, 1):
+            target = gateway_target(i, url, self.args.gateway_key)
+            base = f"http://{target.host}:{target.port}{target.prefix}"
+            self.log(f"waiting for {target.name} = {base} to answer through the upstream ...")
+            await wait_until(session, "POST", base + "/v1/chat/completions",
+                             body=self.cfg.chat_body.encode(), timeout=60, interval=0.2)
+            self.targets[target.name] = target
+
+    def memory(self) -> dict[str, Any]:
+        out = {}
+        for name, proc in (("nexus", self.nexus), ("floor", self.floor)):
+            out[name] = {"pid": proc.pid if proc else None, "rss_mb": proc.rss() if proc else None}
+        return out
+
+    async def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        results: dict[str, Any] = {"meta": meta(self)}
+        self.log(f"upstream: {self.upstream_url}  (models bench-model, bench-paced, bench-slow; "
+                 f"point other gateways here, see docs/benchmarks.md)")
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            await self.start_upstream(session)
+            self.log("start-up ...")
+            results["startup"] = await self.startup(session)
+            await self.start_floor(session)
+            await self.settle_nexus(session)
+            await self.add_gateways(session)
+        assert self.nexus is not None and self.floor is not None
+        order = ["direct", "floor", "nexus"]
+        self.targets = {n: self.targets[n] for n in order + sorted(set(self.targets) - {*order})}
+        results["targets"] = {
+            n: f"http://{t.host}:{t.port}{t.prefix}" for n, t in self.targets.items()
+        }
+        await asyncio.sleep(cfg.idle_settle)
+        memory: dict[str, Any] = {
+            "nexus": {"idle_mb": self.nexus.rss()}, "floor": {"idle_mb": self.floor.rss()}
+        }
+        targets = list(self.targets.values())
+        self.log("latency (sequential, interleaved) ...")
+        results["latency"] = await phases.latency(targets, cfg)
+        self.log("throughput ...")
+        pids = {"nexus": self.nexus.pid, "floor": self.floor.pid}
+        results["throughput"] = await phases.throughput(targets, cfg, self.args.loadgen, pids)
+        memory["nexus"]["after_load_mb"] = self.nexus.rss()
+        memory["floor"]["after_load_mb"] = self.floor.rss()
+        self.log("streaming ...")
+        results["streaming"] = {
+            "paced": await phases.streaming(targets, cfg, "bench-paced", cfg.stream_n),
+            "burst": await phases.streaming(targets, cfg, "bench-model", cfg.burst_n),
+        }
+        self.log(f"{cfg.hold_conns} slow streams ...")
+        memory["streams"] = {}
+        for name, proc in (("nexus", self.nexus), ("floor", self.floor)):
+            if name == "floor" and not cfg.hold_floor:
+                continue
+            memory["streams"][name] = await phases.hold(self.targets[name], proc, cfg)
+        results["memory"] = memory
+        await self.stop()
+        self.log("micro-benchmarks ...")
+        results["micro"] = micro.run_all(self.args.quick)
+        results["checks"] = report.checks(results)
+        results["errors_total"] = phases.errors_total(results)
+        return results
+
+    async def stop(self) -> None:
+        for proc in reversed(self.procs):
+            await proc.stop()
+        self.procs.clear()
+
+    def cleanup(self) -> None:
+        if self.args.keep:
+            self.log(f"run directory kept: {self.workdir}")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def meta(bench: Bench) -> dict[str, Any]:
+    import uvloop
+
+    import nexus
+
+    return {
+        "command": " ".join([".venv/bin/python", "-m", "benchmarks.run", *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "nexus": nexus.__version__,
+        "aiohttp": aiohttp.__version__,
+        "uvloop": getattr(uvloop, "__version__", "?"),
+        "quick": bench.args.quick,
+        "upstream": bench.upstream_url,
+        "settings": bench.cfg.to_dict(),
+    }
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+
+
+async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    bench = Bench(args)
+    try:
+        return await bench.run()
+    finally:
+        await bench.stop()
+        bench.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = asyncio.run(amain(args))
+    print(report.table(results))
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(args.json) if args.json else RESULTS_DIR / f"bench-{stamp}.json"
+    write_json(results, path)
+    print(f"results: {path}")
+    if results["errors_total"]:
+        print(f"ERRORS: {results['errors_total']} failed requests", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
