@@ -29,6 +29,8 @@ LEVELS = {
 }
 REQUEST_LOGGER = "nexus.request"
 request_log = logging.getLogger(REQUEST_LOGGER)
+_nexus_log = logging.getLogger("nexus")
+_direct: LineHandler | None = None  # the handler setup() installed
 content_log = logging.getLogger("nexus.content")
 CONTENT_LIMIT = 500
 
@@ -64,17 +66,18 @@ class LineHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record) + "\n"
-            if self.binary is not None:
-                self.binary.write(line.encode())
-                if record.name != REQUEST_LOGGER:
-                    self.binary.flush()
-            else:
-                self.text.write(line)
-                if record.name != REQUEST_LOGGER:
-                    self.text.flush()
+            self.write_line(self.format(record), flush=record.name != REQUEST_LOGGER)
         except Exception:
             self.handleError(record)
+
+    def write_line(self, line: str, *, flush: bool) -> None:
+        with self.lock or contextlib.nullcontext():
+            if self.binary is not None:
+                self.binary.write((line + "\n").encode())
+            else:
+                self.text.write(line + "\n")
+            if flush:
+                (self.binary or self.text).flush()
 
     def flush(self) -> None:
         with self.lock or contextlib.nullcontext():
@@ -96,33 +99,54 @@ def flush() -> None:
         handler.flush()
 
 
-class JSONFormatter(logging.Formatter):
-    """One JSON object per line, stable field names (Loki / ELK friendly)."""
+class LineFormatter(logging.Formatter):
+    """A formatter that can also format a request record's fields without a LogRecord."""
+
+    def request_line(self, fields: dict[str, Any]) -> str:
+        raise NotImplementedError
 
     def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", None)
+        if fields:
+            return self.request_line(fields)
+        return self.message_line(record)
+
+    def message_line(self, record: logging.LogRecord) -> str:
+        raise NotImplementedError
+
+
+class JSONFormatter(LineFormatter):
+    """One JSON object per line, stable field names (Loki / ELK friendly)."""
+
+    def request_line(self, fields: dict[str, Any]) -> str:
+        stamp = _timestamp(fields["timestamp"])
+        line = {"timestamp": stamp, "level": "info", "logger": REQUEST_LOGGER, "message": "request"}
+        line.update(fields)
+        line["timestamp"] = stamp
+        return orjson.dumps(line, default=str).decode()
+
+    def message_line(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "timestamp": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
-        fields = getattr(record, "fields", None)
-        if fields:
-            line.update(fields)
-            line["timestamp"] = _timestamp(fields["timestamp"])
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(line, default=str).decode()
 
 
-class PrettyFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
+class PrettyFormatter(LineFormatter):
+    def request_line(self, fields: dict[str, Any]) -> str:
+        shown = " ".join(
+            f"{k}={v}" for k, v in fields.items() if k != "timestamp" and v not in (None, "", [])
+        )
+        return f"{_timestamp(fields['timestamp'])} INFO    {REQUEST_LOGGER}: request {shown}"
+
+    def message_line(self, record: logging.LogRecord) -> str:
         stamp = _timestamp(record.created)
         text = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
-        fields = getattr(record, "fields", None)
-        if fields:
-            shown = (f"{k}={v}" for k, v in fields.items() if v not in (None, "", []))
-            text += " " + " ".join(s for s in shown if not s.startswith("timestamp="))
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text
@@ -135,7 +159,8 @@ def setup(config: LoggingConfig, stream: Any = None) -> None:
     root = logging.getLogger("nexus")
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    handler = LineHandler(stream or sys.stderr)
+    global _direct
+    handler = _direct = LineHandler(stream or sys.stderr)
     handler.setFormatter(JSONFormatter() if config.format == "json" else PrettyFormatter())
     root.addHandler(handler)
     root.setLevel(LEVELS[config.level])
@@ -149,12 +174,21 @@ def setup(config: LoggingConfig, stream: Any = None) -> None:
 def log_request(record: RequestRecord) -> None:
     """The one structured line per request (F11).
 
-    Built directly rather than through ``Logger.info``: that would look up the caller's
-    frame for every request, information this line never shows."""
-    if request_log.isEnabledFor(logging.INFO):
-        line = logging.LogRecord(REQUEST_LOGGER, logging.INFO, "", 0, "request", None, None)
-        line.fields = record.to_dict()
-        request_log.handle(line)
+    When our own handler is the only place it can go (the usual case), the line is written
+    to it directly: a LogRecord and the handler chain would cost more than the line itself.
+    Otherwise (extra handlers, propagation, as under pytest's caplog) it is a normal record,
+    without ``Logger.info``'s caller-frame lookup."""
+    if not request_log.isEnabledFor(logging.INFO):
+        return
+    fields = record.to_dict()
+    direct = _direct
+    if direct is not None and not _nexus_log.propagate and not request_log.handlers:
+        assert isinstance(direct.formatter, LineFormatter)
+        direct.write_line(direct.formatter.request_line(fields), flush=False)
+        return
+    line = logging.LogRecord(REQUEST_LOGGER, logging.INFO, "", 0, "request", None, None)
+    line.fields = fields
+    request_log.handle(line)
 
 
 def log_content(request_id: str, body: dict[str, Any]) -> None:
