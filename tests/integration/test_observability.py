@@ -97,6 +97,10 @@ async def test_stats_match_the_requests_made(tmp_path: Path) -> None:
             assert stats["models"]["qwen"]["requests"] == 6 and stats["models"]["qwen"]["avg_duration_ms"] > 0
             assert stats["uptime_seconds"] > 0
             assert stats["quality"]["qwen"]["a"]["1h"]["requests"] >= 1
+            # Two backends serve qwen: /v1/models still lists it once, naming both.
+            listing = (await nexus.get("/v1/models"))[1]["data"]
+            assert [m["id"] for m in listing] == ["qwen"]
+            assert sorted(b["name"] for b in listing[0]["backends"]) == ["a", "b"]
 
 
 async def test_request_id_is_taken_or_generated(tmp_path: Path) -> None:

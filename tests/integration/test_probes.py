@@ -163,3 +163,27 @@ async def test_probe_timeout_counts_unless_the_backend_is_busy(tmp_path: Path) -
                 while backend.status is not BackendStatus.UNHEALTHY:
                     await asyncio.sleep(0.02)
             assert "timed out" in (backend.last_error or "")
+
+
+async def test_health_status_and_concurrent_probes(tmp_path: Path) -> None:
+    # One backend hangs on its probe: the other is still probed on time (probes run
+    # concurrently, one loop per backend), and /health goes healthy -> degraded -> unhealthy.
+    async with FakeVLLM([FakeModel("a")]) as slow, FakeVLLM([FakeModel("b")]) as quick:
+        hc = {"interval_seconds": 0.1, "timeout_seconds": 1, "failure_threshold": 1}
+        backends = [backend_entry(slow, "slow", "vllm"), backend_entry(quick, "quick", "vllm")]
+        async with running_nexus(tmp_path, backends, health_check=hc) as nexus:
+            assert (await nexus.get("/health"))[1]["status"] == "healthy"
+            slow.health_behavior = Behavior.HANG
+            before = sum(1 for r in quick.requests if r.path == "/v1/models")
+            await asyncio.sleep(0.6)
+            assert sum(1 for r in quick.requests if r.path == "/v1/models") >= before + 3
+            async with asyncio.timeout(5):
+                while (await nexus.get("/health"))[1]["status"] != "degraded":
+                    await asyncio.sleep(0.05)
+            health = (await nexus.get("/health"))[1]
+            assert health["backends"] == {"total": 2, "healthy": 1, "unhealthy": 1}
+            assert health["models"] == 1
+            await quick.stop()
+            async with asyncio.timeout(5):
+                while (await nexus.get("/health"))[1]["status"] != "unhealthy":
+                    await asyncio.sleep(0.05)

@@ -118,7 +118,10 @@ async def test_json_mode_is_routable_to_ollama_vllm_llamacpp(tmp_path: Path) -> 
             assert reply.choices[0].message.content
 
 
-async def test_alias_chain_direct_match_and_requested_name_in_replies(tmp_path: Path) -> None:
+async def test_alias_chain_direct_match_and_requested_name_in_replies(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="nexus.routing")
     async with FakeOllama([FakeModel("llama3:70b"), FakeModel("gpt-3.5-turbo")]) as fake:
         aliases = {"gpt-4": "llama-70b", "llama-70b": "llama3:70b", "gpt-3.5-turbo": "llama3:70b"}
         async with running_nexus(tmp_path, [backend_entry(fake, "o", "ollama")], routing={"aliases": aliases}) as nexus:
@@ -128,6 +131,8 @@ async def test_alias_chain_direct_match_and_requested_name_in_replies(tmp_path: 
             stream = await nexus.client.chat.completions.create(model="gpt-4", messages=MSG, stream=True)  # type: ignore[arg-type]
             models = {c.model async for c in stream}
             assert models == {"gpt-4"}
+            debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+            assert "alias gpt-4 -> llama3:70b" in debug
             # A model a backend has directly wins over an alias of the same name.
             await nexus.client.chat.completions.create(model="gpt-3.5-turbo", messages=MSG)  # type: ignore[arg-type]
             assert fake.chat_requests[-1].json["model"] == "gpt-3.5-turbo"
