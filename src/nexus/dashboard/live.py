@@ -210,7 +210,10 @@ class Hub:
         self.charts_every = charts_every
         self.send_timeout = send_timeout
         self.max_viewers = max_viewers
-        self.history: deque[Json] = deque(maxlen=HISTORY_SIZE)
+        # The last records themselves; their history entries are built when a view needs
+        # them, so at thousands of requests a second only the 100 that are shown get built.
+        self._recent: deque[tuple[int, RequestRecord]] = deque(maxlen=HISTORY_SIZE)
+        self._entries: dict[int, Json] = {}  # seq -> built entry
         self.seq = 0  # of the newest history entry
         self.dirty = False  # records arrived since the broadcaster's last pass
         self.series: dict[str, Series] = {ALL: Series()}
@@ -229,7 +232,7 @@ class Hub:
 
     def record(self, record: RequestRecord) -> None:
         self.seq += 1
-        self.history.append(history_entry(self.seq, record))
+        self._recent.append((self.seq, record))
         ms = record.duration_seconds * 1000
         error = bool(record.error_type) or record.status >= 400
         # Counted when it ended (a long stream belongs where it finished).
@@ -244,6 +247,20 @@ class Hub:
         self.dirty = True
 
     # -- views -------------------------------------------------------------------------------
+
+    @property
+    def history(self) -> list[Json]:
+        """The last 100 requests as the page shows them, oldest first."""
+        built = self._entries
+        out = []
+        for seq, record in self._recent:
+            entry = built.get(seq)
+            if entry is None:
+                entry = built[seq] = history_entry(seq, record)
+            out.append(entry)
+        if len(built) > 2 * HISTORY_SIZE:
+            self._entries = {e["seq"]: e for e in out}
+        return out
 
     def backend_views(self) -> list[Json]:
         return [backend_view(b) for b in self.registry.get_all_backends()]
