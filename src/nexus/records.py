@@ -22,7 +22,6 @@ class RequestRecord:
     endpoint: str  # "chat" | "embeddings"
     model: str = ""  # as the client asked
     routed_model: str = ""  # as the backend was asked (after alias / fallback)
-    known_model: bool = False  # a model some backend lists (safe as a metric label)
     backend: str = ""
     backend_type: str = ""
     status: int = 0

@@ -90,8 +90,9 @@ class Forwarder:
         self.session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
-            auto_decompress=False,
-            json_serialize=lambda o: orjson.dumps(o).decode(),
+            # Left on: answers are parsed (usage, validity), and relayed without their
+            # Content-Encoding, so a gzipping proxy in front of a backend is decoded here.
+            auto_decompress=True,
         )
 
     async def stop(self) -> None:
@@ -303,7 +304,6 @@ class Forwarder:
         record.backend = route.backend.name
         record.backend_type = route.backend.type
         record.routed_model = route.model
-        record.known_model = True
         record.route_reason = route.reason
         if route.fallback:
             record.fallback_chain = plan.models[: plan.models.index(route.model) + 1]
