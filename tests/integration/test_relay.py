@@ -215,3 +215,38 @@ async def test_hundred_concurrent_requests(vllm_nexus: tuple[Nexus, FakeVLLM]) -
     assert all(t.startswith("Hello from") for t in texts)
     assert len(fake.chat_requests) == 100
     assert nexus.pending() == {"vllm": 0}
+
+
+async def test_gzip_encoded_answers_are_decoded(tmp_path: Path) -> None:
+    """A backend behind a compressing proxy: Nexus parses and relays the decoded answer."""
+    import gzip
+    import json
+
+    from aiohttp import web
+
+    answer = {"id": "c1", "object": "chat.completion", "model": "z", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "zipped"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "z", "object": "model"}]})
+
+    async def chat(_: web.Request) -> web.Response:
+        body = gzip.compress(json.dumps(answer).encode())
+        return web.Response(body=body, headers={"Content-Encoding": "gzip",
+                                                 "Content-Type": "application/json"})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with running_nexus(tmp_path, [{"name": "gz", "url": url, "type": "generic"}]) as nexus:
+            reply = await nexus.client.chat.completions.create(model="z", messages=[{"role": "user", "content": "x"}])
+            assert reply.choices[0].message.content == "zipped"
+    finally:
+        await runner.cleanup()
