@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from nexus.api import admin, chat, status
+from nexus.api import admin, proxied, status
 
 
 def routes() -> list[web.RouteDef]:
-    return [*chat.routes, *status.routes, *admin.routes]
+    return [*proxied.routes, *status.routes, *admin.routes]
