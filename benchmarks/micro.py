@@ -3,8 +3,7 @@
 * routing: ``Router.plan`` + ``Router.select`` with 5 and 50 healthy backends that all
   serve the same 200 models (worst case: every backend is a candidate), smart strategy,
   with a quality tracker as production wires it;
-* metrics: ``Metrics(registry).record(record)`` per finished request ("n/a" while
-  ``nexus.metrics`` does not exist);
+* metrics: ``Metrics(registry).record(record)`` per finished request;
 * SSE relay: ``SSEParser.feed`` of one upstream read holding one chunk event, plus
   ``event_data`` on the event (what the relay does per event).
 
@@ -14,7 +13,6 @@ operation, with the best batch alongside.
 
 from __future__ import annotations
 
-import inspect
 import statistics
 import time
 from collections.abc import Callable
@@ -59,24 +57,14 @@ def build_registry(backends: int, models: int) -> Any:
     return registry
 
 
-def _quality(router_cls: Any) -> list[Any]:
-    """A quality tracker, as production wires one, when the Router takes it."""
-    if "quality" not in inspect.signature(router_cls).parameters:
-        return []
-    try:
-        from nexus.quality import QualityTracker
-    except ImportError:
-        return []
-    return [QualityTracker()]
-
-
 def routing(backends: int, models: int = 200, ops: int = 2000, batches: int = 7) -> dict[str, Any]:
     from nexus.config import RoutingConfig
+    from nexus.quality import QualityTracker
     from nexus.routing.requirements import inspect_chat
     from nexus.routing.router import Router
 
     registry = build_registry(backends, models)
-    router = Router(registry, RoutingConfig(), *_quality(Router))
+    router = Router(registry, RoutingConfig(), QualityTracker())
     reqs = []
     for m in range(models):
         reqs.append(inspect_chat({**CHAT_BODY, "model": f"model-{m:03d}"}))
@@ -90,35 +78,26 @@ def routing(backends: int, models: int = 200, ops: int = 2000, batches: int = 7)
 
 
 def metrics(ops: int = 5000, batches: int = 7) -> dict[str, Any]:
-    try:
-        from nexus.metrics import Metrics  # type: ignore[import-not-found, unused-ignore]
-    except ImportError as exc:
-        return {"available": False, "why": f"n/a ({exc})"}
+    from nexus.metrics import Metrics
     from nexus.records import RequestRecord
 
-    registry = build_registry(5, 20)
-    try:
-        sink = Metrics(registry)
-        record = RequestRecord(
-            request_id="0123456789abcdef01234567",
-            endpoint="chat",
-            model="model-001",
-            routed_model="model-001",
-            known_model=True,
-            backend="backend-01",
-            backend_type="vllm",
-            status=200,
-            route_reason="best-score",
-            tokens_prompt=21,
-            tokens_completion=9,
-            upstream_seconds=0.012,
-            ttft_seconds=0.004,
-            duration_seconds=0.013,
-        )
-        result = timed(lambda _: sink.record(record), ops, batches)
-    except Exception as exc:  # an API still in flux: report, don't crash the run
-        return {"available": False, "why": f"n/a ({type(exc).__name__}: {exc})"}
-    return {"available": True, **result}
+    sink = Metrics(build_registry(5, 20))
+    record = RequestRecord(
+        request_id="0123456789abcdef01234567",
+        endpoint="chat",
+        model="model-001",
+        routed_model="model-001",
+        backend="backend-01",
+        backend_type="vllm",
+        status=200,
+        route_reason="best-score",
+        tokens_prompt=21,
+        tokens_completion=9,
+        upstream_seconds=0.012,
+        ttft_seconds=0.004,
+        duration_seconds=0.013,
+    )
+    return timed(lambda _: sink.record(record), ops, batches)
 
 
 def sse_events(count: int = 100) -> list[bytes]:

@@ -43,5 +43,7 @@ def test_quick_benchmark_runs_clean(tmp_path: Path) -> None:
     assert results["memory"]["nexus"]["idle_mb"] > 0
     assert results["startup"]["median_s"] > 0
     assert results["micro"]["routing_50"]["median_us"] > 0
+    assert results["micro"]["metrics"]["median_us"] > 0
+    assert results["micro"]["sse"]["median_us"] > 0
     assert {c["name"] for c in results["checks"]} >= {"idle RSS (MB)"}
     assert "targets:" in proc.stdout
