@@ -207,7 +207,7 @@ class Forwarder:
                 raw = await self._read_body(resp, upstream, record, limit=MAX_ERROR_BODY)
                 if resp.status == 429 and self._has_alternative(plan, req):
                     return BackendBadResponse(f"backend '{backend.name}' is rate limited")
-                return self._passthrough(resp, raw, upstream, plan, record)
+                return self._passthrough(resp, raw, upstream, record)
             is_sse = resp.content_type == "text/event-stream"
             if req.stream and is_sse:
                 relay = StreamRelay(self, request, upstream, plan, req, record)
@@ -273,7 +273,6 @@ class Forwarder:
         resp: aiohttp.ClientResponse,
         raw: bytes,
         upstream: Upstream,
-        plan: Plan,
         record: RequestRecord,
     ) -> web.Response:
         record.status = resp.status
