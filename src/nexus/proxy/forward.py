@@ -318,7 +318,7 @@ class Forwarder:
     def _has_alternative(self, plan: Plan, req: Requirements) -> bool:
         for model in plan.models:
             for backend in self.registry.get_backends_for_model(model):
-                if backend.id not in plan.tried and backend.routable:
+                if (backend.id, model) not in plan.tried and backend.routable:
                     return True
         return False
 

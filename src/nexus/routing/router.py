@@ -41,7 +41,7 @@ class Route:
 class Plan:
     requested: str
     models: list[str]  # models[0] is the (alias-resolved) primary, the rest fallbacks
-    tried: set[str] = field(default_factory=set)
+    tried: set[tuple[str, str]] = field(default_factory=set)  # (backend id, model)
     excluded: dict[str, str] = field(default_factory=dict)
 
 
@@ -92,14 +92,13 @@ class Router:
         self.config = config
         self.quality = quality
         self._rotation = itertools.count()
-        strategies: dict[str, Callable[[list[Backend]], Backend]] = {
+        strategies: dict[str, Callable[[list[Backend], str], Backend]] = {
             "smart": self._pick_smart,
             "round_robin": self._pick_round_robin,
             "priority_only": self._pick_priority,
-            "random": random.choice,
+            "random": self._pick_random,
         }
         self._pick = strategies[config.strategy]
-        self._model = ""  # the model being picked for (read by the smart strategy)
 
     def plan(self, requested: str) -> Plan:
         cfg = self.config
@@ -118,16 +117,15 @@ class Router:
         now = time.monotonic()
         for index, model in enumerate(plan.models):
             holders = self.registry.get_backends_for_model(model)
-            used = sum(1 for b in holders if b.id in plan.tried)
+            used = sum(1 for b in holders if (b.id, model) in plan.tried)
             if used >= attempts_per_model:
                 continue
             candidates = self._candidates(plan, model, holders, req)
             if not candidates:
                 continue
             fresh = [b for b in candidates if b.penalized_until <= now]
-            self._model = model
-            backend = self._pick(fresh or candidates)
-            plan.tried.add(backend.id)
+            backend = self._pick(fresh or candidates, model)
+            plan.tried.add((backend.id, model))
             if index > 0:
                 log.warning(
                     "fallback for %s: using %s (%s)",
@@ -142,11 +140,11 @@ class Router:
 
     # -- strategies ---------------------------------------------------------------------
 
-    def _pick_smart(self, candidates: list[Backend]) -> Backend:
+    def _pick_smart(self, candidates: list[Backend], model: str) -> Backend:
         count = len(candidates)
         if count == 1:
             return candidates[0]
-        weights, model = self.config.weights, self._model
+        weights = self.config.weights
         profiles = self.quality.profiles if self.quality is not None else {}
         now = time.monotonic()
         # Start at a rotating offset: ties go round, so identical idle backends share the
@@ -162,11 +160,15 @@ class Router:
                 best, best_score = backend, score
         return best
 
-    def _pick_round_robin(self, candidates: list[Backend]) -> Backend:
+    def _pick_round_robin(self, candidates: list[Backend], model: str) -> Backend:
         return candidates[next(self._rotation) % len(candidates)]
 
     @staticmethod
-    def _pick_priority(candidates: list[Backend]) -> Backend:
+    def _pick_random(candidates: list[Backend], model: str) -> Backend:
+        return random.choice(candidates)
+
+    @staticmethod
+    def _pick_priority(candidates: list[Backend], model: str) -> Backend:
         return min(candidates, key=lambda b: b.priority)
 
     # -- helpers ------------------------------------------------------------------------
@@ -179,7 +181,7 @@ class Router:
         tokens = req.estimated_tokens
         plain = req.is_plain_chat
         for backend in holders:
-            if tried and backend.id in tried:
+            if tried and (backend.id, model) in tried:
                 continue
             if backend.status is not HEALTHY:
                 plan.excluded.setdefault(backend.name, backend.status.value)
@@ -238,7 +240,7 @@ class Router:
         )
         if plan.tried or capable_somewhere:
             what = "" if plan.tried else f" meets the request's needs ({req.describe()})"
-            tried = f" after trying {len(plan.tried)} backend(s)" if plan.tried else ""
+            tried = f" after {len(plan.tried)} failed attempt(s)" if plan.tried else ""
             return NoHealthyBackend(
                 f"no healthy backend{what} for model '{plan.requested}'{tried}"
                 + (f" (excluded: {details})" if details else "")
