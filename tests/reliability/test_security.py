@@ -92,3 +92,36 @@ async def test_admin_add_only_accepts_http_urls(tmp_path: Path) -> None:
             assert status == 400 and body["error"]["param"] == "url"
         assert len(nexus.state.registry) == 0
 
+
+
+async def test_backend_cookies_are_not_replayed_to_other_clients(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    seen: list[str | None] = []
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "c", "object": "model"}]})
+
+    async def chat(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        response = web.json_response({"id": "x", "object": "chat.completion", "model": "c", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]})
+        response.set_cookie("session", "client-a-secret")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        # A host name, not an IP: aiohttp's default jar would keep cookies for it.
+        url = f"http://localhost:{runner.addresses[0][1]}"
+        async with running_nexus(tmp_path, [{"name": "c", "url": url, "type": "generic"}]) as nexus:
+            for _ in range(2):
+                status, _, _ = await nexus.post("/v1/chat/completions", {"model": "c", "messages": [{"role": "user", "content": "x"}]})
+                assert status == 200
+        assert seen == [None, None]
+    finally:
+        await runner.cleanup()

@@ -90,6 +90,9 @@ class Forwarder:
         self.session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
+            # A cookie one backend sets must never ride along on another client's request
+            # (and not keeping a jar saves a lookup per request).
+            cookie_jar=aiohttp.DummyCookieJar(),
             # Left on: answers are parsed (usage, validity), and relayed without their
             # Content-Encoding, so a gzipping proxy in front of a backend is decoded here.
             auto_decompress=True,
