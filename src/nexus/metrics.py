@@ -3,18 +3,28 @@
 Label values never come from raw client input: a model is labelled by name only if some
 backend lists it or the config names it (alias, fallback), else ``unknown``; backends are
 labelled by their name. Gauges (healthy backends, pending requests, ...) are read from the
-registry at scrape time, so they cost nothing per request. Recording a request is a few
-dict lookups into cached label children.
+registry at scrape time, so they cost nothing per request.
+
+Counters and histograms are plain dicts keyed by label values, updated on the event loop
+(the only thread that records), and turned into prometheus_client metric families when
+Prometheus scrapes: recording a request is a handful of dict updates, without the
+per-sample locks of prometheus_client's own metric objects.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from nexus.config import RoutingConfig
@@ -26,6 +36,52 @@ FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 UNKNOWN_MODEL = "unknown"
 NO_BACKEND = "none"
+
+
+class CounterVec:
+    __slots__ = ("help", "labels", "name", "values")
+
+    def __init__(self, name: str, help: str, labels: tuple[str, ...]) -> None:
+        self.name, self.help, self.labels = name, help, labels
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, key: tuple[str, ...], amount: float = 1.0) -> None:
+        self.values[key] = self.values.get(key, 0.0) + amount
+
+    def family(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.help, labels=self.labels)
+        for key, value in self.values.items():
+            family.add_metric(key, value)
+        return family
+
+
+class HistogramVec:
+    __slots__ = ("bounds", "help", "labels", "name", "values")
+
+    def __init__(
+        self, name: str, help: str, labels: tuple[str, ...], bounds: tuple[float, ...]
+    ) -> None:
+        self.name, self.help, self.labels, self.bounds = name, help, labels, bounds
+        # key -> per-bucket counts (not cumulative; the last one is +Inf) followed by the sum
+        self.values: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, key: tuple[str, ...], value: float) -> None:
+        entry = self.values.get(key)
+        if entry is None:
+            entry = self.values[key] = [0.0] * (len(self.bounds) + 2)
+        entry[bisect.bisect_left(self.bounds, value)] += 1  # le is inclusive
+        entry[-1] += value
+
+    def family(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.help, labels=self.labels)
+        edges = [*(repr(float(b)) for b in self.bounds), "+Inf"]
+        for key, entry in self.values.items():
+            running, buckets = 0.0, []
+            for edge, count in zip(edges, entry[:-1], strict=True):
+                running += count
+                buckets.append((edge, running))
+            family.add_metric(list(key), buckets, sum_value=entry[-1])
+        return family
 
 
 class RegistryCollector(Collector):
@@ -53,77 +109,74 @@ class RegistryCollector(Collector):
         )
 
 
-class Metrics:
+class Metrics(Collector):
     def __init__(self, registry: Registry, routing: RoutingConfig | None = None) -> None:
         self.registry = registry
         self.configured_models = set(routing.aliases) | set(routing.fallbacks) if routing else set()
-        self.prom = CollectorRegistry(auto_describe=False)
-        r = self.prom
-        self.requests = Counter(
-            "nexus_requests_total",
-            "Total number of requests",
-            ["model", "backend", "status"],
-            registry=r,
+        self.requests = CounterVec(
+            "nexus_requests_total", "Total number of requests", ("model", "backend", "status")
         )
-        self.errors = Counter("nexus_errors_total", "Errors by type", ["type"], registry=r)
-        self.fallbacks = Counter(
+        self.errors = CounterVec("nexus_errors_total", "Errors by type", ("type",))
+        self.fallbacks = CounterVec(
             "nexus_fallbacks_total",
             "Requests served by a fallback model",
-            ["from_model", "to_model"],
-            registry=r,
+            ("from_model", "to_model"),
         )
-        self.duration = Histogram(
+        self.duration = HistogramVec(
             "nexus_request_duration_seconds",
             "Request duration",
-            ["model", "backend"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            ("model", "backend"),
+            DURATION_BUCKETS,
         )
-        self.ttft = Histogram(
+        self.ttft = HistogramVec(
             "nexus_time_to_first_token_seconds",
             "Time to the first stream event",
-            ["model", "backend"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            ("model", "backend"),
+            DURATION_BUCKETS,
         )
-        self.overhead = Histogram(
+        self.overhead = HistogramVec(
             "nexus_overhead_seconds",
             "Time spent in Nexus itself (total minus upstream)",
-            buckets=FAST_BUCKETS,
-            registry=r,
+            (),
+            FAST_BUCKETS,
         )
-        self.tokens = Counter(
+        self.tokens = CounterVec(
             "nexus_tokens_total",
             "Tokens by model, backend and type (prompt/completion)",
-            ["model", "backend", "type"],
-            registry=r,
+            ("model", "backend", "type"),
         )
-        self.backend_latency = Histogram(
+        self.backend_latency = HistogramVec(
             "nexus_backend_latency_seconds",
             "Health check latency per backend",
-            ["backend"],
-            buckets=PROBE_BUCKETS,
-            registry=r,
+            ("backend",),
+            PROBE_BUCKETS,
         )
-        self.probe_duration = Histogram(
+        self.probe_duration = HistogramVec(
             "nexus_health_check_duration_seconds",
             "Duration of health checks (ok or not)",
-            ["backend"],
-            buckets=PROBE_BUCKETS,
-            registry=r,
+            ("backend",),
+            PROBE_BUCKETS,
         )
-        r.register(RegistryCollector(registry))
-        self._children: dict[tuple[Any, ...], Any] = {}
+        self.prom = CollectorRegistry(auto_describe=False)
+        self.prom.register(self)
+        self.prom.register(RegistryCollector(registry))
         self.started = time.monotonic()
         self.total = self.success = self.failed = 0
         self.by_model: dict[str, list[float]] = {}  # model -> [requests, total seconds]
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+    def collect(self) -> Iterator[Metric]:
+        for vec in (
+            self.requests,
+            self.errors,
+            self.fallbacks,
+            self.duration,
+            self.ttft,
+            self.overhead,
+            self.tokens,
+            self.backend_latency,
+            self.probe_duration,
+        ):
+            yield vec.family()
 
     def model_label(self, model: str) -> str:
         if self.registry.has_model(model) or model in self.configured_models:
@@ -133,27 +186,25 @@ class Metrics:
     def record(self, rec: RequestRecord) -> None:
         """Recorder sink: count one finished request."""
         model = self.model_label(rec.model)
-        backend = rec.backend or NO_BACKEND
-        self._child(self.requests, model, backend, str(rec.status)).inc()
-        self._child(self.duration, model, backend).observe(rec.duration_seconds)
-        self.overhead.observe(max(rec.duration_seconds - rec.upstream_seconds, 0.0))
+        pair = (model, rec.backend or NO_BACKEND)
+        self.requests.inc((*pair, str(rec.status)))
+        self.duration.observe(pair, rec.duration_seconds)
+        self.overhead.observe((), max(rec.duration_seconds - rec.upstream_seconds, 0.0))
         self.total += 1
         if rec.error_type:
-            self._child(self.errors, rec.error_type).inc()
+            self.errors.inc((rec.error_type,))
             self.failed += 1
         else:
             self.success += 1
         if rec.ttft_seconds is not None:
-            self._child(self.ttft, model, backend).observe(rec.ttft_seconds)
+            self.ttft.observe(pair, rec.ttft_seconds)
         if rec.tokens_prompt:
-            self._child(self.tokens, model, backend, "prompt").inc(rec.tokens_prompt)
+            self.tokens.inc((*pair, "prompt"), rec.tokens_prompt)
         if rec.tokens_completion:
-            self._child(self.tokens, model, backend, "completion").inc(rec.tokens_completion)
+            self.tokens.inc((*pair, "completion"), rec.tokens_completion)
         if rec.fallback_chain:
             chain = rec.fallback_chain
-            self._child(
-                self.fallbacks, self.model_label(chain[0]), self.model_label(chain[-1])
-            ).inc()
+            self.fallbacks.inc((self.model_label(chain[0]), self.model_label(chain[-1])))
         entry = self.by_model.get(model)
         if entry is None:
             entry = self.by_model[model] = [0, 0.0]
@@ -162,9 +213,9 @@ class Metrics:
 
     def observe_probe(self, backend: Backend, seconds: float, ok: bool) -> None:
         """Health checker observer."""
-        self._child(self.probe_duration, backend.name).observe(seconds)
+        self.probe_duration.observe((backend.name,), seconds)
         if ok:
-            self._child(self.backend_latency, backend.name).observe(seconds)
+            self.backend_latency.observe((backend.name,), seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.prom)
