@@ -21,6 +21,7 @@ import asyncio
 import resource
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -160,38 +161,51 @@ def check_stream(msg: Message, chunks: int) -> str | None:
 # -- modes ----------------------------------------------------------------------------
 
 
-async def latency(spec: dict[str, Any]) -> dict[str, Any]:
-    targets = [Target.from_dict(t) for t in spec["targets"]]
-    body = spec["body"].encode()
+async def interleaved(
+    spec: dict[str, Any], targets: list[Target], body: bytes
+) -> AsyncIterator[tuple[int, int, float, Any, str | None]]:
+    """Round-robin one request per target per round (the order rotating every round), for
+    warm-up + n rounds or until max_seconds. Yields (round, target index, start time,
+    reply, or None and the error when the call failed)."""
     clients = [Client(t) for t in targets]
     reqs = [t.request("/v1/chat/completions", body) for t in targets]
+    deadline = time.monotonic() + spec.get("max_seconds", 300)
+    try:
+        for i in range(spec["warmup"] + spec["n"]):
+            if time.monotonic() > deadline:
+                break
+            for k in range(len(targets)):
+                j = (i + k) % len(targets)
+                started = time.perf_counter()
+                try:
+                    msg = await clients[j].call(reqs[j])
+                except (OSError, TimeoutError, ParseError, ValueError) as exc:
+                    clients[j].close()
+                    yield i, j, started, None, repr(exc)
+                    continue
+                yield i, j, started, msg, None
+    finally:
+        for c in clients:
+            c.close()
+
+
+async def latency(spec: dict[str, Any]) -> dict[str, Any]:
+    targets = [Target.from_dict(t) for t in spec["targets"]]
     samples: list[list[float]] = [[] for _ in targets]
     errors = [Errors() for _ in targets]
     headers: list[dict[str, str]] = [{} for _ in targets]
-    deadline = time.monotonic() + spec.get("max_seconds", 300)
-    total = spec["warmup"] + spec["n"]
-    for i in range(total):
-        if time.monotonic() > deadline:
-            break
-        for k in range(len(targets)):
-            j = (i + k) % len(targets)
-            started = time.perf_counter()
-            try:
-                msg = await clients[j].call(reqs[j])
-            except (OSError, TimeoutError, ParseError, ValueError) as exc:
-                errors[j].add(repr(exc))
-                clients[j].close()
-                continue
-            elapsed = time.perf_counter() - started
-            problem = check_json(msg)
-            if problem:
-                errors[j].add(problem)
-            elif i >= spec["warmup"]:
-                samples[j].append(elapsed * 1e6)
-            if not headers[j]:
-                headers[j] = msg.headers
-    for c in clients:
-        c.close()
+    async for i, j, started, msg, failed in interleaved(spec, targets, spec["body"].encode()):
+        elapsed = time.perf_counter() - started
+        if failed is not None:
+            errors[j].add(failed)
+            continue
+        problem = check_json(msg)
+        if problem:
+            errors[j].add(problem)
+        elif i >= spec["warmup"]:
+            samples[j].append(elapsed * 1e6)
+        if not headers[j]:
+            headers[j] = msg.headers
     return {
         t.name: {"us": s, "errors": e.to_dict(), "headers": h}
         for t, s, e, h in zip(targets, samples, errors, headers, strict=True)
@@ -246,34 +260,21 @@ async def throughput(spec: dict[str, Any]) -> dict[str, Any]:
 
 async def stream(spec: dict[str, Any]) -> dict[str, Any]:
     targets = [Target.from_dict(t) for t in spec["targets"]]
-    body, chunks = spec["body"].encode(), spec["chunks"]
-    clients = [Client(t) for t in targets]
-    reqs = [t.request("/v1/chat/completions", body) for t in targets]
+    chunks = spec["chunks"]
     ttfc: list[list[float]] = [[] for _ in targets]
     ttlc: list[list[float]] = [[] for _ in targets]
     errors = [Errors() for _ in targets]
-    deadline = time.monotonic() + spec.get("max_seconds", 300)
-    for i in range(spec["warmup"] + spec["n"]):
-        if time.monotonic() > deadline:
-            break
-        for k in range(len(targets)):
-            j = (i + k) % len(targets)
-            started = time.perf_counter()
-            try:
-                msg = await clients[j].call(reqs[j])
-            except (OSError, TimeoutError, ParseError, ValueError) as exc:
-                errors[j].add(repr(exc))
-                clients[j].close()
-                continue
-            ended = time.perf_counter()
-            problem = check_stream(msg, chunks)
-            if problem or msg.first_event_at is None:
-                errors[j].add(problem or "no event")
-            elif i >= spec["warmup"]:
-                ttfc[j].append((msg.first_event_at - started) * 1e6)
-                ttlc[j].append((ended - started) * 1e6)
-    for c in clients:
-        c.close()
+    async for i, j, started, msg, failed in interleaved(spec, targets, spec["body"].encode()):
+        ended = time.perf_counter()
+        if failed is not None:
+            errors[j].add(failed)
+            continue
+        problem = check_stream(msg, chunks)
+        if problem or msg.first_event_at is None:
+            errors[j].add(problem or "no event")
+        elif i >= spec["warmup"]:
+            ttfc[j].append((msg.first_event_at - started) * 1e6)
+            ttlc[j].append((ended - started) * 1e6)
     return {
         t.name: {"ttfc_us": a, "ttlc_us": b, "errors": e.to_dict()}
         for t, a, b, e in zip(targets, ttfc, ttlc, errors, strict=True)
