@@ -34,8 +34,8 @@ async def test_beyond_max_concurrent_requests_fast_503s(tmp_path: Path) -> None:
             rejected = [r for r in results if r[0] == 503]
             assert len(ok) == 20 and len(rejected) == 180
             assert all(r[2] for r in rejected)
-            # Rejections do not wait for the slow ones: they come back well before 1.5 s.
-            assert max(r[1] for r in rejected) < 1.2
+            # Rejections do not wait for the slow ones: every 503 is back before any 200.
+            assert max(r[1] for r in rejected) < min(r[1] for r in ok)
             assert nexus.state.in_flight == 0 and nexus.pending() == {"v": 0}
 
 
