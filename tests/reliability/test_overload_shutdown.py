@@ -16,8 +16,8 @@ BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 async def test_beyond_max_concurrent_requests_fast_503s(tmp_path: Path) -> None:
-    async with FakeVLLM([FakeModel("m")]) as fake:
-        fake.chat_behavior, fake.delay = Behavior.SLOW, 1.5
+    async with FakeVLLM([FakeModel("m")], stream_chunks=3) as fake:
+        fake.chat_behavior, fake.delay = Behavior.SLOW, 0.5
         server = {"max_concurrent_requests": 20}
         async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")], server=server) as nexus:
             connector = aiohttp.TCPConnector(limit=0)
