@@ -202,6 +202,9 @@ async def test_failover_to_second_backend(tmp_path: Path, fault: Any, stream: bo
             else:
                 text = reply.choices[0].message.content
             assert str(good.port) in text
+            # The good backend's latency is its own, not the failed attempt's 1 s before it.
+            good_backend = nexus.state.registry.find("good")
+            assert good_backend is not None and good_backend.avg_latency_ms < 900
             if fault == "refuse":
                 assert time.monotonic() - started < 0.5  # refused fails over in milliseconds
             assert nexus.pending() == {"bad": 0, "good": 0}
@@ -270,3 +273,26 @@ async def test_quality_tracking_deprioritises_and_recovers(
             window = stats["quality"]["m"]["flaky"]["1h"]
             assert window["requests"] > 1 and 0 < window["error_rate"] < 1
             assert window["latency_ms"]["p50"] is not None
+
+
+async def test_429_is_relayed_when_no_other_backend_can_serve(tmp_path: Path) -> None:
+    async with (
+        FakeOllama([FakeModel("llava", vision=True)]) as vision_box,
+        FakeOllama([FakeModel("llava", vision=False)]) as text_box,
+    ):
+        # The vision box is preferred, so every request meets its 429 first.
+        backends = [backend_entry(vision_box, "vision", "ollama", priority=1),
+                    backend_entry(text_box, "text", "ollama", priority=2)]
+        async with running_nexus(tmp_path, backends) as nexus:
+            vision_box.chat_behavior = Behavior.ERROR_429
+            image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+            # The text box is healthy but cannot see: the vision box's 429 is the answer.
+            status, body, headers = await nexus.post("/v1/chat/completions", {"model": "llava", "messages": image})
+            assert status == 429 and headers["Retry-After"] == "7" and body["error"]
+            assert text_box.chat_requests == []
+            # A 429 followed by a good answer elsewhere is a success, not an error.
+            status, _, headers = await nexus.post("/v1/chat/completions", {"model": "llava", "messages": MSG})
+            assert status == 200 and headers["X-Nexus-Backend"] == "text"
+            assert len(vision_box.chat_requests) == 2
+            stats = (await nexus.get("/v1/stats"))[1]
+            assert stats["requests"] == {"total": 2, "success": 1, "errors": 1, "in_flight": 0}

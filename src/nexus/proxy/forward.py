@@ -51,13 +51,21 @@ MAX_ERROR_BODY = 64 * 1024
 class Upstream:
     """An upstream response whose headers arrived, with what the relay needs."""
 
-    __slots__ = ("backend", "resp", "route", "sent_at")
+    __slots__ = ("resp", "route", "sent_at")
 
     def __init__(self, route: Route, resp: aiohttp.ClientResponse, sent_at: float) -> None:
         self.route = route
-        self.backend = route.backend
         self.resp = resp
         self.sent_at = sent_at
+
+    @property
+    def backend(self) -> Backend:
+        return self.route.backend
+
+    def elapsed_ms(self) -> float:
+        """Time since this attempt was sent: the backend's own latency, whatever earlier
+        attempts of the same request cost."""
+        return (time.perf_counter() - self.sent_at) * 1000
 
 
 class Forwarder:
@@ -115,10 +123,15 @@ class Forwarder:
     ) -> web.StreamResponse:
         plan = self.router.plan(req.model)
         last: NexusError | None = None
+        # A 429 is kept, not answered, while another backend may serve: if none can, the
+        # client gets it (with its Retry-After) rather than a vaguer error.
+        rate_limited: web.Response | None = None
         while True:
             try:
                 route = self.router.select(plan, req, self.attempts_per_model)
             except NexusError as exc:
+                if rate_limited is not None:
+                    return self._relay_client_error(rate_limited, record)
                 raise (last or exc) from None
             self._note_route(record, route, plan)
             payload = self._payload(body, raw, route, req)
@@ -129,9 +142,15 @@ class Forwarder:
                 last = exc
                 continue
             response = await self._answer(request, upstream, plan, req, record)
-            if isinstance(response, web.StreamResponse):
-                return response
-            last = response
+            if isinstance(response, NexusError):
+                last = response
+                continue
+            if isinstance(response, web.Response) and response.status >= 400:
+                if response.status == 429:
+                    rate_limited = response
+                    continue
+                return self._relay_client_error(response, record)
+            return response
 
     # -- one attempt --------------------------------------------------------------------
 
@@ -208,8 +227,6 @@ class Forwarder:
                 return error
             if resp.status >= 400:
                 raw = await self._read_body(resp, upstream, record, limit=MAX_ERROR_BODY)
-                if resp.status == 429 and self._has_alternative(plan, req):
-                    return BackendBadResponse(f"backend '{backend.name}' is rate limited")
                 return self._passthrough(resp, raw, upstream, record)
             is_sse = resp.content_type == "text/event-stream"
             if req.stream and is_sse:
@@ -262,7 +279,7 @@ class Forwarder:
         if upstream.route.model != plan.requested and "model" in parsed:
             parsed["model"] = plan.requested  # the client sees the name it asked for
             raw = orjson.dumps(parsed)
-        self.registry.update_latency(backend, record.upstream_seconds * 1000)
+        self.registry.update_latency(backend, upstream.elapsed_ms())
         record.status = 200
         return web.Response(
             body=raw,
@@ -278,8 +295,6 @@ class Forwarder:
         upstream: Upstream,
         record: RequestRecord,
     ) -> web.Response:
-        record.status = resp.status
-        record.error_type = "backend_client_error"
         headers = self.route_headers(upstream, record)
         for name in PASSTHROUGH_HEADERS:
             if name in resp.headers:
@@ -288,6 +303,13 @@ class Forwarder:
         return web.Response(body=raw, status=resp.status, headers=headers)
 
     # -- bookkeeping --------------------------------------------------------------------
+
+    @staticmethod
+    def _relay_client_error(response: web.Response, record: RequestRecord) -> web.Response:
+        """A backend's 4xx is the answer: counted as such only when it is the final one."""
+        record.status = response.status
+        record.error_type = "backend_client_error"
+        return response
 
     def route_headers(self, upstream: Upstream, record: RequestRecord) -> dict[str, str]:
         headers = {
@@ -317,13 +339,6 @@ class Forwarder:
         if self.router.quality is not None:
             self.router.quality.failure(record.routed_model, backend.name)
         self.health.check_soon(backend)
-
-    def _has_alternative(self, plan: Plan, req: Requirements) -> bool:
-        for model in plan.models:
-            for backend in self.registry.get_backends_for_model(model):
-                if (backend.id, model) not in plan.tried and backend.routable:
-                    return True
-        return False
 
 
 def _upstream_message(raw: bytes) -> str:

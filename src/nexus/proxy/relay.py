@@ -32,6 +32,7 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 class StreamRelay:
     __slots__ = (
         "done",
+        "first_event_ms",
         "forwarder",
         "parser",
         "plan",
@@ -58,6 +59,7 @@ class StreamRelay:
         self.record = record
         self.parser = SSEParser()
         self.done = False
+        self.first_event_ms = 0.0
         self.rewrite_model = upstream.route.model != plan.requested
         # We asked for usage on the client's behalf: drop the extra usage-only chunk.
         self.strip_usage = not req.include_usage
@@ -75,8 +77,7 @@ class StreamRelay:
             self._fail(error)
             await self._write_quietly(response, frame(error.body(self.record.request_id)))
         else:
-            latency = (self.record.ttft_seconds or 0.0) * 1000
-            self.forwarder.registry.update_latency(self.upstream.backend, latency)
+            self.forwarder.registry.update_latency(self.upstream.backend, self.first_event_ms)
         return response
 
     async def _first_events(self) -> list[bytes]:
@@ -108,6 +109,7 @@ class StreamRelay:
                 f"{describe_client_error(exc)}"
             ) from None
         now = time.perf_counter()
+        self.first_event_ms = self.upstream.elapsed_ms()  # this backend's time to first event
         self.record.upstream_seconds += now - self.upstream.sent_at
         self.record.ttft_seconds = now - self.record.started
         return events
