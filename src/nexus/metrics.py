@@ -161,8 +161,6 @@ class Metrics(Collector):
         self.prom.register(self)
         self.prom.register(RegistryCollector(registry))
         self.started = time.monotonic()
-        self.total = self.success = self.failed = 0
-        self.by_model: dict[str, list[float]] = {}  # model -> [requests, total seconds]
 
     def collect(self) -> Iterator[Metric]:
         for vec in (
@@ -190,12 +188,8 @@ class Metrics(Collector):
         self.requests.inc((*pair, str(rec.status)))
         self.duration.observe(pair, rec.duration_seconds)
         self.overhead.observe((), max(rec.duration_seconds - rec.upstream_seconds, 0.0))
-        self.total += 1
         if rec.error_type:
             self.errors.inc((rec.error_type,))
-            self.failed += 1
-        else:
-            self.success += 1
         if rec.ttft_seconds is not None:
             self.ttft.observe(pair, rec.ttft_seconds)
         if rec.tokens_prompt:
@@ -205,11 +199,6 @@ class Metrics(Collector):
         if rec.fallback_chain:
             chain = rec.fallback_chain
             self.fallbacks.inc((self.model_label(chain[0]), self.model_label(chain[-1])))
-        entry = self.by_model.get(model)
-        if entry is None:
-            entry = self.by_model[model] = [0, 0.0]
-        entry[0] += 1
-        entry[1] += rec.duration_seconds
 
     def observe_probe(self, backend: Backend, seconds: float, ok: bool) -> None:
         """Health checker observer."""
@@ -221,6 +210,7 @@ class Metrics(Collector):
         return generate_latest(self.prom)
 
     def stats(self, quality: dict[str, Any] | None = None) -> dict[str, Any]:
+        """/v1/stats, derived from the same counters Prometheus reads."""
         backends = {
             b.name: {
                 "requests": b.total_requests,
@@ -231,13 +221,20 @@ class Metrics(Collector):
             }
             for b in self.registry.get_all_backends()
         }
+        per_model: dict[str, list[float]] = {}  # model -> [requests, seconds]
+        for (model, _), entry in self.duration.values.items():
+            totals = per_model.setdefault(model, [0.0, 0.0])
+            totals[0] += sum(entry[:-1])
+            totals[1] += entry[-1]
         models = {
-            name: {"requests": int(n), "avg_duration_ms": round(total / n * 1000, 3)}
-            for name, (n, total) in self.by_model.items()
+            name: {"requests": int(n), "avg_duration_ms": round(seconds / n * 1000, 3)}
+            for name, (n, seconds) in per_model.items()
         }
+        total = int(sum(self.requests.values.values()))
+        errors = int(sum(self.errors.values.values()))
         return {
             "uptime_seconds": round(time.monotonic() - self.started, 3),
-            "requests": {"total": self.total, "success": self.success, "errors": self.failed},
+            "requests": {"total": total, "success": total - errors, "errors": errors},
             "backends": backends,
             "models": models,
             "quality": quality or {},
