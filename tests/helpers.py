@@ -120,9 +120,7 @@ def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
 async def running_nexus(
     tmp_path: Path, backends: list[dict[str, Any]], **sections: Any
 ) -> AsyncIterator[Nexus]:
-    path = tmp_path / "nexus.toml"
-    path.write_text(to_toml(merge(default_sections(backends), sections)))
-    cfg = config_mod.load(path, env={})
+    cfg = config_mod.load(write_config(tmp_path, backends, **sections), env={})
     server = Server(cfg)
     runner = await server.start()
     url = f"http://127.0.0.1:{server.port}"

@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.fakes import Behavior, FakeModel, FakeOllama, FakeVLLM
+from tests.fakes import Behavior, FakeLlamaCpp, FakeModel, FakeOllama, FakeVLLM
 from tests.helpers import Nexus, backend_entry, running_nexus
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -109,13 +109,16 @@ async def test_capable_backend_down_is_503_naming_the_need(tmp_path: Path) -> No
             assert "vision" in body["error"]["message"] and "vision: unhealthy" in body["error"]["message"]
 
 
-async def test_json_mode_is_routable_to_ollama_vllm_llamacpp(tmp_path: Path) -> None:
-    async with FakeOllama([FakeModel("m")]) as o:
-        async with running_nexus(tmp_path, [backend_entry(o, "o", "ollama")]) as nexus:
+@pytest.mark.parametrize(("fake_cls", "kind"), [(FakeOllama, "ollama"), (FakeVLLM, "vllm"), (FakeLlamaCpp, "llamacpp")])
+async def test_json_mode_is_routable_to_ollama_vllm_llamacpp(tmp_path: Path, fake_cls: Any, kind: str) -> None:
+    async with fake_cls([FakeModel("m")]) as fake:
+        async with running_nexus(tmp_path, [backend_entry(fake, kind, kind)]) as nexus:
+            assert nexus.state.registry.find(kind).models["m"].supports_json_mode is True  # type: ignore[union-attr]
             reply = await nexus.client.chat.completions.create(
-                model="m", messages=MSG, response_format={"type": "json_object"}
+                model="m", messages=MSG, response_format={"type": "json_object"}  # type: ignore[arg-type]
             )
             assert reply.choices[0].message.content
+            assert fake.chat_requests[-1].json["response_format"] == {"type": "json_object"}
 
 
 async def test_alias_chain_direct_match_and_requested_name_in_replies(
