@@ -195,16 +195,17 @@ def load(
             raise ConfigError(f"{file}: cannot read: {exc}") from None
     elif explicit:
         raise ConfigError(f"{file}: config file not found")
-    where = source or "environment"
-    for var, (section, key) in ENV_OVERRIDES.items():
-        if var in env:
-            raw.setdefault(section, {})[key] = _from_env(var, env[var])
-            where = f"{source or 'config'} (or ${var})"
+    used = [var for var in ENV_OVERRIDES if var in env]
+    for var in used:
+        section, key = ENV_OVERRIDES[var]
+        raw.setdefault(section, {})[key] = _from_env(var, env[var])
     for section, values in (overrides or {}).items():
         for key, value in values.items():
             if value is not None:
                 raw.setdefault(section, {})[key] = value
-    config: Config = _build(Config, raw, where=source or where, prefix="")
+    # Name every source a bad value may have come from: the file and the variables used.
+    where = " + ".join([source or "config", *(f"${var}" for var in used)])
+    config: Config = _build(Config, raw, where=where, prefix="")
     config = dataclasses.replace(config, source=source)
     validate(config)
     return config
@@ -340,16 +341,13 @@ def iter_settings(
     cls: type[Any] = Config, prefix: str = ""
 ) -> typing.Iterator[tuple[str, dataclasses.Field[Any]]]:
     """Every documented setting as (dotted key, field), recursing into sections."""
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.metadata.get("internal"):
             continue
-        hints = typing.get_type_hints(cls)
+        yield prefix + f.name, f
         tp = hints[f.name]
         if get_origin(tp) is list and dataclasses.is_dataclass(get_args(tp)[0]):
-            yield prefix + f.name, f
             yield from iter_settings(get_args(tp)[0], prefix + f.name + "[].")
-        elif dataclasses.is_dataclass(tp):
-            yield prefix + f.name, f
-            yield from iter_settings(typing.cast(type[Any], tp), prefix + f.name + ".")
-        else:
-            yield prefix + f.name, f
+        elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            yield from iter_settings(tp, prefix + f.name + ".")

@@ -152,6 +152,13 @@ def test_bad_env_value() -> None:
         load(env={"NEXUS_PORT": "http"}, overrides=None)
 
 
+def test_env_value_out_of_range_names_file_and_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nhost = '127.0.0.1'\n")
+    with pytest.raises(ConfigError) as info:
+        load(path, env={"NEXUS_PORT": "70000"})
+    assert str(info.value).startswith(f"{path} + $NEXUS_PORT: server.port: must be at most")
+
+
 def test_every_setting_has_help_and_is_documented() -> None:
     docs = DOCS.read_text()
     for key, field in iter_settings():

@@ -183,7 +183,7 @@ class Router:
         for backend in holders:
             if tried and (backend.id, model) in tried:
                 continue
-            if backend.status is not HEALTHY:
+            if backend.status is not HEALTHY:  # Backend.routable, without a property call
                 plan.excluded.setdefault(backend.name, backend.status.value)
                 continue
             served = backend.models[model]
