@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 
-from nexus.backends import describe_client_error
+from nexus.backends import describe_client_error, traffic
 from nexus.config import Config
 from nexus.errors import (
     BackendBadResponse,
@@ -38,13 +37,7 @@ from nexus.registry import Backend, Registry
 from nexus.routing.requirements import Requirements
 from nexus.routing.router import Plan, Route, Router
 
-# Types whose streams understand stream_options.include_usage: asked for it upstream so
-# streams can be counted, and the extra usage chunk is dropped if the client did not ask.
-USAGE_AWARE = frozenset({"ollama", "vllm", "lmstudio", "openai", "llamacpp"})
 PASSTHROUGH_HEADERS = ("Retry-After", "Content-Type")
-# Types that may be llama-cpp-python, whose middleware (starlette-context RequestIdPlugin)
-# answers an empty 400 to any X-Request-Id that is not a UUID: they get the id only if it is.
-UUID_REQUEST_IDS = frozenset({"llamacpp"})
 MAX_ERROR_BODY = 64 * 1024
 
 
@@ -158,7 +151,7 @@ class Forwarder:
         changes: dict[str, Any] = {}
         if route.model != req.model:
             changes["model"] = route.model
-        if req.stream and not req.include_usage and route.backend.type in USAGE_AWARE:
+        if req.stream and not req.include_usage and traffic.asks_stream_usage(route.backend.type):
             options = body.get("stream_options") or {}
             changes["stream_options"] = {**options, "include_usage": True}
         if not changes:
@@ -169,7 +162,7 @@ class Forwarder:
         self, request: web.Request, backend: Backend, record: RequestRecord
     ) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
-        if backend.type not in UUID_REQUEST_IDS or _is_uuid(record.request_id):
+        if traffic.accepts_request_id(backend.type, record.request_id):
             headers["X-Request-Id"] = record.request_id
         key = os.environ.get(backend.api_key_env) if backend.api_key_env else None
         if key:
@@ -350,10 +343,3 @@ def _upstream_message(raw: bytes) -> str:
     message = error.get("message") if isinstance(error, dict) else error
     return f": {str(message)[:200]}" if message else ""
 
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
