@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.fakes import FakeModel, FakeVLLM
@@ -110,6 +110,11 @@ def test_fuzz_chat_and_embeddings(server: ThreadedNexus) -> None:
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                      HealthCheck.function_scoped_fixture])
     @given(chat_body, st.sampled_from(["/v1/chat/completions", "/v1/chat/completions", "/v1/embeddings"]))
+    # Well-formed requests too, explicitly: the run must reach the backend, not only the 400s,
+    # whatever the generator's luck on a given machine.
+    @example({"model": "m", "messages": [{"role": "user", "content": "hi"}]}, "/v1/chat/completions")
+    @example({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}, "/v1/chat/completions")
+    @example({"model": "m", "messages": ["hi", "there"]}, "/v1/embeddings")
     def fuzz(body: Any, path: str) -> None:
         if isinstance(body, dict) and path.endswith("embeddings") and "messages" in body:
             body["input"] = body.pop("messages")
