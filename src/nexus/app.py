@@ -111,7 +111,6 @@ async def _startup(app: web.Application) -> None:
     state.background.append(asyncio.create_task(logs.flush_periodically(), name="log-flush"))
     if state.config.logging.log_content:
         log.warning("logging.log_content is on: message content is logged (truncated) at DEBUG")
-    await state.forwarder.start()
     await state.health.start()
 
 
@@ -126,4 +125,4 @@ async def _cleanup(app: web.Application) -> None:
     await asyncio.gather(*state.background, return_exceptions=True)
     logs.flush()
     await state.health.stop()
-    await state.forwarder.stop()
+    state.forwarder.stop()

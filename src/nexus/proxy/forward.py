@@ -17,11 +17,10 @@ import os
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
-from nexus.backends import describe_client_error, traffic
+from nexus.backends import traffic
 from nexus.config import Config
 from nexus.errors import (
     BackendBadResponse,
@@ -31,13 +30,15 @@ from nexus.errors import (
     NexusError,
 )
 from nexus.health import HealthChecker
+from nexus.proxy.http1 import ConnectTimeout, Response, UpstreamError, describe
+from nexus.proxy.pool import Pool
 from nexus.proxy.relay import StreamRelay
 from nexus.records import RECORD, RequestRecord
 from nexus.registry import Backend, Registry
 from nexus.routing.requirements import Requirements
 from nexus.routing.router import Plan, Route, Router
 
-PASSTHROUGH_HEADERS = ("Retry-After", "Content-Type")
+PASSTHROUGH_HEADERS = {"retry-after": "Retry-After", "content-type": "Content-Type"}
 MAX_ERROR_BODY = 64 * 1024
 
 
@@ -46,7 +47,7 @@ class Upstream:
 
     __slots__ = ("resp", "route", "sent_at")
 
-    def __init__(self, route: Route, resp: aiohttp.ClientResponse, sent_at: float) -> None:
+    def __init__(self, route: Route, resp: Response, sent_at: float) -> None:
         self.route = route
         self.resp = resp
         self.sent_at = sent_at
@@ -74,34 +75,14 @@ class Forwarder:
         self.idle = server.stream_idle_timeout_seconds
         self.attempts_per_model = 1 + config.routing.max_retries
         self.penalty = config.health_check.interval_seconds
-        self.session: aiohttp.ClientSession | None = None
+        # The read timeout bounds the wait for the first byte and every gap within a JSON
+        # body; streams keep their own, shorter idle deadline (see relay.py). No cookie
+        # jar: a cookie one backend sets never rides along on another client's request.
+        # Answers are decoded (gzip, deflate) and relayed without their Content-Encoding.
+        self.pool = Pool(server.connect_timeout_seconds, self.ttfb)
 
-    async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=0, ttl_dns_cache=30, keepalive_timeout=60, enable_cleanup_closed=True
-        )
-        # sock_read bounds the wait for the first byte and every gap within a JSON body;
-        # aiohttp re-arms it per read, so it costs no timer of ours on the hot path.
-        # Streams keep their own, shorter idle deadline (see relay.py).
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=self.config.server.connect_timeout_seconds,
-            sock_read=self.ttfb,
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            # A cookie one backend sets must never ride along on another client's request
-            # (and not keeping a jar saves a lookup per request).
-            cookie_jar=aiohttp.DummyCookieJar(),
-            # Left on: answers are parsed (usage, validity), and relayed without their
-            # Content-Encoding, so a gzipping proxy in front of a backend is decoded here.
-            auto_decompress=True,
-        )
-
-    async def stop(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+    def stop(self) -> None:
+        self.pool.close()
 
     # -- entry point --------------------------------------------------------------------
 
@@ -164,7 +145,7 @@ class Forwarder:
         headers = {"Content-Type": "application/json"}
         if traffic.accepts_request_id(backend.type, record.request_id):
             headers["X-Request-Id"] = record.request_id
-        key = os.environ.get(backend.api_key_env) if backend.api_key_env else None
+        key = os.environ.get(backend.api_key_env, "").strip() if backend.api_key_env else None
         if key:
             headers["Authorization"] = f"Bearer {key}"
         elif auth := request.headers.get("Authorization"):
@@ -174,26 +155,29 @@ class Forwarder:
     async def _send(
         self, request: web.Request, path: str, route: Route, payload: bytes
     ) -> Upstream:
-        assert self.session is not None
         record = request[RECORD]
         backend = route.backend
         self.registry.increment_pending(backend)
         sent = time.perf_counter()
         try:
-            resp = await self.session.post(
-                backend.url + path, data=payload, headers=self._headers(request, backend, record)
+            resp = await self.pool.post(
+                backend.url, path, payload, self._headers(request, backend, record)
             )
+        except ConnectTimeout as exc:
+            self.registry.decrement_pending(backend)
+            record.upstream_seconds += time.perf_counter() - sent
+            raise BackendTimeout(f"backend '{backend.name}' unreachable: {exc}") from None
         except TimeoutError:
             self.registry.decrement_pending(backend)
             record.upstream_seconds += time.perf_counter() - sent
             raise BackendTimeout(
                 f"backend '{backend.name}' did not answer within {self.ttfb:g}s"
             ) from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except (UpstreamError, OSError) as exc:
             self.registry.decrement_pending(backend)
             record.upstream_seconds += time.perf_counter() - sent
             raise BackendUnreachable(
-                f"backend '{backend.name}' unreachable: {describe_client_error(exc)}"
+                f"backend '{backend.name}' unreachable: {describe(exc)}"
             ) from None
         except BaseException:
             self.registry.decrement_pending(backend)
@@ -236,21 +220,21 @@ class Forwarder:
 
     async def _read_body(
         self,
-        resp: aiohttp.ClientResponse,
+        resp: Response,
         upstream: Upstream,
         record: RequestRecord,
         limit: int | None,
     ) -> bytes:
         backend = upstream.backend
         try:
-            raw = await (resp.content.read(limit) if limit else resp.read())
+            raw = await resp.read(self.ttfb, limit)
         except TimeoutError:
             raise BackendTimeout(
                 f"backend '{backend.name}' stalled while sending its answer"
             ) from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except (UpstreamError, OSError) as exc:
             raise BackendUnreachable(
-                f"backend '{backend.name}' failed mid-answer: {describe_client_error(exc)}"
+                f"backend '{backend.name}' failed mid-answer: {describe(exc)}"
             ) from None
         finally:
             record.upstream_seconds += time.perf_counter() - upstream.sent_at
@@ -283,15 +267,15 @@ class Forwarder:
 
     def _passthrough(
         self,
-        resp: aiohttp.ClientResponse,
+        resp: Response,
         raw: bytes,
         upstream: Upstream,
         record: RequestRecord,
     ) -> web.Response:
         headers = self.route_headers(upstream, record)
-        for name in PASSTHROUGH_HEADERS:
+        for name, title in PASSTHROUGH_HEADERS.items():
             if name in resp.headers:
-                headers[name] = resp.headers[name]
+                headers[title] = resp.headers[name]
         headers.setdefault("Content-Type", "application/json")
         return web.Response(body=raw, status=resp.status, headers=headers)
 
@@ -342,4 +326,3 @@ def _upstream_message(raw: bytes) -> str:
         return ""
     message = error.get("message") if isinstance(error, dict) else error
     return f": {str(message)[:200]}" if message else ""
-

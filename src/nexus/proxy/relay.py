@@ -16,8 +16,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from nexus.backends import describe_client_error
 from nexus.errors import BackendBadResponse, BackendTimeout, BackendUnreachable, NexusError
+from nexus.proxy.http1 import UpstreamError, describe
 from nexus.proxy.sse import DONE, SSEParser, event_data, frame
 from nexus.records import RequestRecord
 from nexus.routing.requirements import Requirements
@@ -83,13 +83,13 @@ class StreamRelay:
     async def _first_events(self) -> list[bytes]:
         """Read until the first whole event; failures here can still fail over."""
         backend = self.upstream.backend
-        content = self.upstream.resp.content
+        resp = self.upstream.resp
         remaining = self.forwarder.ttfb - (time.perf_counter() - self.upstream.sent_at)
         events: list[bytes] = []
         try:
             async with asyncio.timeout(max(remaining, 0.001)):
                 while not events:
-                    chunk = await content.readany()
+                    chunk = await resp.read_chunk(None)
                     if not chunk:
                         tail = self.parser.close()
                         if tail is None:
@@ -103,10 +103,9 @@ class StreamRelay:
             raise BackendTimeout(
                 f"backend '{backend.name}' sent no stream event within {self.forwarder.ttfb:g}s"
             ) from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except (UpstreamError, OSError) as exc:
             raise BackendUnreachable(
-                f"backend '{backend.name}' failed before the first event: "
-                f"{describe_client_error(exc)}"
+                f"backend '{backend.name}' failed before the first event: {describe(exc)}"
             ) from None
         now = time.perf_counter()
         self.first_event_ms = self.upstream.elapsed_ms()  # this backend's time to first event
@@ -118,7 +117,7 @@ class StreamRelay:
         """Relay until [DONE] or end of stream; the error that ended it early, if any."""
         loop = asyncio.get_running_loop()
         idle = self.forwarder.idle
-        content = self.upstream.resp.content
+        resp = self.upstream.resp
         backend = self.upstream.backend
         reading = False
         try:
@@ -134,7 +133,7 @@ class StreamRelay:
                     reading = True
                     deadline.reschedule(loop.time() + idle)
                     started = time.perf_counter()
-                    chunk = await content.readany()
+                    chunk = await resp.read_chunk(None)
                     self.record.upstream_seconds += time.perf_counter() - started
                     if not chunk:
                         tail = self.parser.close()
@@ -147,13 +146,13 @@ class StreamRelay:
                 self._client_gone("client stopped reading")
                 return None
             return BackendTimeout(f"backend '{backend.name}' stalled for {idle:g}s mid-stream")
-        except (aiohttp.ClientError, OSError) as exc:
+        except (UpstreamError, aiohttp.ClientError, OSError) as exc:
+            # Writes go to the client (aiohttp errors), reads come from the backend.
             if not reading:
                 self._client_gone("client disconnected")
                 return None
-            return BackendUnreachable(
-                f"backend '{backend.name}' failed mid-stream: {describe_client_error(exc)}"
-            )
+            reason = describe(exc)
+            return BackendUnreachable(f"backend '{backend.name}' failed mid-stream: {reason}")
 
     def _convert(self, events: list[bytes]) -> bytes:
         out = []
