@@ -116,7 +116,8 @@ async def test_backend_cookies_are_not_replayed_to_other_clients(tmp_path: Path)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        # A host name, not an IP: aiohttp's default jar would keep cookies for it.
+        # A host name, not an IP: a client with a cookie jar (aiohttp's default) keeps
+        # cookies for it.
         url = f"http://localhost:{runner.addresses[0][1]}"
         async with running_nexus(tmp_path, [{"name": "c", "url": url, "type": "generic"}]) as nexus:
             for _ in range(2):
