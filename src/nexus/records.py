@@ -49,27 +49,32 @@ class RequestRecord:
                 self.tokens_completion = completion
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "timestamp": self.timestamp,
-            "request_id": self.request_id,
-            "endpoint": self.endpoint,
-            "model": self.model,
-            "routed_model": self.routed_model,
-            "backend": self.backend,
-            "backend_type": self.backend_type,
-            "status": self.status,
-            "latency_ms": round(self.duration_seconds * 1000, 3),
-            "ttft_ms": None if self.ttft_seconds is None else round(self.ttft_seconds * 1000, 3),
-            "tokens_prompt": self.tokens_prompt,
-            "tokens_completion": self.tokens_completion,
-            "stream": self.stream,
-            "route_reason": self.route_reason,
-            "retry_count": self.retry_count,
-            "fallback_chain": self.fallback_chain,
-            "attempts": self.attempts,
-            "error_type": self.error_type,
-            "error": self.error,
-        }
+        return self.fill({})
+
+    def fill(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Sets the fields of the request log line (F11) in ``fields``, in this order when it
+        is empty; a caller may pass the same dict for every record (cheaper than a new one)."""
+        ttft = self.ttft_seconds
+        fields["timestamp"] = self.timestamp
+        fields["request_id"] = self.request_id
+        fields["endpoint"] = self.endpoint
+        fields["model"] = self.model
+        fields["routed_model"] = self.routed_model
+        fields["backend"] = self.backend
+        fields["backend_type"] = self.backend_type
+        fields["status"] = self.status
+        fields["latency_ms"] = round(self.duration_seconds * 1000, 3)
+        fields["ttft_ms"] = None if ttft is None else round(ttft * 1000, 3)
+        fields["tokens_prompt"] = self.tokens_prompt
+        fields["tokens_completion"] = self.tokens_completion
+        fields["stream"] = self.stream
+        fields["route_reason"] = self.route_reason
+        fields["retry_count"] = self.retry_count
+        fields["fallback_chain"] = self.fallback_chain
+        fields["attempts"] = self.attempts
+        fields["error_type"] = self.error_type
+        fields["error"] = self.error
+        return fields
 
 
 RECORD = web.RequestKey("nexus_record", RequestRecord)
