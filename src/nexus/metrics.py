@@ -13,8 +13,8 @@ per-sample locks of prometheus_client's own metric objects.
 
 from __future__ import annotations
 
-import bisect
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,7 +69,7 @@ class HistogramVec:
         entry = self.values.get(key)
         if entry is None:
             entry = self.values[key] = [0.0] * (len(self.bounds) + 2)
-        entry[bisect.bisect_left(self.bounds, value)] += 1  # le is inclusive
+        entry[bisect_left(self.bounds, value)] += 1  # le is inclusive
         entry[-1] += value
 
     def family(self) -> Metric:
@@ -107,6 +107,24 @@ class RegistryCollector(Collector):
             "Models with a healthy backend",
             len(self.registry.healthy_model_ids()),
         )
+
+
+class LabelPair:
+    """The label tuples of one (model, backend) pair, made once instead of per request."""
+
+    __slots__ = ("completion", "labels", "prompt", "statuses")
+
+    def __init__(self, labels: tuple[str, str]) -> None:
+        self.labels = labels
+        self.prompt = (*labels, "prompt")
+        self.completion = (*labels, "completion")
+        self.statuses: dict[int, tuple[str, str, str]] = {}  # status -> requests_total key
+
+    def status(self, status: int) -> tuple[str, str, str]:
+        key = self.statuses.get(status)
+        if key is None:
+            key = self.statuses[status] = (*self.labels, str(status))
+        return key
 
 
 class Metrics(Collector):
@@ -157,6 +175,7 @@ class Metrics(Collector):
             ("backend",),
             PROBE_BUCKETS,
         )
+        self.pairs: dict[tuple[str, str], LabelPair] = {}
         self.prom = CollectorRegistry(auto_describe=False)
         self.prom.register(self)
         self.prom.register(RegistryCollector(registry))
@@ -181,21 +200,29 @@ class Metrics(Collector):
             return model
         return UNKNOWN_MODEL
 
+    def label_pair(self, model: str, backend: str) -> LabelPair:
+        labels = (model, backend)
+        pair = self.pairs.get(labels)
+        if pair is None:
+            pair = self.pairs[labels] = LabelPair(labels)
+        return pair
+
     def record(self, rec: RequestRecord) -> None:
         """Recorder sink: count one finished request."""
-        model = self.model_label(rec.model)
-        pair = (model, rec.backend or NO_BACKEND)
-        self.requests.inc((*pair, str(rec.status)))
-        self.duration.observe(pair, rec.duration_seconds)
-        self.overhead.observe((), max(rec.duration_seconds - rec.upstream_seconds, 0.0))
+        pair = self.label_pair(self.model_label(rec.model), rec.backend or NO_BACKEND)
+        seconds = rec.duration_seconds
+        self.requests.inc(pair.status(rec.status))
+        self.duration.observe(pair.labels, seconds)
+        overhead = seconds - rec.upstream_seconds
+        self.overhead.observe((), overhead if overhead > 0.0 else 0.0)
         if rec.error_type:
             self.errors.inc((rec.error_type,))
         if rec.ttft_seconds is not None:
-            self.ttft.observe(pair, rec.ttft_seconds)
+            self.ttft.observe(pair.labels, rec.ttft_seconds)
         if rec.tokens_prompt:
-            self.tokens.inc((*pair, "prompt"), rec.tokens_prompt)
+            self.tokens.inc(pair.prompt, rec.tokens_prompt)
         if rec.tokens_completion:
-            self.tokens.inc((*pair, "completion"), rec.tokens_completion)
+            self.tokens.inc(pair.completion, rec.tokens_completion)
         if rec.fallback_chain:
             chain = rec.fallback_chain
             self.fallbacks.inc((self.model_label(chain[0]), self.model_label(chain[-1])))
