@@ -9,9 +9,9 @@ starts failing and falls again as it succeeds (no permanent exclusion).
 
 from __future__ import annotations
 
-import bisect
 import math
 import time
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,10 +119,11 @@ class QualityTracker:
         if not rec.backend or rec.status != 200 or rec.error_type:
             return
         profile = self._profile(rec.routed_model, rec.backend)
-        profile.observe(failed=False)
+        if profile.error_rate:  # a success leaves 0 at 0 (and ``updated`` matters only above 0)
+            profile.observe(failed=False)
         bucket = profile.bucket(time.time())
         bucket.requests += 1
-        bucket.latency[bisect.bisect_left(BINS, rec.duration_seconds)] += 1
+        bucket.latency[bisect_left(BINS, rec.duration_seconds)] += 1
         if rec.ttft_seconds is not None:
             bucket.ttft_sum += rec.ttft_seconds
             bucket.ttft_count += 1
