@@ -150,11 +150,17 @@ class Series:
 
     def add(self, bucket: int, ms: float, error: bool) -> None:
         buckets = self.buckets
-        if not buckets or buckets[-1][0] < bucket:  # the common case: a new bucket
+        if not buckets or buckets[-1][0] < bucket:  # a new bucket
             buckets.append([bucket, 1, int(error), ms])
             return
-        # This bucket or an older one (requests end out of order): at most WINDOW_BUCKETS steps.
-        for i in range(len(buckets) - 1, -1, -1):
+        last = buckets[-1]
+        if last[0] == bucket:  # the common case: the newest bucket
+            last[1] += 1
+            last[2] += error
+            last[3] += ms
+            return
+        # An older one (requests end out of order): at most WINDOW_BUCKETS steps.
+        for i in range(len(buckets) - 2, -1, -1):
             slot = buckets[i]
             if slot[0] == bucket:
                 slot[1] += 1
@@ -212,11 +218,13 @@ class Hub:
         self.max_viewers = max_viewers
         # The last records themselves; their history entries are built when a view needs
         # them, so at thousands of requests a second only the 100 that are shown get built.
-        self._recent: deque[tuple[int, RequestRecord]] = deque(maxlen=HISTORY_SIZE)
+        # The newest is number ``seq``, the one before it seq - 1, and so on.
+        self._recent: deque[RequestRecord] = deque(maxlen=HISTORY_SIZE)
         self._entries: dict[int, Json] = {}  # seq -> built entry
         self.seq = 0  # of the newest history entry
         self.dirty = False  # records arrived since the broadcaster's last pass
-        self.series: dict[str, Series] = {ALL: Series()}
+        self._all = Series()  # never forgotten by charts(), so kept at hand for record()
+        self.series: dict[str, Series] = {ALL: self._all}
         self.notices: deque[Json] = deque(maxlen=NOTICES_SIZE)
         self.backends: dict[str, Json] = {}  # id -> view, as last diffed
         self.viewers: set[Viewer] = set()
@@ -232,12 +240,12 @@ class Hub:
 
     def record(self, record: RequestRecord) -> None:
         self.seq += 1
-        self._recent.append((self.seq, record))
+        self._recent.append(record)
         ms = record.duration_seconds * 1000
         error = bool(record.error_type) or record.status >= 400
         # Counted when it ended (a long stream belongs where it finished).
         bucket = int((record.timestamp + record.duration_seconds) // BUCKET_SECONDS)
-        self.series[ALL].add(bucket, ms, error)
+        self._all.add(bucket, ms, error)
         if record.backend:
             series = self.series.get(record.backend)
             if series is None and len(self.series) <= MAX_SERIES:
@@ -253,7 +261,7 @@ class Hub:
         """The last 100 requests as the page shows them, oldest first."""
         built = self._entries
         out = []
-        for seq, record in self._recent:
+        for seq, record in enumerate(self._recent, self.seq - len(self._recent) + 1):
             entry = built.get(seq)
             if entry is None:
                 entry = built[seq] = history_entry(seq, record)
