@@ -164,6 +164,30 @@ async def test_streamed_chunks_arrive_one_by_one() -> None:
     pool.close()
 
 
+async def test_stream_released_after_its_last_event_keeps_the_connection() -> None:
+    # The relay stops reading at [DONE]; the chunked terminator arrives just after.
+    async def stream(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        for _ in range(2):
+            await script.request(r)
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"e\r\ndata: [DONE]\n\n\r\n")
+            await w.drain()
+            await asyncio.sleep(0.05)
+            w.write(b"0\r\n\r\n")
+            await w.drain()
+        await r.read()
+
+    pool = Pool(2.0, 2.0)
+    async with scripted(stream) as script:
+        for _ in range(2):
+            resp = await pool.post(script.url, "/v1/chat/completions", b"{}", {})
+            assert await resp.read_chunk(2.0) == b"data: [DONE]\n\n"
+            await asyncio.sleep(0.2)  # the terminator is in our buffer, unread
+            resp.release()
+    assert script.connections == 1
+    pool.close()
+
+
 async def test_gzip_body_is_decoded() -> None:
     body = gzip.compress(b'{"answer": "' + b"x" * 5000 + b'"}')
     wire = (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"

@@ -368,6 +368,13 @@ class Response:
             return
         self._released = True
         conn = self.conn
+        if not self.done and self._mode == CHUNKED and conn.buf:
+            # A stream's reader stops at its last event; the chunked terminator that
+            # follows has often arrived already. Taking it keeps the connection reusable.
+            try:
+                self._take_chunks()
+            except MalformedResponse:
+                pass
         if self.done and self._keep_alive and conn.reusable:
             conn.pool.put(conn)
         else:
