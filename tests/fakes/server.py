@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -72,6 +73,7 @@ class FakeServer:
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._stopping = False
+        self.ssl_context: ssl.SSLContext | None = None  # set before start: serve HTTPS
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -82,7 +84,8 @@ class FakeServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -99,7 +102,9 @@ class FakeServer:
                 app.router.add_route(method, path, handler)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
+        site = web.TCPSite(
+            runner, "127.0.0.1", port, reuse_address=True, ssl_context=self.ssl_context
+        )
         try:
             await site.start()
         except BaseException:
