@@ -143,30 +143,36 @@ def inspect_chat(body: Any) -> Requirements:
     )
 
 
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def inspect_embeddings(body: Any) -> Requirements:
     model = _model(body)
     data = body.get("input")
-    chars = 0
-    if isinstance(data, str):
-        chars = len(data)
+    # Each input is embedded on its own, so the longest one must fit the context, not the
+    # batch: 20,000 short passages are fine for an 8k-context embedding model.
+    if isinstance(data, str) and data:
+        tokens = len(data) // 4
     elif isinstance(data, list) and data:
-        for i, item in enumerate(data):
-            if isinstance(item, str):
-                chars += len(item)
-            elif isinstance(item, list) and all(
-                isinstance(t, int) and not isinstance(t, bool) for t in item
-            ):
-                chars += 4 * len(item)
-            elif isinstance(item, int) and not isinstance(item, bool):
-                chars += 4
-            else:
-                raise InvalidRequest(
-                    f"input[{i}] must be a string or an array of token ids", param="input"
-                )
+        if all(_is_token(t) for t in data):  # one input, as token ids
+            tokens = len(data)
+        else:
+            tokens = 0
+            for i, item in enumerate(data):
+                if isinstance(item, str):
+                    size = len(item) // 4
+                elif isinstance(item, list) and all(_is_token(t) for t in item):
+                    size = len(item)
+                else:
+                    raise InvalidRequest(
+                        f"input[{i}] must be a string or an array of token ids", param="input"
+                    )
+                tokens = max(tokens, size)
     else:
         raise InvalidRequest(
             "'input' must be a non-empty string or a non-empty array", param="input"
         )
     _optional(body, "encoding_format", str, "a string")
     _int_range(body, "dimensions", 1, 65536)
-    return Requirements(model=model, estimated_tokens=chars // 4, embeddings=True)
+    return Requirements(model=model, estimated_tokens=tokens, embeddings=True)
