@@ -196,6 +196,21 @@ async def test_embeddings_single_and_batch(tmp_path: Path) -> None:
             assert status == 400 and "embedding" in body["error"]["message"]
 
 
+async def test_embeddings_answer_of_several_megabytes(tmp_path: Path) -> None:
+    # A RAG indexing batch: the answer is far larger than any read buffer on the way.
+    async with FakeVLLM([FakeModel("embed", embedding=True)]) as fake:
+        async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")]) as nexus:
+            texts = [f"passage {i}" for i in range(20_000)]
+            reply = await nexus.client.embeddings.create(model="embed", input=texts)
+            assert [d.index for d in reply.data] == list(range(20_000))
+            assert all(len(d.embedding) == 8 for d in reply.data)
+            # One input longer than the model's context is refused before it is sent.
+            status, body, _ = await nexus.post(
+                "/v1/embeddings", {"model": "embed", "input": ["ok", "word " * 40_000]}
+            )
+            assert status == 400 and "context" in body["error"]["message"]
+
+
 async def test_hundred_concurrent_requests(vllm_nexus: tuple[Nexus, FakeVLLM]) -> None:
     import asyncio
 

@@ -357,6 +357,18 @@ async def test_slow_reader_pauses_the_backend_socket_and_loses_nothing() -> None
     pool.close()
 
 
+async def test_answer_larger_than_the_buffer_limit_is_read_whole() -> None:
+    # Reading a whole body must lift the slow-reader pause, or it would wait forever.
+    body = b'{"data": "' + b"e" * (5 * HIGH_WATER) + b'"}'
+    wire = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    pool = Pool(2.0, 2.0)
+    async with server_answering(wire, wire) as server:
+        assert await post(pool, server.url) == (200, body)
+        assert await post(pool, server.url) == (200, body)
+    assert server.connections == 1
+    pool.close()
+
+
 async def test_header_values_with_line_breaks_are_refused() -> None:
     pool = Pool(2.0, 2.0)
     async with server_answering(OK) as server:

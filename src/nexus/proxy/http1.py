@@ -127,6 +127,12 @@ class Connection(asyncio.Protocol):
         """
         if self.closed:
             return
+        if self.paused:
+            # Paused only while nobody wanted the bytes; a reader waiting for more (a
+            # large answer read whole) needs the socket read again.
+            self.paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
         waiter = self.loop.create_future()
         self._waiter = waiter
         if seconds is None:
