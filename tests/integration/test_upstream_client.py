@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from nexus.proxy import pool as pool_module
 from nexus.proxy.http1 import (
     HIGH_WATER,
     ConnectError,
@@ -366,6 +367,21 @@ async def test_answer_larger_than_the_buffer_limit_is_read_whole() -> None:
         assert await post(pool, server.url) == (200, body)
         assert await post(pool, server.url) == (200, body)
     assert server.connections == 1
+    pool.close()
+
+
+async def test_connections_idle_too_long_are_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "IDLE_SECONDS", 0.2)
+    pool = Pool(2.0, 2.0)
+    async with server_answering(OK) as burst, server_answering(OK, OK) as other:
+        await asyncio.gather(*(post(pool, burst.url) for _ in range(3)))  # three connections
+        assert burst.connections == 3 and len(burst.open) == 3
+        await asyncio.sleep(0.3)
+        await post(pool, other.url)  # giving a connection back sweeps the pool
+        async with asyncio.timeout(2):
+            while burst.open:  # each handler ends when Nexus closes its connection
+                await asyncio.sleep(0.01)
+        assert len(other.open) == 1  # the fresh one stays
     pool.close()
 
 

@@ -75,6 +75,7 @@ class Pool:
         self._origins: dict[str, Origin] = {}
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._tls: ssl.SSLContext | None = None
+        self._swept = time.monotonic()
 
     async def post(self, url: str, path: str, body: bytes, headers: dict[str, str]) -> Response:
         """Send ``POST url+path`` and return the response once its head has arrived."""
@@ -100,12 +101,30 @@ class Pool:
             raise
 
     def put(self, conn: Connection) -> None:
+        now = time.monotonic()
+        if now - self._swept > IDLE_SECONDS / 2:
+            self._sweep(now)
         idle = self._idle.setdefault(conn.key, [])
         if len(idle) >= MAX_IDLE_PER_ORIGIN:
             conn.close()
             return
-        conn.idle_since = time.monotonic()
+        conn.idle_since = now
         idle.append(conn)
+
+    def _sweep(self, now: float) -> None:
+        """Close what sat idle too long: the extra connections of a past burst (reuse is
+        last-in first-out, so they are never picked) and those of removed backends."""
+        self._swept = now
+        oldest = now - IDLE_SECONDS
+        for key, idle in list(self._idle.items()):
+            keep = [conn for conn in idle if conn.idle_since > oldest and conn.reusable]
+            for conn in idle:
+                if conn not in keep:
+                    conn.close()
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
 
     def _take_idle(self, key: tuple[str, str, int]) -> Connection | None:
         idle = self._idle.get(key)
