@@ -119,8 +119,7 @@ class HealthChecker:
             if backend.context_length:
                 # replace, never mutate: adapters may cache and share Model objects
                 models = [
-                    dataclasses.replace(m, context_length=backend.context_length)
-                    for m in models
+                    dataclasses.replace(m, context_length=backend.context_length) for m in models
                 ]
             error = None
         except ProbeError as exc:
