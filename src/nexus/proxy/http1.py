@@ -20,6 +20,7 @@ A wait for bytes that exceeds its timeout raises the builtin ``TimeoutError``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import zlib
 from typing import TYPE_CHECKING, cast
@@ -377,10 +378,8 @@ class Response:
         if not self.done and self._mode == CHUNKED and conn.buf:
             # A stream's reader stops at its last event; the chunked terminator that
             # follows has often arrived already. Taking it keeps the connection reusable.
-            try:
+            with contextlib.suppress(MalformedResponse):
                 self._take_chunks()
-            except MalformedResponse:
-                pass
         if self.done and self._keep_alive and conn.reusable:
             conn.pool.put(conn)
         else:
