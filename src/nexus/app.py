@@ -123,6 +123,7 @@ async def _cleanup(app: web.Application) -> None:
     for task in state.background:
         task.cancel()
     await asyncio.gather(*state.background, return_exceptions=True)
+    state.recorder.flush()  # the last requests' records, before the log's last flush
     logs.flush()
     await state.health.stop()
     state.forwarder.stop()

@@ -6,6 +6,8 @@ record, so they can never disagree about what happened. A record holds no messag
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,17 +83,30 @@ RECORD = web.RequestKey("nexus_record", RequestRecord)
 
 
 class Recorder:
-    """Fans finished records out to the sinks; a failing sink never fails a request."""
+    """Fans finished records out to the sinks, once the answer is on its way.
+
+    ``finish`` only queues the record; the sinks run for every queued record when the event
+    loop next gets a turn, by which time aiohttp has written the response. The client does
+    not wait on the log line and the counters, and under load one turn serves a batch. A
+    failing sink never fails a request.
+    """
 
     def __init__(self) -> None:
         self.sinks: list[Sink] = []
+        self._queued: list[RequestRecord] = []
 
     def finish(self, record: RequestRecord) -> None:
         record.duration_seconds = time.perf_counter() - record.started
-        for sink in self.sinks:
-            try:
-                sink(record)
-            except Exception:  # pragma: no cover - a sink bug must not break traffic
-                import logging
+        if not self._queued:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._queued.append(record)
 
-                logging.getLogger("nexus").exception("request record sink failed")
+    def flush(self) -> None:
+        queued, self._queued = self._queued, []
+        sinks = self.sinks
+        for record in queued:
+            for sink in sinks:
+                try:
+                    sink(record)
+                except Exception:  # pragma: no cover - a sink bug must not break traffic
+                    logging.getLogger("nexus").exception("request record sink failed")
