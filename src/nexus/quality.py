@@ -27,6 +27,9 @@ ERROR_EWMA_ALPHA = 0.2
 # With no traffic (because it is deprioritised), a backend's error rate halves this often,
 # so it is tried again instead of being excluded for good.
 ERROR_HALF_LIFE_SECONDS = 30.0
+# Below half a percentage point an error rate no longer moves the smart score (it is
+# rounded to whole points there).
+NEGLIGIBLE_ERROR_RATE = 0.005
 
 
 @dataclass(slots=True)
@@ -99,6 +102,9 @@ def _percentile(hist: list[int], q: float) -> float | None:
 class QualityTracker:
     def __init__(self) -> None:
         self.profiles: dict[tuple[str, str], Profile] = {}
+        # model -> backend -> profile, for the pairs that failed recently: routing looks
+        # here once per decision instead of once per candidate backend.
+        self.failing: dict[str, dict[str, Profile]] = {}
 
     def _profile(self, model: str, backend: str) -> Profile:
         profile = self.profiles.get((model, backend))
@@ -110,6 +116,7 @@ class QualityTracker:
         """One attempt failed on ``backend`` (called per attempt, so failovers count too)."""
         profile = self._profile(model, backend)
         profile.observe(failed=True)
+        self.failing.setdefault(model, {})[backend] = profile
         bucket = profile.bucket(time.time())
         bucket.requests += 1
         bucket.errors += 1
@@ -130,6 +137,21 @@ class QualityTracker:
         if rec.tokens_completion:
             bucket.tokens += rec.tokens_completion
             bucket.generation_seconds += rec.duration_seconds - (rec.ttft_seconds or 0.0)
+
+    def error_rates(self, model: str, now: float) -> dict[str, float] | None:
+        """Current error rates of ``model``'s backends that failed recently, or None if none
+        did. A rate that decayed below NEGLIGIBLE_ERROR_RATE leaves the index."""
+        failing = self.failing.get(model)
+        if not failing:
+            return None
+        rates = {}
+        for backend, profile in list(failing.items()):
+            rate = profile.current_error_rate(now)
+            if rate < NEGLIGIBLE_ERROR_RATE:
+                del failing[backend]
+            else:
+                rates[backend] = rate
+        return rates
 
     def error_rate(self, model: str, backend: str) -> float:
         profile = self.profiles.get((model, backend))

@@ -115,9 +115,10 @@ class Router:
     def select(self, plan: Plan, req: Requirements, attempts_per_model: int) -> Route:
         """The next backend to try for ``plan``, or a NexusError explaining why none can."""
         now = time.monotonic()
+        tried = plan.tried
         for index, model in enumerate(plan.models):
             holders = self.registry.get_backends_for_model(model)
-            used = sum(1 for b in holders if (b.id, model) in plan.tried)
+            used = sum(1 for b in holders if (b.id, model) in tried) if tried else 0
             if used >= attempts_per_model:
                 continue
             candidates = self._candidates(plan, model, holders, req)
@@ -145,17 +146,15 @@ class Router:
         if count == 1:
             return candidates[0]
         weights = self.config.weights
-        profiles = self.quality.profiles if self.quality is not None else {}
-        now = time.monotonic()
+        quality = self.quality
+        rates = quality.error_rates(model, time.monotonic()) if quality is not None else None
         # Start at a rotating offset: ties go round, so identical idle backends share the
         # load instead of the first one taking all of it.
         offset = next(self._rotation) % count
         best, best_score = candidates[offset], -math.inf
         for i in range(offset, offset + count):
             backend = candidates[i % count]
-            profile = profiles.get((model, backend.name))
-            error_rate = profile.current_error_rate(now) if profile is not None else 0.0
-            score = smart_score(backend, weights, error_rate)
+            score = smart_score(backend, weights, rates.get(backend.name, 0.0) if rates else 0.0)
             if score > best_score:
                 best, best_score = backend, score
         return best
