@@ -29,6 +29,13 @@ def tls_fake(tmp_path: Path) -> tuple[FakeVLLM, Path]:
     return fake, ca_file
 
 
+async def chat_status(url: str) -> tuple[int, str]:
+    body = {"model": "qwen", "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as session, asyncio.timeout(10):
+        async with session.post(url + "/v1/chat/completions", json=body) as resp:
+            return resp.status, (await resp.json())["error"]["message"]
+
+
 async def wait_for_model(url: str, model: str) -> None:
     async with aiohttp.ClientSession() as session, asyncio.timeout(10):
         while True:
@@ -71,3 +78,23 @@ async def test_untrusted_certificate_is_a_named_tls_error(tmp_path: Path) -> Non
                     await asyncio.sleep(0.1)
     assert "TLS error" in backend["last_error"] and "certificate" in backend["last_error"]
     assert not [r for r in fake.requests if r.path == "/v1/chat/completions"]
+
+
+async def test_certificate_that_stops_verifying_fails_traffic_with_a_tls_error(
+    tmp_path: Path,
+) -> None:
+    fake, ca_file = tls_fake(tmp_path)
+    async with fake:
+        config = write_config(tmp_path, [backend_entry(fake, "secure", "vllm")])
+        async with spawn_nexus(config, env={"SSL_CERT_FILE": str(ca_file)}) as nexus:
+            await wait_for_model(nexus.url, "qwen")  # probed healthy over verified TLS
+            # From now on the backend presents a certificate from a CA Nexus does not
+            # trust (a renewed certificate from the wrong issuer): new connections fail.
+            assert fake.ssl_context is not None
+            trustme.CA().issue_cert("127.0.0.1").configure_cert(fake.ssl_context)
+            status, message = await chat_status(nexus.url)
+    assert status == 502
+    assert message == (
+        "backend 'secure' unreachable: TLS error: certificate verify failed: "
+        "unable to get local issuer certificate"
+    )

@@ -157,6 +157,9 @@ class Pool:
             ) from None
         except socket.gaierror:
             raise ConnectError(f"DNS resolution failed for {host}") from None
+        except ssl.SSLCertVerificationError as exc:
+            reason = f"certificate verify failed: {exc.verify_message}"
+            raise ConnectError(f"TLS error: {reason}") from None
         except (ssl.SSLError, ssl.CertificateError) as exc:
             raise ConnectError(f"TLS error: {describe(exc)}") from None
         except ConnectionRefusedError:
