@@ -169,9 +169,15 @@ async def test_static_backend_wins_at_the_same_address(
             assert len([be for be in nexus.state.registry if be.url.endswith(f":{a.port}")]) == 1
 
 
-async def test_manual_backend_added_later_retires_the_discovered_one(
-    tmp_path: Path, advertiser: Advertiser, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "same_url",
+    [False, True],
+    ids=["localhost-alias-retired-by-reconcile", "exact-url-replaced-at-once"],
+)
+async def test_manual_backend_at_the_same_address_replaces_the_discovered_one(
+    tmp_path: Path, advertiser: Advertiser, monkeypatch: pytest.MonkeyPatch, same_url: bool
 ) -> None:
+    # The admin API is open to loopback callers only while no token is set.
     monkeypatch.delenv("NEXUS_ADMIN_TOKEN", raising=False)
     async with (
         FakeOllama([FakeModel("llama3:8b")]) as fake,
@@ -179,17 +185,35 @@ async def test_manual_backend_added_later_retires_the_discovered_one(
     ):
         await advertiser.register("manual", fake.port)
         name = full(advertiser, "manual")
-        await wait_healthy(nexus, name)
+        discovered = await wait_healthy(nexus, name)
+        assert discovered.url == fake.url  # advertised as 127.0.0.1
 
-        # The same server by another name: localhost instead of 127.0.0.1.
+        # The exact URL is replaced by the admin API itself; the same server by another
+        # name (localhost instead of 127.0.0.1) is retired by the next reconcile pass.
+        url = fake.url if same_url else f"http://localhost:{fake.port}"
         status, body, _ = await nexus.post(
-            "/admin/backends",
-            {"url": f"http://localhost:{fake.port}", "name": "by-hand", "type": "ollama"},
+            "/admin/backends", {"url": url, "name": "by-hand", "type": "ollama"}
         )
         assert status == 201, body
-        await wait_for(lambda: by_service(nexus, name) is None, 5, "discovered one retired")
-        assert [be.name for be in nexus.state.registry] == ["by-hand"]
-        assert nexus.state.registry.find("by-hand").discovery_source is DiscoverySource.MANUAL
+
+        # Only this run's backends: a concurrent run's adverts share loopback multicast.
+        def ours() -> list[tuple[str, DiscoverySource]]:
+            return [
+                (be.name, be.discovery_source)
+                for be in nexus.state.registry
+                if be.name == "by-hand" or advertiser.tag in be.name
+            ]
+
+        if not same_url:
+            await wait_for(lambda: by_service(nexus, name) is None, 5, "discovered one retired")
+        assert by_service(nexus, name) is None
+        assert nexus.state.registry.get_backend(discovered.id) is None
+        assert ours() == [("by-hand", DiscoverySource.MANUAL)]
+        by_hand = nexus.state.registry.find(url)
+        assert by_hand is not None and by_hand.name == "by-hand"
+        await asyncio.sleep(2.5)  # a reconcile pass later: the advert does not bring it back
+        assert by_service(nexus, name) is None
+        assert ours() == [("by-hand", DiscoverySource.MANUAL)]
 
 
 async def test_two_ports_on_one_ip_are_two_backends(tmp_path: Path, advertiser: Advertiser) -> None:
@@ -363,29 +387,3 @@ async def test_start_returns_at_once_and_stop_is_clean(tmp_path: Path) -> None:
 
     await discovery.stop()
     assert not discovery.available
-
-
-async def test_manual_backend_at_the_same_url_replaces_the_discovered_one(
-    tmp_path: Path, advertiser: Advertiser, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("NEXUS_ADMIN_TOKEN", raising=False)
-    async with (
-        FakeOllama([FakeModel("llama3:8b")]) as fake,
-        running_nexus(tmp_path, [], discovery=discovery_section()) as nexus,
-    ):
-        await advertiser.register("same-url", fake.port)
-        name = full(advertiser, "same-url")
-        await wait_healthy(nexus, name)
-
-        status, body, _ = await nexus.post(
-            "/admin/backends", {"url": fake.url, "name": "by-hand", "type": "ollama"}
-        )
-        assert status == 201, body
-        # Only this run's backends: a concurrent run's adverts share loopback multicast.
-        def ours() -> list[tuple[str, DiscoverySource]]:
-            return [(be.name, be.discovery_source) for be in nexus.state.registry
-                    if be.name == "by-hand" or advertiser.tag in be.name]
-
-        assert ours() == [("by-hand", DiscoverySource.MANUAL)]
-        await asyncio.sleep(2.5)  # a reconcile pass later: the advert does not bring it back
-        assert ours() == [("by-hand", DiscoverySource.MANUAL)]
