@@ -20,10 +20,11 @@ from nexus.proxy.http1 import (
     HIGH_WATER,
     ConnectError,
     Disconnected,
+    InvalidHeader,
     MalformedResponse,
     UpstreamError,
 )
-from nexus.proxy.pool import InvalidHeader, Pool, parse_origin
+from nexus.proxy.pool import Pool, parse_origin
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"

@@ -10,6 +10,7 @@ Errors, all with a short reason as ``str(exc)`` that never contains request data
 
     UpstreamError           base
     ├── ConnectError        DNS, refused, TLS or other failure before the request was sent
+    ├── InvalidHeader       a header value to send holds a line break (never sent)
     ├── Disconnected        the backend closed the connection before the answer was whole
     └── MalformedResponse   not HTTP/1.x, bad framing, oversized head, unknown encoding
     ConnectTimeout          (a TimeoutError) no connection within the connect timeout
@@ -46,6 +47,10 @@ class UpstreamError(Exception):
 
 
 class ConnectError(UpstreamError):
+    pass
+
+
+class InvalidHeader(UpstreamError):
     pass
 
 
@@ -148,11 +153,12 @@ class Connection(asyncio.Protocol):
 
     def take(self, n: int) -> bytes:
         data = bytes(self.buf[:n])
-        del self.buf[:n]
-        self._maybe_resume()
+        self.discard(n)
         return data
 
-    def _maybe_resume(self) -> None:
+    def discard(self, n: int) -> None:
+        """Drop the first ``n`` buffered bytes (read); reading resumes once few are left."""
+        del self.buf[:n]
         if self.paused and len(self.buf) < LOW_WATER and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
@@ -356,8 +362,7 @@ class Response:
             if not _HEX.fullmatch(size):
                 raise MalformedResponse("backend sent a malformed chunked body")
             self._chunk_left = int(size, 16) or _TRAILERS
-        del buf[:pos]
-        self.conn._maybe_resume()
+        self.conn.discard(pos)
         return b"".join(out)
 
     def _decode(self, data: bytes) -> bytes:

@@ -22,8 +22,8 @@ from nexus.proxy.http1 import (
     Connection,
     ConnectTimeout,
     Disconnected,
+    InvalidHeader,
     Response,
-    UpstreamError,
     describe,
     read_response,
 )
@@ -62,10 +62,6 @@ def parse_origin(url: str) -> Origin:
     )
     prefix = quote(parts.path.rstrip("/"), safe="/%:@!$&'()*+,;=-._~")
     return Origin((parts.scheme, host, port), host, port, tls, prefix, head)
-
-
-class InvalidHeader(UpstreamError):
-    pass
 
 
 class Pool:
@@ -117,9 +113,11 @@ class Pool:
         self._swept = now
         oldest = now - IDLE_SECONDS
         for key, idle in list(self._idle.items()):
-            keep = [conn for conn in idle if conn.idle_since > oldest and conn.reusable]
+            keep = []
             for conn in idle:
-                if conn not in keep:
+                if _usable(conn, oldest):
+                    keep.append(conn)
+                else:
                     conn.close()
             if keep:
                 self._idle[key] = keep
@@ -133,7 +131,7 @@ class Pool:
         oldest = time.monotonic() - IDLE_SECONDS
         while idle:
             conn = idle.pop()
-            if conn.reusable and conn.idle_since > oldest:
+            if _usable(conn, oldest):
                 return conn
             conn.close()
         return None
@@ -178,6 +176,11 @@ class Pool:
             for conn in idle:
                 conn.close()
         self._idle.clear()
+
+
+def _usable(conn: Connection, oldest: float) -> bool:
+    """Still open, nothing unread, and idle since after ``oldest``."""
+    return conn.reusable and conn.idle_since > oldest
 
 
 def _request(origin: Origin, path: str, body: bytes, headers: dict[str, str]) -> bytes:
