@@ -33,7 +33,7 @@ from nexus.health import HealthChecker
 from nexus.proxy.http1 import ConnectTimeout, Response, UpstreamError, describe
 from nexus.proxy.pool import Pool
 from nexus.proxy.relay import StreamRelay
-from nexus.records import RECORD, RequestRecord
+from nexus.records import RequestRecord
 from nexus.registry import Backend, Registry
 from nexus.routing.requirements import Requirements
 from nexus.routing.router import Plan, Route, Router
@@ -76,9 +76,7 @@ class Forwarder:
         self.attempts_per_model = 1 + config.routing.max_retries
         self.penalty = config.health_check.interval_seconds
         # The read timeout bounds the wait for the first byte and every gap within a JSON
-        # body; streams keep their own, shorter idle deadline (see relay.py). No cookie
-        # jar: a cookie one backend sets never rides along on another client's request.
-        # Answers are decoded (gzip, deflate) and relayed without their Content-Encoding.
+        # body; streams keep their own, shorter idle deadline (see relay.py).
         self.pool = Pool(server.connect_timeout_seconds, self.ttfb)
 
     def stop(self) -> None:
@@ -110,7 +108,7 @@ class Forwarder:
             self._note_route(record, route, plan)
             payload = self._payload(body, raw, route, req)
             try:
-                upstream = await self._send(request, path, route, payload)
+                upstream = await self._send(request, path, route, payload, record)
             except BackendError as exc:
                 self.failed(route.backend, exc, record)
                 last = exc
@@ -153,9 +151,8 @@ class Forwarder:
         return headers
 
     async def _send(
-        self, request: web.Request, path: str, route: Route, payload: bytes
+        self, request: web.Request, path: str, route: Route, payload: bytes, record: RequestRecord
     ) -> Upstream:
-        record = request[RECORD]
         backend = route.backend
         self.registry.increment_pending(backend)
         sent = time.perf_counter()
@@ -163,26 +160,24 @@ class Forwarder:
             resp = await self.pool.post(
                 backend.url, path, payload, self._headers(request, backend, record)
             )
-        except ConnectTimeout as exc:
+        except BaseException as exc:
             self.registry.decrement_pending(backend)
             record.upstream_seconds += time.perf_counter() - sent
-            raise BackendTimeout(f"backend '{backend.name}' unreachable: {exc}") from None
-        except TimeoutError:
-            self.registry.decrement_pending(backend)
-            record.upstream_seconds += time.perf_counter() - sent
-            raise BackendTimeout(
-                f"backend '{backend.name}' did not answer within {self.ttfb:g}s"
-            ) from None
-        except (UpstreamError, OSError) as exc:
-            self.registry.decrement_pending(backend)
-            record.upstream_seconds += time.perf_counter() - sent
-            raise BackendUnreachable(
-                f"backend '{backend.name}' unreachable: {describe(exc)}"
-            ) from None
-        except BaseException:
-            self.registry.decrement_pending(backend)
-            raise
+            error = self._send_error(backend, exc)
+            if error is None:
+                raise  # cancelled, or a bug of ours: not the backend's failure
+            raise error from None
         return Upstream(route, resp, sent)
+
+    def _send_error(self, backend: Backend, exc: BaseException) -> BackendError | None:
+        name = backend.name
+        if isinstance(exc, ConnectTimeout):
+            return BackendTimeout(f"backend '{name}' unreachable: {exc}")
+        if isinstance(exc, TimeoutError):
+            return BackendTimeout(f"backend '{name}' did not answer within {self.ttfb:g}s")
+        if isinstance(exc, UpstreamError | OSError):
+            return BackendUnreachable(f"backend '{name}' unreachable: {describe(exc)}")
+        return None
 
     async def _answer(
         self,
