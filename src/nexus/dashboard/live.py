@@ -222,7 +222,6 @@ class Hub:
         self._recent: deque[RequestRecord] = deque(maxlen=HISTORY_SIZE)
         self._entries: dict[int, Json] = {}  # seq -> built entry
         self.seq = 0  # of the newest history entry
-        self.dirty = False  # records arrived since the broadcaster's last pass
         self._all = Series()  # never forgotten by charts(), so kept at hand for record()
         self.series: dict[str, Series] = {ALL: self._all}
         self.notices: deque[Json] = deque(maxlen=NOTICES_SIZE)
@@ -232,7 +231,7 @@ class Hub:
         self._sent_seq = 0
         self._last_registry = 0.0
         self._charts_bucket = 0
-        self._charts_dirty = False
+        self._charts_dirty = False  # records arrived since charts were last sent
         self._last_charts = 0.0
         self.diff_backends()  # baseline: the first pass reports no change
 
@@ -252,7 +251,7 @@ class Hub:
                 series = self.series[record.backend] = Series()
             if series is not None:
                 series.add(bucket, ms, error)
-        self.dirty = True
+        self._charts_dirty = True
 
     # -- views -------------------------------------------------------------------------------
 
@@ -336,7 +335,7 @@ class Hub:
             "uptime": round(self.uptime(), 1),
             "seq": self.seq,
             "backends": self.backend_views(),
-            "history": list(self.history),
+            "history": self.history,
             "notices": list(self.notices),
             "charts": self.charts(),
         }
@@ -374,9 +373,6 @@ class Hub:
             # The viewer lost entries it never saw (more than the ring holds in one tick).
             message["reset_history"] = bool(fresh) and fresh[0]["seq"] > self._sent_seq + 1
             self._sent_seq = self.seq
-        if self.dirty:
-            self.dirty = False
-            self._charts_dirty = True
         if mono - self._last_registry >= self.registry_every:
             self._last_registry = mono
             changed, removed, notices = self.diff_backends()
