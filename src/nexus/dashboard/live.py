@@ -150,29 +150,20 @@ class Series:
 
     def add(self, bucket: int, ms: float, error: bool) -> None:
         buckets = self.buckets
-        if not buckets or buckets[-1][0] < bucket:  # a new bucket
-            buckets.append([bucket, 1, int(error), ms])
-            return
-        last = buckets[-1]
-        if last[0] == bucket:  # the common case: the newest bucket
-            last[1] += 1
-            last[2] += error
-            last[3] += ms
-            return
-        # An older one (requests end out of order): at most WINDOW_BUCKETS steps.
-        for i in range(len(buckets) - 2, -1, -1):
-            slot = buckets[i]
-            if slot[0] == bucket:
-                slot[1] += 1
-                slot[2] += error
-                slot[3] += ms
-                return
-            if slot[0] < bucket:
-                if len(buckets) < WINDOW_BUCKETS + 1:
-                    buckets.insert(i + 1, [bucket, 1, int(error), ms])
-                return
-        if len(buckets) < WINDOW_BUCKETS + 1:
-            buckets.appendleft([bucket, 1, int(error), ms])
+        # Walk back from the newest: almost always zero steps (the newest bucket, or a new one);
+        # a request that ended out of order takes at most WINDOW_BUCKETS.
+        i = len(buckets)
+        while i and buckets[i - 1][0] > bucket:
+            i -= 1
+        if i and buckets[i - 1][0] == bucket:
+            slot = buckets[i - 1]
+            slot[1] += 1
+            slot[2] += error
+            slot[3] += ms
+        elif i == len(buckets):
+            buckets.append([bucket, 1, int(error), ms])  # a new bucket: the oldest may go
+        elif len(buckets) < WINDOW_BUCKETS + 1:
+            buckets.insert(i, [bucket, 1, int(error), ms])  # an older one, while there is room
 
     def window(self, end: int) -> list[list[float]]:
         start = end - WINDOW_BUCKETS + 1
