@@ -198,7 +198,7 @@ def colors(backends: list[Json]) -> dict[str, int]:
     return {name: i for i, name in enumerate(sorted({b["name"] for b in backends}))}
 
 
-def summary(snap: Json, uptime: float) -> str:
+def summary(snap: Json) -> str:
     backends = snap["backends"]
     healthy = sum(1 for b in backends if b["status"] == "healthy")
     models = {m["id"] for b in backends for m in b["models"]}
@@ -215,7 +215,7 @@ def summary(snap: Json, uptime: float) -> str:
         ("requests", str(requests), f"requests, 10 min · {errors} failed", "bad" if errors else ""),
         ("latency", fmt_ms(avg), "avg latency, 10 min", ""),
         ("inflight", str(pending), "in flight", ""),
-        ("uptime", fmt_duration(uptime), "uptime", ""),
+        ("uptime", fmt_duration(snap["uptime"]), "uptime", ""),
     ]
     return "".join(
         f'<div class="tile{" lvl-" + lvl if lvl else ""}" data-tile="{key}">'
@@ -310,16 +310,16 @@ def backends_section(snap: Json, palette: dict[str, int], now: float) -> str:
     return "".join(cards) or '<p class="empty">No backends configured or discovered yet.</p>'
 
 
-CAPS = (("vision", "vision"), ("tools", "tools"), ("json", "json"))
+CAPS = ("vision", "tools", "json")
 
 
 def cap_tags(m: Json) -> str:
     tags = []
-    for key, label in CAPS:
+    for key in CAPS:
         value = m.get(key)
         state = "on" if value else ("unk" if value is None else "off")
         word = {"on": "yes", "off": "no", "unk": "unknown"}[state]
-        tags.append(f'<span class="cap cap-{state}" title="{label}: {word}">{label}</span>')
+        tags.append(f'<span class="cap cap-{state}" title="{key}: {word}">{key}</span>')
     if m.get("embeddings"):
         tags.append('<span class="cap cap-on" title="embeddings: yes">embed</span>')
     return "".join(tags)
@@ -364,7 +364,6 @@ def matrix(backends: list[Json]) -> str:
 
 def history_row(e: Json) -> str:
     failed = bool(e["error_type"]) or e["status"] >= 400
-    lvl = "bad" if failed else "ok"
     model = esc(e["model"] or "–")
     if e["routed_model"] and e["routed_model"] != e["model"]:
         model += f' <span class="routed">→ {esc(e["routed_model"])}</span>'
@@ -400,7 +399,7 @@ def history_row(e: Json) -> str:
     ]
     dl = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in details)
     return (
-        f'<li class="req lvl-{lvl}" data-seq="{e["seq"]}"><details>'
+        f'<li class="req lvl-bad" data-seq="{e["seq"]}"><details>'
         f'<summary class="row">{row}</summary><dl class="err">{dl}</dl></details></li>'
     )
 
@@ -447,7 +446,7 @@ def render(snap: Json, *, assets: dict[str, str]) -> str:
 <a class="refresh" href="/">Refresh</a>
 </header>
 <main>
-<section class="summary" id="summary" aria-label="Summary">{summary(snap, snap["uptime"])}</section>
+<section class="summary" id="summary" aria-label="Summary">{summary(snap)}</section>
 <section class="notices" id="notices" aria-label="Status changes" aria-live="polite"{
         "" if snap["notices"] else " hidden"
     }><ol id="notice-list">{notices(snap["notices"], now)}</ol></section>
