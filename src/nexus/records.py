@@ -54,8 +54,8 @@ class RequestRecord:
         return self.fill({})
 
     def fill(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """Sets the fields of the request log line (F11) in ``fields``, in this order when it
-        is empty; a caller may pass the same dict for every record (cheaper than a new one)."""
+        """Adds the fields of the request log line (F11) to ``fields``, in this order (a key
+        ``fields`` already holds keeps its place)."""
         ttft = self.ttft_seconds
         fields["timestamp"] = self.timestamp
         fields["request_id"] = self.request_id
