@@ -109,24 +109,6 @@ class RegistryCollector(Collector):
         )
 
 
-class LabelPair:
-    """The label tuples of one (model, backend) pair, made once instead of per request."""
-
-    __slots__ = ("completion", "labels", "prompt", "statuses")
-
-    def __init__(self, labels: tuple[str, str]) -> None:
-        self.labels = labels
-        self.prompt = (*labels, "prompt")
-        self.completion = (*labels, "completion")
-        self.statuses: dict[int, tuple[str, str, str]] = {}  # status -> requests_total key
-
-    def status(self, status: int) -> tuple[str, str, str]:
-        key = self.statuses.get(status)
-        if key is None:
-            key = self.statuses[status] = (*self.labels, str(status))
-        return key
-
-
 class Metrics(Collector):
     def __init__(self, registry: Registry, routing: RoutingConfig | None = None) -> None:
         self.registry = registry
@@ -175,7 +157,6 @@ class Metrics(Collector):
             ("backend",),
             PROBE_BUCKETS,
         )
-        self.pairs: dict[tuple[str, str], LabelPair] = {}
         self.prom = CollectorRegistry(auto_describe=False)
         self.prom.register(self)
         self.prom.register(RegistryCollector(registry))
@@ -200,29 +181,23 @@ class Metrics(Collector):
             return model
         return UNKNOWN_MODEL
 
-    def label_pair(self, model: str, backend: str) -> LabelPair:
-        labels = (model, backend)
-        pair = self.pairs.get(labels)
-        if pair is None:
-            pair = self.pairs[labels] = LabelPair(labels)
-        return pair
-
     def record(self, rec: RequestRecord) -> None:
         """Recorder sink: count one finished request."""
-        pair = self.label_pair(self.model_label(rec.model), rec.backend or NO_BACKEND)
+        model, backend = self.model_label(rec.model), rec.backend or NO_BACKEND
+        labels = (model, backend)
         seconds = rec.duration_seconds
-        self.requests.inc(pair.status(rec.status))
-        self.duration.observe(pair.labels, seconds)
+        self.requests.inc((model, backend, str(rec.status)))
+        self.duration.observe(labels, seconds)
         overhead = seconds - rec.upstream_seconds
         self.overhead.observe((), overhead if overhead > 0.0 else 0.0)
         if rec.error_type:
             self.errors.inc((rec.error_type,))
         if rec.ttft_seconds is not None:
-            self.ttft.observe(pair.labels, rec.ttft_seconds)
+            self.ttft.observe(labels, rec.ttft_seconds)
         if rec.tokens_prompt:
-            self.tokens.inc(pair.prompt, rec.tokens_prompt)
+            self.tokens.inc((model, backend, "prompt"), rec.tokens_prompt)
         if rec.tokens_completion:
-            self.tokens.inc(pair.completion, rec.tokens_completion)
+            self.tokens.inc((model, backend, "completion"), rec.tokens_completion)
         if rec.fallback_chain:
             chain = rec.fallback_chain
             self.fallbacks.inc((self.model_label(chain[0]), self.model_label(chain[-1])))
