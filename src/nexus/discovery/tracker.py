@@ -54,6 +54,11 @@ class BackendTracker:
                 return backend
         return None
 
+    def _url_keys(self, backend: Backend) -> set[EndpointKey]:
+        """The endpoint a backend's URL names (none when the URL cannot be read)."""
+        key = self.local.url_key(backend.url)
+        return {key} if key is not None else set()
+
     def _ours(self, key: str) -> Backend | None:
         backend = self._backends.get(key)
         if backend is not None and self.registry.get_backend(backend.id) is not backend:
@@ -61,8 +66,7 @@ class BackendTracker:
             del self._backends[key]
             self.health.unwatch(backend.id)
             self._cancel_grace(key)
-            url_key = self.local.url_key(backend.url)
-            owner = self._owner_of({url_key} if url_key else set())
+            owner = self._owner_of(self._url_keys(backend))
             if owner is not None:
                 log.info(
                     "discovered backend %s replaced by %s backend %s",
@@ -83,10 +87,7 @@ class BackendTracker:
                 continue
             advert = self._adverts.get(other_key)
             other_keys = advert.keys(self.local) if advert else set()
-            url_key = self.local.url_key(backend.url)
-            if url_key is not None:
-                other_keys.add(url_key)
-            if keys & other_keys:
+            if keys & (other_keys | self._url_keys(backend)):
                 return other_key
         return None
 
@@ -171,10 +172,8 @@ class BackendTracker:
         self.health.watch(backend)
 
     def _update(self, backend: Backend, advert: Advert) -> None:
-        if backend.url != advert.url:
-            backend.url = advert.url
-        if backend.type != advert.kind:
-            backend.type = advert.kind
+        backend.url = advert.url
+        backend.type = advert.kind
         # Only our own keys: anything others put in the metadata stays.
         meta = advert.metadata()
         for stale in METADATA_KEYS - meta.keys():
@@ -204,10 +203,7 @@ class BackendTracker:
         if key in self._lost:
             return
         # Another advert of the same server still present (e.g. both _ollama and _llm)?
-        keys = set(self._adverts[key].keys(self.local)) if key in self._adverts else set()
-        url_key = self.local.url_key(backend.url)
-        if url_key is not None:
-            keys.add(url_key)
+        keys = self._url_keys(backend)
         for other_key, advert in list(self._adverts.items()):
             if other_key in self._backends or other_key in self._dismissed:
                 continue
@@ -260,7 +256,7 @@ class BackendTracker:
             else:
                 backend = self._ours(key)
                 if backend is not None:
-                    owner = self._owner_of({k for k in [self.local.url_key(backend.url)] if k})
+                    owner = self._owner_of(self._url_keys(backend))
                     if owner is not None:
                         self._retire(key, backend, f"same address as backend {owner.name}")
         for key, advert in list(self._adverts.items()):
