@@ -231,16 +231,13 @@ class Discovery(BackendTracker):
         state_change: ServiceStateChange,
     ) -> None:
         key = name.lower()
+        old = self._resolving.pop(key, None)  # superseded by this news, whatever it is
+        if old is not None:
+            old.cancel()
         if state_change is ServiceStateChange.Removed:
-            task = self._resolving.pop(key, None)
-            if task is not None:
-                task.cancel()
             self._withdraw(key)
             return
         # Added or Updated (TXT, address or port changed): (re)resolve in the background.
-        old = self._resolving.pop(key, None)
-        if old is not None:
-            old.cancel()
         task = asyncio.create_task(self._resolve(zeroconf, service_type, name), name=f"mdns:{name}")
         self._resolving[key] = task
         task.add_done_callback(functools.partial(self._resolved, key))
