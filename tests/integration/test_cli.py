@@ -44,9 +44,17 @@ async def test_config_init_then_serve_accepts_it(tmp_path: Path) -> None:
     assert code == 0 and out.exists()
     code, _, err = await nexus_cli("config", "init", "-o", str(out))
     assert code != 0 and "exists" in err
-    text = out.read_text().replace("port = 8000", "port = 0").replace('host = "0.0.0.0"', 'host = "127.0.0.1"')
-    text = text.replace("[discovery]\n# Find backends on the LAN with mDNS.\nenabled = true",
-                        "[discovery]\nenabled = false")
+    # Loopback only, port 0, no mDNS: each of these must really be in the generated file, or
+    # the server below would listen on 0.0.0.0:8000 and multicast on the LAN.
+    text = out.read_text()
+    for default, local in (
+        ("port = 8000", "port = 0"),
+        ('host = "0.0.0.0"', 'host = "127.0.0.1"'),
+        ("[discovery]\n# Find backends on the LAN with mDNS.\nenabled = true",
+         "[discovery]\nenabled = false"),
+    ):
+        assert text.count(default) == 1, default
+        text = text.replace(default, local)
     out.write_text(text)
     async with spawn_nexus(out) as nexus:
         async with aiohttp.ClientSession() as s, s.get(nexus.url + "/health") as r:
@@ -68,21 +76,27 @@ async def test_admin_commands_show_the_running_server(tmp_path: Path) -> None:
             assert code == 0
             assert "local-ollama" in out and "gpu-server" in out and "vLLM" in out and "Healthy" in out
             code, out, _ = await nexus_cli("backends", "--json", env=env)
+            assert code == 0, out
             data = json.loads(out)
             assert {b["name"] for b in data} == {"local-ollama", "gpu-server"}
             code, out, _ = await nexus_cli("backends", "--json", "--status", "unhealthy", env=env)
+            assert code == 0, out
             assert json.loads(out) == []
 
             code, out, err = await nexus_cli("backends", "add", extra.url, "--name", "laptop", env=env)
             assert code == 0, err
             assert "llama.cpp" in out and "healthy" in out  # type detected by probing
             code, out, _ = await nexus_cli("models", "--json", env=env)
+            assert code == 0, out
             assert {m["id"] for m in json.loads(out)} == {"llama3:8b", "llava", "qwen", "smol"}
             code, out, _ = await nexus_cli("models", "--backend", "gpu-server", env=env)
+            assert code == 0, out
             assert "qwen" in out and "32768" in out and "llama3:8b" not in out
             code, out, _ = await nexus_cli("health", env=env)
+            assert code == 0, out
             assert "Status: Healthy" in out and "Backends: 3/3 healthy" in out and "Models: 4 available" in out
             code, out, _ = await nexus_cli("health", "--json", env=env)
+            assert code == 0, out
             assert json.loads(out)["backends"]["total"] == 3
 
             code, out, _ = await nexus_cli("backends", "remove", extra.url, env=env)
