@@ -81,7 +81,12 @@ async def test_client_disconnect_cancels_upstream_and_releases_counters(tmp_path
 async def test_client_disconnect_before_first_byte_cancels_upstream(tmp_path: Path) -> None:
     async with FakeVLLM([FakeModel("qwen")]) as fake:
         fake.chat_behavior = Behavior.HANG
-        async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")]) as nexus:
+        # The first-byte timeout is far beyond the wait below: only the client leaving can
+        # release the request in time (with the default 5 s it raced the 5 s wait).
+        server = {"request_timeout_seconds": 30}
+        async with running_nexus(
+            tmp_path, [backend_entry(fake, "v", "vllm")], server=server
+        ) as nexus:
             async with aiohttp.ClientSession() as s:
                 task = asyncio.create_task(
                     s.post(nexus.url + "/v1/chat/completions", json={**BODY, "stream": False})
