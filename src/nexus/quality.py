@@ -153,10 +153,6 @@ class QualityTracker:
                 rates[backend] = rate
         return rates
 
-    def error_rate(self, model: str, backend: str) -> float:
-        profile = self.profiles.get((model, backend))
-        return profile.current_error_rate(time.monotonic()) if profile is not None else 0.0
-
     def stats(self) -> dict[str, Any]:
         now = time.time()
         out: dict[str, Any] = {}

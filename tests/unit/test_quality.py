@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from nexus.quality import ERROR_HALF_LIFE_SECONDS, QualityTracker
+from nexus.quality import ERROR_EWMA_ALPHA, ERROR_HALF_LIFE_SECONDS, QualityTracker
 
 
 def test_error_rates_hold_recent_failures_until_they_no_longer_count() -> None:
@@ -16,7 +16,7 @@ def test_error_rates_hold_recent_failures_until_they_no_longer_count() -> None:
     quality.failure("m", "a")
     rates = quality.error_rates("m", now)
     assert rates is not None and set(rates) == {"a"}
-    assert rates["a"] == pytest.approx(quality.error_rate("m", "a"), rel=0.01)
+    assert rates["a"] == pytest.approx(ERROR_EWMA_ALPHA)  # one failure, from 0
     assert quality.error_rates("other-model", now) is None
     # Six half-lives: 0.2 decays to ~0.003, under half a point of the smart score.
     later = now + 6 * ERROR_HALF_LIFE_SECONDS
