@@ -51,15 +51,24 @@ async def test_smart_spreads_equal_backends_and_prefers_less_loaded(tmp_path: Pa
         async with running_nexus(tmp_path, backends) as nexus:
             seen = await served_by(nexus, 20)
             assert set(seen) == {"a", "b"}  # equal scores rotate
-            f1.chat_behavior, f1.delay = Behavior.SLOW, 1.0
-            # Occupy "a": slow requests keep it loaded; new ones go to "b".
-            a_backend = nexus.state.registry.find("a")
-            assert a_backend is not None
-            a_backend.pending_requests += 50
-            try:
-                assert await served_by(nexus, 10) == {"b": 10}
-            finally:
-                a_backend.pending_requests -= 50
+            # Occupy "a" with real requests it answers slowly (at once, several land on each
+            # backend); "b" answers its share at once and is idle again.
+            f1.chat_behavior, f1.delay = Behavior.SLOW, 2.0
+            a_backend, b_backend = nexus.state.registry.find("a"), nexus.state.registry.find("b")
+            assert a_backend is not None and b_backend is not None
+            occupy = [
+                asyncio.create_task(nexus.client.chat.completions.create(model="m", messages=MSG))  # type: ignore[arg-type]
+                for _ in range(4)
+            ]
+            async with asyncio.timeout(5):
+                while not (a_backend.pending_requests >= 1 and b_backend.pending_requests == 0):
+                    await asyncio.sleep(0.01)
+            # While "a" is busy, new requests go to the idle "b".
+            assert await served_by(nexus, 10) == {"b": 10}
+            assert a_backend.pending_requests >= 1  # still busy throughout
+            replies = await asyncio.gather(*occupy)
+            assert all(r.choices[0].message.content for r in replies)
+            assert nexus.pending() == {"a": 0, "b": 0}
 
 
 async def test_capabilities_route_only_to_capable_backends(tmp_path: Path) -> None:
