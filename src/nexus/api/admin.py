@@ -90,14 +90,14 @@ async def add_backend(request: web.Request) -> web.Response:
         timeout = aiohttp.ClientTimeout(total=state.config.health_check.timeout_seconds)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             kind = await detect_type(session, url)
-    elif not isinstance(kind, str) or normalize_choice(kind, BACKEND_TYPES) is None:
-        raise InvalidRequest(f"'type' must be one of {', '.join(BACKEND_TYPES)}", param="type")
     else:
-        kind = normalize_choice(kind, BACKEND_TYPES)
+        kind = normalize_choice(kind, BACKEND_TYPES) if isinstance(kind, str) else None
+        if kind is None:
+            raise InvalidRequest(f"'type' must be one of {', '.join(BACKEND_TYPES)}", param="type")
     backend = Backend(
         name=name,
         url=url,
-        type=str(kind),
+        type=kind,
         priority=priority,
         discovery_source=DiscoverySource.MANUAL,
     )
