@@ -15,8 +15,9 @@ import click
 import orjson
 
 from nexus.config import BACKEND_TYPES, ConfigError, load
+from nexus.registry import BackendStatus
 
-STATUSES = ("healthy", "unhealthy", "unknown", "draining")
+STATUSES = tuple(s.value for s in BackendStatus)
 TYPE_NAMES = {
     "ollama": "Ollama",
     "vllm": "vLLM",
