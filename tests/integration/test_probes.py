@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
@@ -154,11 +155,24 @@ async def test_probe_timeout_counts_unless_the_backend_is_busy(tmp_path: Path) -
         async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")], health_check=hc) as nexus:
             backend = nexus.state.registry.find("v")
             assert backend is not None
+            # Generating: a real request in flight, so a slow probe is expected, not a failure.
+            fake.chat_behavior = Behavior.HANG
+            busy = asyncio.create_task(
+                nexus.post("/v1/chat/completions", {"model": "qwen", "messages": [{"role": "user", "content": "hi"}]})
+            )
+            async with asyncio.timeout(5):
+                while backend.pending_requests != 1:
+                    await asyncio.sleep(0.01)
             fake.health_behavior = Behavior.HANG
-            backend.pending_requests += 1  # generating: a slow probe is expected, not a failure
             await asyncio.sleep(0.8)
             assert backend.status is BackendStatus.HEALTHY
-            backend.pending_requests -= 1
+            assert backend.pending_requests == 1  # (still generating all along)
+            busy.cancel()  # the client leaves: Nexus is idle again
+            with contextlib.suppress(asyncio.CancelledError):
+                await busy
+            async with asyncio.timeout(5):
+                while backend.pending_requests:
+                    await asyncio.sleep(0.01)
             async with asyncio.timeout(5):
                 while backend.status is not BackendStatus.UNHEALTHY:
                     await asyncio.sleep(0.02)
