@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+import uvloop
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -55,7 +56,8 @@ class ThreadedNexus:
         self.ready = threading.Event()
         self.stop_event: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.main()), daemon=True)
+        # On uvloop, as `nexus serve` runs (and as the other tests' servers do).
+        self.thread = threading.Thread(target=lambda: uvloop.run(self.main()), daemon=True)
 
     async def main(self) -> None:
         self.loop = asyncio.get_running_loop()
