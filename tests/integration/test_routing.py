@@ -169,10 +169,12 @@ async def test_fallback_chain_header_model_and_warning(
             assert {c.model async for c in stream.parse()} == {"llama3:70b"}
             warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
             assert any("llama3:70b" in w and "mixtral:8x7b" in w and "no backend serves" in w for w in warning)
-            # Exhausted chain: 503.
+            # Exhausted chain: the only candidate (still healthy, probes are 30 s apart) refuses
+            # the connection, and no model of the chain has another backend: 502.
             await fake.stop()
             status, body, _ = await nexus.post("/v1/chat/completions", {"model": "llama3:70b", "messages": MSG})
-            assert status in (502, 503) and body["error"]["message"]
+            assert status == 502, body
+            assert "connection refused" in body["error"]["message"]
 
 
 async def test_fallback_when_primary_unhealthy(tmp_path: Path) -> None:
