@@ -7,9 +7,9 @@ from unittest import mock
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from nexus.api import admin
 from nexus.errors import Forbidden
 from tests.fakes import Behavior, FakeModel, FakeVLLM
 from tests.helpers import backend_entry, running_nexus
@@ -72,17 +72,34 @@ async def test_admin_token_required_when_set(tmp_path: Path, monkeypatch: pytest
 
 @pytest.mark.parametrize(("peer", "allowed"), [("127.0.0.1", True), ("::1", True), ("127.9.9.9", True),
                                                 ("192.168.1.20", False), ("10.0.0.1", False), ("fe80::1", False)])
-def test_admin_is_loopback_only_without_token(monkeypatch: pytest.MonkeyPatch, peer: str, allowed: bool) -> None:
+async def test_admin_is_loopback_only_without_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, peer: str, allowed: bool
+) -> None:
+    # Tests only ever talk over loopback, so a LAN peer is simulated: the request is handed,
+    # with that peer address, to whatever the app `nexus serve` builds routes it to.
     monkeypatch.delenv("NEXUS_ADMIN_TOKEN", raising=False)
     transport = mock.Mock()
     transport.get_extra_info.side_effect = lambda name, default=None: (peer, 1234) if name == "peername" else default
-    app = mock.MagicMock()
-    request = make_mocked_request("GET", "/admin/backends", transport=transport, app=app)
-    if allowed:
-        admin._authorize(request)
-    else:
-        with pytest.raises(Forbidden):
-            admin._authorize(request)
+
+    async with running_nexus(tmp_path, []) as nexus:
+        app = nexus.server.app
+
+        async def routed(method: str, path: str) -> web.StreamResponse:
+            probe = make_mocked_request(method, path, app=app, transport=transport)
+            match = await app.router.resolve(probe)
+            assert match.http_exception is None, (method, path)
+            request = make_mocked_request(method, path, app=app, transport=transport, match_info=match)
+            assert request.remote == peer
+            return await match.handler(request)
+
+        if allowed:
+            response = await routed("GET", "/admin/backends")
+            assert response.status == 200
+        else:
+            for method, path in (("GET", "/admin/backends"), ("POST", "/admin/backends"),
+                                 ("DELETE", "/admin/backends/anything")):
+                with pytest.raises(Forbidden):
+                    await routed(method, path)
 
 
 async def test_admin_add_only_accepts_http_urls(tmp_path: Path) -> None:
@@ -95,8 +112,6 @@ async def test_admin_add_only_accepts_http_urls(tmp_path: Path) -> None:
 
 
 async def test_backend_cookies_are_not_replayed_to_other_clients(tmp_path: Path) -> None:
-    from aiohttp import web
-
     seen: list[str | None] = []
 
     async def models(_: web.Request) -> web.Response:
