@@ -92,7 +92,7 @@ def _setup_discovery(app: web.Application, state: AppState) -> None:
     # zeroconf is imported only when discovery is on: it is the heaviest import we have.
     from nexus.discovery import Discovery
 
-    discovery = Discovery(state.registry, state.config.discovery, state.health)
+    discovery = state.discovery = Discovery(state.registry, state.config.discovery, state.health)
 
     async def start(_: web.Application) -> None:
         await discovery.start()

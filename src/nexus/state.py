@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -17,6 +18,9 @@ from nexus.records import Recorder
 from nexus.registry import Registry
 from nexus.routing.router import Router
 
+if TYPE_CHECKING:
+    from nexus.discovery import Discovery  # zeroconf is imported only when discovery is on
+
 
 @dataclass(eq=False)
 class AppState:
@@ -28,6 +32,7 @@ class AppState:
     health: HealthChecker
     metrics: Metrics
     quality: QualityTracker
+    discovery: Discovery | None = None  # set when discovery.enabled
     started: float = field(default_factory=time.monotonic)
     background: list[asyncio.Task[None]] = field(default_factory=list)
     in_flight: int = 0

@@ -371,19 +371,26 @@ async def test_start_returns_at_once_and_stop_is_clean(tmp_path: Path) -> None:
     await discovery.start()
     assert time.perf_counter() - started < 0.05
     await wait_for(lambda: discovery.available, 5, "browsing")
-
-    # Loopback only: every socket zeroconf sends from is bound to 127.0.0.1 and sends its
-    # multicast through 127.0.0.1 (lo); the wildcard listen socket joined the group on lo.
-    assert discovery._aiozc is not None
-    engine = discovery._aiozc.zeroconf.engine
-    assert engine.senders
-    for wrapped in engine.senders:
-        sock = wrapped.transport.get_extra_info("socket")
-        assert sock.getsockname() == ("127.0.0.1", 5353)
-        multicast_if = sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, 4)
-        assert socket.inet_ntoa(multicast_if) == "127.0.0.1"
-    bound = {w.transport.get_extra_info("socket").getsockname() for w in engine.readers}
-    assert bound <= {("127.0.0.1", 5353), ("0.0.0.0", 5353)}
-
     await discovery.stop()
     assert not discovery.available
+
+
+async def test_served_app_sends_and_listens_on_loopback_only(tmp_path: Path) -> None:
+    # The discovery the app builds from `[discovery] interfaces = ["127.0.0.1"]`: every
+    # socket zeroconf sends from is bound to 127.0.0.1 and sends its multicast through
+    # 127.0.0.1 (lo); the wildcard listen socket joined the group on lo.
+    async with running_nexus(tmp_path, [], discovery=discovery_section()) as nexus:
+        discovery = nexus.state.discovery
+        assert discovery is not None
+        await wait_for(lambda: discovery.available, 5, "browsing")
+        assert discovery._aiozc is not None
+        engine = discovery._aiozc.zeroconf.engine
+        assert engine.senders
+        for wrapped in engine.senders:
+            sock = wrapped.transport.get_extra_info("socket")
+            assert sock.getsockname() == ("127.0.0.1", 5353)
+            multicast_if = sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, 4)
+            assert socket.inet_ntoa(multicast_if) == "127.0.0.1"
+        bound = {w.transport.get_extra_info("socket").getsockname() for w in engine.readers}
+        assert bound <= {("127.0.0.1", 5353), ("0.0.0.0", 5353)}
+    assert not discovery.available  # the app's shutdown stopped it
