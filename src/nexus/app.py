@@ -15,7 +15,7 @@ from aiohttp import web
 from nexus import dashboard, logs, protocol
 from nexus.api import routes
 from nexus.api.common import errors_middleware
-from nexus.backends import make_adapters
+from nexus.backends import ProbeClient, make_adapters
 from nexus.config import Config
 from nexus.health import HealthChecker
 from nexus.metrics import Metrics
@@ -25,10 +25,12 @@ from nexus.records import Recorder
 from nexus.registry import Backend, DiscoverySource, Registry
 from nexus.routing.router import Router
 from nexus.state import STATE, AppState
+from nexus.transport import TLS, Pool
 
 log = logging.getLogger("nexus")
 
 OLLAMA_DEFAULT_URL = "http://localhost:11434"
+PROBE_MAX_BODY = 16 * 1024 * 1024
 
 
 def initial_backends(config: Config) -> list[Backend]:
@@ -40,6 +42,7 @@ def initial_backends(config: Config) -> list[Backend]:
             priority=b.priority,
             api_key_env=b.api_key_env,
             context_length=b.context_length or None,
+            tls=TLS(verify=b.tls_verify, ca_file=b.ca_file),
             discovery_source=DiscoverySource.STATIC,
         )
         for b in config.backends
@@ -50,6 +53,14 @@ def initial_backends(config: Config) -> list[Backend]:
     return backends
 
 
+def _probe_pool(config: Config) -> Pool:
+    # Probes have a pool of their own (so they never queue behind traffic), and a small
+    # answer limit: a model listing has no business being larger.
+    seconds = config.health_check.timeout_seconds
+    connect = min(seconds, config.server.connect_timeout_seconds)
+    return Pool(connect, seconds, max_body=PROBE_MAX_BODY)
+
+
 def build_app(config: Config) -> web.Application:
     registry = Registry()
     for backend in initial_backends(config):
@@ -57,8 +68,9 @@ def build_app(config: Config) -> web.Application:
     quality = QualityTracker()
     metrics = Metrics(registry, config.routing)
     router = Router(registry, config.routing, quality)
+    probes = ProbeClient(_probe_pool(config), config.health_check.timeout_seconds)
     health = HealthChecker(
-        registry, config.health_check, make_adapters(), observers=[metrics.observe_probe]
+        registry, config.health_check, make_adapters(), probes, observers=[metrics.observe_probe]
     )
     forwarder = Forwarder(config, registry, router, health)
     recorder = Recorder()
@@ -125,4 +137,5 @@ async def _cleanup(app: web.Application) -> None:
     state.recorder.flush()  # the last requests' records, before the log's last flush
     logs.flush()
     await state.health.stop()
+    state.health.client.transport.close()
     state.forwarder.stop()

@@ -131,6 +131,14 @@ class BackendConfig:
         "(llama-cpp-python reports none; Ollama reports the trained one). 0: as probed.",
         min=0,
     )
+    tls_verify: bool = setting(
+        True,
+        "Check the backend's https certificate. Turn off only for a self-signed box you "
+        "trust on your own network; better, name its CA with ca_file.",
+    )
+    ca_file: str = setting(
+        "", "PEM file of the CA that signed this backend's https certificate (self-signed labs)."
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,7 @@ import random
 import time
 from collections.abc import Callable
 
-import aiohttp
-
-from nexus.backends import Adapter, ProbeError
+from nexus.backends import Adapter, ProbeClient, ProbeError
 from nexus.config import HealthCheckConfig
 from nexus.registry import Backend, BackendStatus, Model, Registry
 
@@ -48,21 +46,20 @@ class HealthChecker:
         registry: Registry,
         config: HealthCheckConfig,
         adapters: dict[str, Adapter],
+        client: ProbeClient,
         observers: list[ProbeObserver] | None = None,
     ) -> None:
         self.registry = registry
         self.config = config
         self.adapters = adapters
+        self.client = client
         self.observers = observers or []
-        self._session: aiohttp.ClientSession | None = None
+        self._started = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
 
     async def start(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=self.config.timeout_seconds)
-        # Probes get their own small pool so they never queue behind (or starve) traffic.
-        connector = aiohttp.TCPConnector(limit=64, limit_per_host=4)
-        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+        self._started = True
         for backend in self.registry:
             self.watch(backend)
 
@@ -72,13 +69,11 @@ class HealthChecker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._started = False
 
     def watch(self, backend: Backend, *, probe_now: bool = True) -> None:
         """Start probing ``backend`` (the first probe right away unless ``probe_now`` is off)."""
-        if self._session is None or backend.id in self._tasks:
+        if not self._started or backend.id in self._tasks:
             return
         self._wake[backend.id] = asyncio.Event()
         self._tasks[backend.id] = asyncio.create_task(
@@ -111,11 +106,10 @@ class HealthChecker:
 
     async def check(self, backend: Backend) -> None:
         """Probe once and apply the result to the registry."""
-        assert self._session is not None
         adapter = self.adapters.get(backend.type) or self.adapters["generic"]
         started = time.perf_counter()
         try:
-            models = await adapter.probe(self._session, backend)
+            models = await adapter.probe(self.client, backend)
             if backend.context_length:
                 # replace, never mutate: adapters may cache and share Model objects
                 models = [

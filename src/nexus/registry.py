@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from nexus.transport.pool import TLS
+
 LATENCY_EWMA_ALPHA = 0.2
 
 
@@ -76,6 +78,7 @@ class Backend:
     discovery_source: DiscoverySource = DiscoverySource.STATIC
     api_key_env: str = ""
     context_length: int | None = None  # configured: overrides the probed one
+    tls: TLS | None = None  # certificate policy for https (None: verify with system CAs)
     id: str = ""
     status: BackendStatus = BackendStatus.UNKNOWN
     last_health_check: float | None = None

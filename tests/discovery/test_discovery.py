@@ -359,13 +359,15 @@ async def test_bad_interface_name_is_one_warning(
 
 
 async def test_start_returns_at_once_and_stop_is_clean(tmp_path: Path) -> None:
+    from nexus.backends import ProbeClient
     from nexus.config import DiscoveryConfig, HealthCheckConfig
     from nexus.discovery import Discovery
     from nexus.health import HealthChecker
     from nexus.registry import Registry
+    from nexus.transport import Pool
 
     registry = Registry()
-    health = HealthChecker(registry, HealthCheckConfig(), {})
+    health = HealthChecker(registry, HealthCheckConfig(), {}, ProbeClient(Pool(1.0, 1.0), 1.0))
     discovery = Discovery(registry, DiscoveryConfig(interfaces=["127.0.0.1"]), health)
     started = time.perf_counter()
     await discovery.start()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from nexus.backends import describe_client_error
 from nexus.registry import BackendStatus
+from nexus.transport.errors import connect_error
 from tests.fakes import (
     Behavior,
     FakeLlamaCpp,
@@ -144,9 +144,8 @@ async def test_errors_are_named(tmp_path: Path) -> None:
 
 def test_dns_failure_is_named() -> None:
     # Built directly: a real lookup would leave loopback, which tests never do.
-    key = aiohttp.client_reqrep.ConnectionKey("llm.invalid", 80, False, True, None, None, None)
-    exc = aiohttp.ClientConnectorDNSError(key, OSError(-2, "Name or service not known"))
-    assert describe_client_error(exc) == "DNS resolution failed for llm.invalid"
+    exc = socket.gaierror(-2, "Name or service not known")
+    assert str(connect_error(exc, "llm.invalid", 80)) == "DNS resolution failed for llm.invalid"
 
 
 async def test_probe_timeout_counts_unless_the_backend_is_busy(tmp_path: Path) -> None:

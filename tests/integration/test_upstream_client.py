@@ -15,16 +15,16 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from nexus.proxy import pool as pool_module
-from nexus.proxy.http1 import (
-    HIGH_WATER,
+from nexus.transport import pool as pool_module
+from nexus.transport.errors import (
     ConnectError,
     Disconnected,
     InvalidHeader,
     MalformedResponse,
     UpstreamError,
 )
-from nexus.proxy.pool import Pool, parse_origin
+from nexus.transport.http1 import HIGH_WATER
+from nexus.transport.pool import Pool, parse_origin
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"

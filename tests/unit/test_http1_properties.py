@@ -16,8 +16,8 @@ import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nexus.proxy.http1 import Connection, Response, UpstreamError, read_response
-from nexus.proxy.pool import Pool
+from nexus.transport.errors import UpstreamError
+from nexus.transport.http1 import Connection, Response, read_response
 
 
 class TransportDouble:
@@ -50,8 +50,9 @@ def cut(wire: bytes, points: list[int]) -> list[bytes]:
 
 
 async def exchange(pieces: list[bytes], close: bool) -> tuple[Response, bytes]:
-    conn = Connection(Pool(1.0, 1.0), ("http", "backend", 80))
+    conn = Connection(("http", "backend", 80))
     conn.connection_made(TransportDouble())  # type: ignore[arg-type]
+    conn.begin(b"POST / HTTP/1.1\r\n\r\n")
 
     async def arrive() -> None:
         for piece in pieces:
@@ -63,7 +64,7 @@ async def exchange(pieces: list[bytes], close: bool) -> tuple[Response, bytes]:
     feeder = asyncio.create_task(arrive())
     try:
         async with asyncio.timeout(5):
-            resp = await read_response(conn, 1.0)
+            resp = await read_response(conn, 1.0, lambda c, reusable: None, 1 << 20)
             return resp, await resp.read(1.0)
     finally:
         await feeder

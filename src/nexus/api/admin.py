@@ -14,7 +14,6 @@ import ipaddress
 import os
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
@@ -87,9 +86,7 @@ async def add_backend(request: web.Request) -> web.Response:
         raise InvalidRequest(f"a backend named {name!r} or at {url} already exists", code="exists")
     kind = body.get("type")
     if kind is None:
-        timeout = aiohttp.ClientTimeout(total=state.config.health_check.timeout_seconds)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            kind = await detect_type(session, url)
+        kind = await detect_type(state.health.client, Backend(name=name, url=url))
     else:
         kind = normalize_choice(kind, BACKEND_TYPES) if isinstance(kind, str) else None
         if kind is None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import aiohttp
-
-from nexus.backends.base import Adapter, ProbeError, describe_client_error
+from nexus.backends.base import Adapter, ProbeClient, ProbeError
 from nexus.backends.ollama import OllamaAdapter
 from nexus.backends.openai_compat import LlamaCppAdapter, LMStudioAdapter, OpenAICompatAdapter
 from nexus.registry import Backend
@@ -23,7 +21,7 @@ def make_adapters() -> dict[str, Adapter]:
     }
 
 
-async def detect_type(session: aiohttp.ClientSession, url: str) -> str:
+async def detect_type(client: ProbeClient, backend: Backend) -> str:
     """Guess a backend's family from the endpoints it answers (for ``backends add``)."""
     probes = (
         ("ollama", "/api/tags"),
@@ -32,27 +30,24 @@ async def detect_type(session: aiohttp.ClientSession, url: str) -> str:
     )
     for kind, path in probes:
         try:
-            async with session.get(url.rstrip("/") + path) as resp:
-                if resp.status == 200:
-                    return kind
-        except (aiohttp.ClientError, TimeoutError, OSError):
+            await client.fetch(backend, "GET", path)
+            return kind
+        except (ProbeError, TimeoutError):
             continue
     try:
-        async with session.get(url.rstrip("/") + "/v1/models") as resp:
-            if resp.status == 200:
-                data = await resp.json(content_type=None)
-                owners = {e.get("owned_by") for e in data.get("data", []) if isinstance(e, dict)}
-                return "vllm" if "vllm" in owners else "generic"
-    except (aiohttp.ClientError, TimeoutError, OSError, ValueError, AttributeError):
-        pass
-    return "generic"
+        data = await client.fetch(backend, "GET", "/v1/models")
+        entries = data.get("data", []) if isinstance(data, dict) else []
+        owners = {e.get("owned_by") for e in entries if isinstance(e, dict)}
+        return "vllm" if "vllm" in owners else "generic"
+    except (ProbeError, TimeoutError):
+        return "generic"
 
 
 __all__ = [
     "Adapter",
     "Backend",
+    "ProbeClient",
     "ProbeError",
-    "describe_client_error",
     "detect_type",
     "make_adapters",
 ]

@@ -9,13 +9,13 @@ listings reveal (context length, capabilities). A probe returns the models or ra
 from __future__ import annotations
 
 import asyncio
-import ssl
 from typing import Any, Protocol
 
-import aiohttp
 import orjson
 
+from nexus.backends import auth
 from nexus.registry import Backend, Model
+from nexus.transport import TLS, Transport, UpstreamError, describe
 
 
 class ProbeError(Exception):
@@ -23,75 +23,104 @@ class ProbeError(Exception):
 
 
 class Adapter(Protocol):
-    async def probe(self, session: aiohttp.ClientSession, backend: Backend) -> list[Model]:
+    async def probe(self, client: ProbeClient, backend: Backend) -> list[Model]:
         """Ask the backend what it serves. Raises ProbeError when it is not usable."""
         ...
 
 
-def describe_client_error(exc: BaseException) -> str:
-    """A short, specific reason for a failed upstream call (never contains request data)."""
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return f"DNS resolution failed for {exc.host}"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
-        return f"TLS error: {_reason(exc)}"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        if isinstance(exc.os_error, ssl.SSLError):
-            return f"TLS error: {_reason(exc.os_error)}"
-        if isinstance(exc.os_error, ConnectionRefusedError):
-            return f"connection refused by {exc.host}:{exc.port}"
-        return f"cannot connect to {exc.host}:{exc.port}: {_reason(exc.os_error)}"
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        return "timed out"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "backend closed the connection"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "backend sent a truncated or malformed body"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return f"HTTP {exc.status}"
-    if isinstance(exc, aiohttp.InvalidURL):
-        return "invalid URL"
-    return f"{type(exc).__name__}: {_reason(exc)}"
+class ProbeClient:
+    """How adapters ask a backend things: JSON over the transport, with the backend's key
+    (exactly as traffic sends it), never following a redirect (a redirect to an internal
+    service must not turn its answers into our model list), answers bounded in size.
 
-
-def _reason(exc: BaseException) -> str:
-    text = str(getattr(exc, "strerror", None) or exc) or type(exc).__name__
-    return text[:200]
-
-
-async def fetch_json(
-    session: aiohttp.ClientSession,
-    method: str,
-    url: str,
-    *,
-    body: Any = None,
-    allow_404: bool = False,
-) -> Any:
-    """GET/POST ``url`` and parse its JSON. Returns None on 404 when ``allow_404``.
-
-    Any transport failure, non-2xx status or unparseable body becomes ProbeError (a backend
-    that answers 200 with garbage is not healthy); a timeout stays a TimeoutError.
+    Probes have their own transport so they never queue behind traffic (or starve it), and
+    at most ``PER_BACKEND`` of them run against one backend at once.
     """
-    data = None if body is None else orjson.dumps(body)
-    headers = {"Content-Type": "application/json"} if data is not None else None
-    try:
-        async with session.request(method, url, data=data, headers=headers) as resp:
-            raw = await resp.read()
-            if resp.status == 404 and allow_404:
-                return None
-            if resp.status >= 400:
-                raise ProbeError(f"{method} {_path(url)} answered HTTP {resp.status}")
-    except (ProbeError, TimeoutError):
-        raise  # the health checker words timeouts itself (and knows when one is expected)
-    except (aiohttp.ClientError, OSError) as exc:
-        raise ProbeError(describe_client_error(exc)) from exc
-    try:
-        return orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        raise ProbeError(f"{method} {_path(url)} answered invalid JSON") from None
 
+    PER_BACKEND = 4
 
-def _path(url: str) -> str:
-    return "/" + url.split("/", 3)[3] if url.count("/") >= 3 else url
+    def __init__(self, transport: Transport, timeout: float) -> None:
+        self.transport = transport
+        self.timeout = timeout
+        self._slots: dict[str, asyncio.Semaphore] = {}
+
+    async def fetch(
+        self,
+        backend: Backend,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        allow_404: bool = False,
+    ) -> Any:
+        """``METHOD backend.url+path``, parsed. Returns None on 404 when ``allow_404``.
+
+        Any transport failure, non-2xx status or unparseable body becomes ProbeError (a
+        backend that answers 200 with garbage is not healthy); a timeout stays a
+        TimeoutError, which the health checker words itself.
+        """
+        slots = self._slots.setdefault(backend.url, asyncio.Semaphore(self.PER_BACKEND))
+        async with slots:
+            return await self.fetch_url(
+                backend.url,
+                method,
+                path,
+                body=body,
+                headers=auth.headers_for(backend),
+                tls=backend.tls,
+                allow_404=allow_404,
+            )
+
+    async def fetch_url(
+        self,
+        url: str,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        tls: TLS | None = None,
+        allow_404: bool = False,
+    ) -> Any:
+        data = None if body is None else orjson.dumps(body)
+        sent = dict(headers or {})
+        if data is not None:
+            sent["Content-Type"] = "application/json"
+        async with asyncio.timeout(self.timeout):
+            status, raw = await self._exchange(url, method, path, data, sent, tls)
+        if status == 404 and allow_404:
+            return None
+        if 300 <= status < 400:
+            raise ProbeError(f"{method} {path} answered HTTP {status} (redirects are not followed)")
+        if status >= 400:
+            raise ProbeError(f"{method} {path} answered HTTP {status}")
+        try:
+            return orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            raise ProbeError(f"{method} {path} answered invalid JSON") from None
+
+    async def _exchange(
+        self,
+        url: str,
+        method: str,
+        path: str,
+        data: bytes | None,
+        headers: dict[str, str],
+        tls: TLS | None,
+    ) -> tuple[int, bytes]:
+        try:
+            answer = await self.transport.request(url, method, path, data, headers, tls=tls)
+            try:
+                return answer.status, await answer.read(self.timeout)
+            finally:
+                answer.release()
+        except TimeoutError:
+            raise  # the health checker words timeouts itself (and knows when one is expected)
+        except (UpstreamError, OSError) as exc:
+            raise ProbeError(describe(exc)) from None
+
+    def forget(self, backend: Backend) -> None:
+        self._slots.pop(backend.url, None)
 
 
 def as_int(value: Any) -> int | None:

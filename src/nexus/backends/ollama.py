@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
-
-from nexus.backends.base import ProbeError, as_int, fetch_json, require_list
+from nexus.backends.base import ProbeClient, ProbeError, as_int, require_list
 from nexus.registry import Backend, Model
 
 
@@ -20,14 +18,14 @@ class OllamaAdapter:
         # (model name, digest) -> Model, shared by every Ollama backend: same digest, same model.
         self._show_cache: dict[tuple[str, str], Model] = {}
 
-    async def probe(self, session: aiohttp.ClientSession, backend: Backend) -> list[Model]:
-        tags = await fetch_json(session, "GET", backend.url + "/api/tags")
+    async def probe(self, client: ProbeClient, backend: Backend) -> list[Model]:
+        tags = await client.fetch(backend, "GET", "/api/tags")
         entries = [e for e in require_list(tags, "models", "/api/tags") if isinstance(e, dict)]
-        shows = await asyncio.gather(*(self._model(session, backend, entry) for entry in entries))
+        shows = await asyncio.gather(*(self._model(client, backend, entry) for entry in entries))
         return [m for m in shows if m is not None]
 
     async def _model(
-        self, session: aiohttp.ClientSession, backend: Backend, entry: dict[str, Any]
+        self, client: ProbeClient, backend: Backend, entry: dict[str, Any]
     ) -> Model | None:
         name = entry.get("name") or entry.get("model")
         if not isinstance(name, str) or not name:
@@ -38,9 +36,7 @@ class OllamaAdapter:
         if cached is not None:
             return cached
         try:
-            show = await fetch_json(
-                session, "POST", backend.url + "/api/show", body={"model": name}
-            )
+            show = await client.fetch(backend, "POST", "/api/show", body={"model": name})
         except ProbeError:
             show = None  # an old or odd Ollama: keep the model with unknown capabilities
         model = parse_show(name, entry, show if isinstance(show, dict) else {})

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
-
-from nexus.backends.base import ProbeError, as_int, fetch_json, require_list
+from nexus.backends.base import ProbeClient, ProbeError, as_int, require_list
 from nexus.registry import Backend, Model
 
 CONTEXT_KEYS = ("max_model_len", "context_length", "context_window", "max_context_length")
@@ -40,8 +38,8 @@ def parse_openai_models(payload: Any, default_context: int | None = None) -> lis
 class OpenAICompatAdapter:
     """vLLM, exo, generic: everything is in ``/v1/models``."""
 
-    async def probe(self, session: aiohttp.ClientSession, backend: Backend) -> list[Model]:
-        return parse_openai_models(await fetch_json(session, "GET", backend.url + "/v1/models"))
+    async def probe(self, client: ProbeClient, backend: Backend) -> list[Model]:
+        return parse_openai_models(await client.fetch(backend, "GET", "/v1/models"))
 
 
 class LlamaCppAdapter:
@@ -52,9 +50,9 @@ class LlamaCppAdapter:
     the server actually runs with, which beats the training context in ``/v1/models``.
     """
 
-    async def probe(self, session: aiohttp.ClientSession, backend: Backend) -> list[Model]:
-        await fetch_json(session, "GET", backend.url + "/health", allow_404=True)
-        props = await fetch_json(session, "GET", backend.url + "/props", allow_404=True)
+    async def probe(self, client: ProbeClient, backend: Backend) -> list[Model]:
+        await client.fetch(backend, "GET", "/health", allow_404=True)
+        props = await client.fetch(backend, "GET", "/props", allow_404=True)
         n_ctx: int | None = None
         vision: bool | None = None
         if isinstance(props, dict):
@@ -66,7 +64,7 @@ class LlamaCppAdapter:
             if isinstance(modalities, dict) and isinstance(modalities.get("vision"), bool):
                 vision = modalities["vision"]
         models = parse_openai_models(
-            await fetch_json(session, "GET", backend.url + "/v1/models"), n_ctx
+            await client.fetch(backend, "GET", "/v1/models"), n_ctx
         )
         for model in models:
             model.supports_vision = vision
@@ -76,10 +74,10 @@ class LlamaCppAdapter:
 class LMStudioAdapter:
     """LM Studio's ``/api/v0/models`` tells type (llm, vlm, embeddings) and context."""
 
-    async def probe(self, session: aiohttp.ClientSession, backend: Backend) -> list[Model]:
-        payload = await fetch_json(session, "GET", backend.url + "/api/v0/models", allow_404=True)
+    async def probe(self, client: ProbeClient, backend: Backend) -> list[Model]:
+        payload = await client.fetch(backend, "GET", "/api/v0/models", allow_404=True)
         if payload is None:
-            return await OpenAICompatAdapter().probe(session, backend)
+            return await OpenAICompatAdapter().probe(client, backend)
         models = []
         for entry in require_list(payload, "data", "/api/v0/models"):
             if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):

@@ -30,13 +30,19 @@ from nexus.errors import (
     NexusError,
 )
 from nexus.health import HealthChecker
-from nexus.proxy.http1 import ConnectTimeout, Response, UpstreamError, describe
-from nexus.proxy.pool import Pool
 from nexus.proxy.relay import StreamRelay
 from nexus.records import RequestRecord
 from nexus.registry import Backend, Registry
 from nexus.routing.requirements import Requirements
 from nexus.routing.router import Plan, Route, Router
+from nexus.transport import (
+    ConnectTimeout,
+    MalformedResponse,
+    Pool,
+    Response,
+    UpstreamError,
+    describe,
+)
 
 PASSTHROUGH_HEADERS = {"retry-after": "Retry-After", "content-type": "Content-Type"}
 MAX_ERROR_BODY = 64 * 1024
@@ -222,11 +228,13 @@ class Forwarder:
     ) -> bytes:
         backend = upstream.backend
         try:
-            raw = await resp.read(self.ttfb, limit)
+            raw = await resp.read(self.ttfb, limit, truncate=limit is not None)
         except TimeoutError:
             raise BackendTimeout(
                 f"backend '{backend.name}' stalled while sending its answer"
             ) from None
+        except MalformedResponse as exc:
+            raise BackendBadResponse(f"backend '{backend.name}': {describe(exc)}") from None
         except (UpstreamError, OSError) as exc:
             raise BackendUnreachable(
                 f"backend '{backend.name}' failed mid-answer: {describe(exc)}"

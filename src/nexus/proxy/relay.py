@@ -17,11 +17,11 @@ import orjson
 from aiohttp import web
 
 from nexus.errors import BackendBadResponse, BackendTimeout, BackendUnreachable, NexusError
-from nexus.proxy.http1 import UpstreamError, describe
 from nexus.proxy.sse import DONE, SSEParser, event_data, frame
 from nexus.records import RequestRecord
 from nexus.routing.requirements import Requirements
 from nexus.routing.router import Plan
+from nexus.transport import UpstreamError, describe
 
 if TYPE_CHECKING:
     from nexus.proxy.forward import Forwarder, Upstream
