@@ -111,7 +111,7 @@ def sse_events(count: int = 100) -> list[bytes]:
 
 
 def sse(ops: int = 20000, batches: int = 7) -> dict[str, Any]:
-    from nexus.proxy.sse import SSEParser, event_data
+    from nexus.transport.sse import SSEParser, event_data
 
     events = sse_events()
     parser = SSEParser()

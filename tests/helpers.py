@@ -21,7 +21,7 @@ from openai import AsyncOpenAI
 from nexus import config as config_mod
 from nexus.registry import BackendStatus
 from nexus.server import Server
-from nexus.state import STATE, AppState
+from nexus.state import AppState
 from tests.fakes import FakeBackend
 
 
@@ -54,7 +54,7 @@ class Nexus:
 
     @property
     def state(self) -> AppState:
-        return self.server.app[STATE]
+        return self.server.state
 
     async def get(self, path: str) -> tuple[int, Any, Mapping[str, str]]:
         async with aiohttp.ClientSession() as session, session.get(self.url + path) as resp:
@@ -122,7 +122,7 @@ async def running_nexus(
 ) -> AsyncIterator[Nexus]:
     cfg = config_mod.load(write_config(tmp_path, backends, **sections), env={})
     server = Server(cfg)
-    runner = await server.start()
+    await server.start()
     url = f"http://127.0.0.1:{server.port}"
     client = AsyncOpenAI(base_url=url + "/v1", api_key="sk-test", max_retries=0, timeout=15)
     nexus = Nexus(url=url, server=server, client=client)
@@ -131,7 +131,7 @@ async def running_nexus(
         yield nexus
     finally:
         await client.close()
-        await runner.cleanup()
+        await server.stop()
 
 
 @dataclass

@@ -1,8 +1,13 @@
 """``build_app(config)``: the one place the server is wired, for ``nexus serve`` and tests.
 
-Start-up order: upstream client, then health probes (backends come up in the background,
-never blocking start-up). Shutdown order is the reverse and runs after aiohttp has stopped
-accepting and drained in-flight requests (see ``nexus.server``).
+A request's way in: uvicorn parses HTTP (``nexus.asgi.protocol``) and calls :class:`App`.
+A proxied endpoint (chat, embeddings...) is found by one dict lookup on the path and goes
+through the pipeline (``nexus.pipeline``); everything else goes through the cold router
+(health, models, stats, metrics, admin, dashboard) or is the dashboard's WebSocket.
+
+Start-up order: health probes (backends come up in the background, never blocking
+start-up), the dashboard's broadcaster, discovery. Shutdown is the reverse, and runs after
+the server stopped accepting and drained in-flight requests (see ``nexus.server``).
 """
 
 from __future__ import annotations
@@ -10,21 +15,24 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiohttp import web
-
-from nexus import dashboard, logs, protocol
-from nexus.api import routes
-from nexus.api.common import errors_middleware
+from nexus import logs
+from nexus.api import admin, proxied, status
+from nexus.asgi import ASGIApp, Receive, Scope, Send
+from nexus.asgi.guards import Sites
+from nexus.asgi.routes import Router
 from nexus.backends import ProbeClient, make_adapters
 from nexus.config import Config
+from nexus.dashboard import Dashboard
 from nexus.health import HealthChecker
 from nexus.metrics import Metrics
-from nexus.proxy.forward import Forwarder
+from nexus.pipeline import Pipeline
+from nexus.pipeline.forward import Forwarder
+from nexus.pipeline.plan import Planner
 from nexus.quality import QualityTracker
 from nexus.records import Recorder
 from nexus.registry import Backend, DiscoverySource, Registry
-from nexus.routing.router import Router
-from nexus.state import STATE, AppState
+from nexus.routing.router import Router as ModelRouter
+from nexus.state import AppState
 from nexus.transport import TLS, Pool
 
 log = logging.getLogger("nexus")
@@ -53,6 +61,65 @@ def initial_backends(config: Config) -> list[Backend]:
     return backends
 
 
+class App:
+    """The ASGI application: hot paths by dict lookup, the rest by the cold router."""
+
+    def __init__(self, state: AppState, pipeline: Pipeline, dashboard: Dashboard) -> None:
+        self.state = state
+        self.pipeline = pipeline
+        self.dashboard = dashboard
+        self.hot: dict[str, ASGIApp] = proxied.hot_routes(pipeline)
+        self.router = Router(unmatched=state.metrics.unknown_endpoint)
+        proxied.add_routes(self.router)  # so that GET on a hot path is a 405, not a 404
+        status.add_routes(self.router, state)
+        sites = dashboard.sites
+        admin.Admin(state, sites).add_routes(self.router)
+        dashboard.add_routes(self.router)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            hot = self.hot.get(scope["path"])
+            if hot is not None and scope["method"] == "POST":
+                await hot(scope, receive, send)
+            else:
+                await self.router(scope, receive, send)
+        elif kind == "websocket":
+            if scope["path"] == "/ws":
+                await self.dashboard.websocket(scope, receive, send)
+            else:
+                await receive()
+                await send({"type": "websocket.close", "code": 1008})
+
+    async def startup(self) -> None:
+        state = self.state
+        state.background.append(asyncio.create_task(logs.flush_periodically(), name="log-flush"))
+        if state.config.logging.log_content:
+            log.warning("logging.log_content is on: message content is logged (truncated) at DEBUG")
+        await state.health.start()
+        await self.dashboard.hub.start()
+        if state.discovery is not None:
+            await state.discovery.start()
+
+    async def close_viewers(self) -> None:
+        """First thing at shutdown: open WebSockets must not hold the server up."""
+        await self.dashboard.hub.close_viewers()
+
+    async def shutdown(self) -> None:
+        state = self.state
+        if state.discovery is not None:
+            await state.discovery.stop()
+        for task in state.background:
+            task.cancel()
+        await asyncio.gather(*state.background, return_exceptions=True)
+        state.recorder.flush()  # the last requests' records, before the log's last flush
+        logs.flush()
+        await state.health.stop()
+        state.health.client.transport.close()
+        state.transport.close()
+        await self.dashboard.hub.stop()
+
+
 def _probe_pool(config: Config) -> Pool:
     # Probes have a pool of their own (so they never queue behind traffic), and a small
     # answer limit: a model listing has no business being larger.
@@ -61,81 +128,42 @@ def _probe_pool(config: Config) -> Pool:
     return Pool(connect, seconds, max_body=PROBE_MAX_BODY)
 
 
-def build_app(config: Config) -> web.Application:
+def build_app(config: Config) -> App:
     registry = Registry()
     for backend in initial_backends(config):
         registry.add_backend(backend)
     quality = QualityTracker()
     metrics = Metrics(registry, config.routing)
-    router = Router(registry, config.routing, quality)
+    registry.on_remove += [metrics.forget_backend, lambda b: quality.forget_backend(b.name)]
+    router = ModelRouter(registry, config.routing, quality)
     probes = ProbeClient(_probe_pool(config), config.health_check.timeout_seconds)
     health = HealthChecker(
         registry, config.health_check, make_adapters(), probes, observers=[metrics.observe_probe]
     )
-    forwarder = Forwarder(config, registry, router, health)
+    server = config.server
+    transport = Pool(
+        server.connect_timeout_seconds,
+        server.request_timeout_seconds,
+        max_body=server.max_response_bytes,
+    )
     recorder = Recorder()
     recorder.sinks += [metrics.record, quality.record, logs.log_request]
     state = AppState(
         config=config,
         registry=registry,
         router=router,
-        forwarder=forwarder,
         recorder=recorder,
         health=health,
         metrics=metrics,
         quality=quality,
+        transport=transport,
     )
-    app = web.Application(
-        middlewares=[errors_middleware], client_max_size=config.server.max_request_bytes
-    )
-    app[STATE] = state
-    app.add_routes(routes())
-    app.on_response_prepare.append(protocol.set_server_header)
-    app.on_startup.append(_startup)
-    app.on_shutdown.append(_shutdown)
-    app.on_cleanup.append(_cleanup)
     if config.discovery.enabled:
-        _setup_discovery(app, state)
-    dashboard.setup(app)
-    return app
+        # zeroconf is imported only when discovery is on: it is the heaviest import we have.
+        from nexus.discovery import Discovery
 
-
-def _setup_discovery(app: web.Application, state: AppState) -> None:
-    # zeroconf is imported only when discovery is on: it is the heaviest import we have.
-    from nexus.discovery import Discovery
-
-    discovery = state.discovery = Discovery(state.registry, state.config.discovery, state.health)
-
-    async def start(_: web.Application) -> None:
-        await discovery.start()
-
-    async def stop(_: web.Application) -> None:
-        await discovery.stop()
-
-    # After the health checker started (probes for found backends), before it stops.
-    app.on_startup.append(start)
-    app.on_cleanup.insert(0, stop)
-
-
-async def _startup(app: web.Application) -> None:
-    state = app[STATE]
-    state.background.append(asyncio.create_task(logs.flush_periodically(), name="log-flush"))
-    if state.config.logging.log_content:
-        log.warning("logging.log_content is on: message content is logged (truncated) at DEBUG")
-    await state.health.start()
-
-
-async def _shutdown(app: web.Application) -> None:
-    app[STATE].draining = True
-
-
-async def _cleanup(app: web.Application) -> None:
-    state = app[STATE]
-    for task in state.background:
-        task.cancel()
-    await asyncio.gather(*state.background, return_exceptions=True)
-    state.recorder.flush()  # the last requests' records, before the log's last flush
-    logs.flush()
-    await state.health.stop()
-    state.health.client.transport.close()
-    state.forwarder.stop()
+        state.discovery = Discovery(registry, config.discovery, health)
+    forwarder = Forwarder(config, registry, router, health, quality, transport)
+    pipeline = Pipeline(state, Planner(router, config.logging.log_content), forwarder)
+    dashboard = Dashboard(state, Sites(server.allowed_hosts))
+    return App(state, pipeline, dashboard)

@@ -58,6 +58,24 @@ class ServerConfig:
     max_request_bytes: int = setting(
         20 * 1024 * 1024, "Largest request body accepted (413 beyond).", min=1024
     )
+    max_response_bytes: int = setting(
+        128 * 1024 * 1024,
+        "Largest answer body accepted from a backend, after decompression (a backend error "
+        "beyond: a decompression bomb costs a 502, not the machine's memory). Streams are "
+        "bounded per event instead.",
+        min=1024,
+    )
+    max_stream_event_bytes: int = setting(
+        4 * 1024 * 1024,
+        "Largest single event of a backend's stream; a bigger one ends the stream with an "
+        "error event.",
+        min=1024,
+    )
+    allowed_hosts: list[str] = setting(
+        [],
+        "Host names (besides IP addresses, localhost and this machine's name) under which "
+        "browsers may use the dashboard and the admin API. Guards against DNS rebinding.",
+    )
     client_timeout_seconds: float = setting(
         30,
         "How long a client may take to send a request (head or body), and how long an idle "

@@ -9,6 +9,7 @@ Exception tree::
     NexusError                      base: status, type, code, param, headers
     ├── InvalidRequest              400  malformed JSON, missing or ill-typed field
     ├── NotFound                    404  unknown route
+    ├── MethodNotAllowed            405  known route, other method (with Allow)
     ├── RequestTimeout              408  the client sent its body too slowly
     ├── ModelNotFound               404  no backend has ever listed the model
     ├── PayloadTooLarge             413  body over server.max_request_bytes
@@ -21,7 +22,10 @@ Exception tree::
     │   ├── BackendUnreachable      502  connect error, reset, DNS or TLS failure
     │   ├── BackendBadResponse      502  5xx, or a 200 whose body is not valid JSON
     │   └── BackendTimeout          504  no first byte in time, or a stream went idle
-    └── Forbidden                   403  admin API from a non-loopback client without token
+    ├── Forbidden                   403  admin API from a non-loopback client without token,
+    │                                    or a request from another site (Origin, Host)
+    └── ClientGone                  499  the client left before its answer (never sent;
+                                         the status the request log records)
 
 Upstream 4xx answers are not errors of ours: they are relayed as they came.
 """
@@ -77,6 +81,12 @@ class NotFound(NexusError):
     code = "not_found"
 
 
+class MethodNotAllowed(NexusError):
+    status = 405
+    type = "invalid_request_error"
+    code = "http_405"
+
+
 class ModelNotFound(NexusError):
     status = 404
     type = "invalid_request_error"
@@ -105,6 +115,12 @@ class Forbidden(NexusError):
     status = 403
     type = "permission_error"
     code = "forbidden"
+
+
+class ClientGone(NexusError):
+    status = 499
+    type = "client_error"
+    code = "client_disconnected"
 
 
 class ServiceUnavailable(NexusError):

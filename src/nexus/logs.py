@@ -178,8 +178,33 @@ def setup(config: LoggingConfig, stream: Any = None) -> None:
     root.propagate = False
     for component, level in config.components.items():
         logging.getLogger(f"nexus.{component}").setLevel(LEVELS[level])
-    # aiohttp's own access log duplicates our request record; its errors still show.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # uvicorn's own lines go through our handler too, minus what is normal for a gateway
+    # facing the network (its access log would duplicate our request record).
+    server_log = logging.getLogger("uvicorn")
+    for old in list(server_log.handlers):
+        server_log.removeHandler(old)
+    server_log.addHandler(handler)
+    server_log.setLevel(logging.WARNING)
+    server_log.propagate = False
+    server_log.addFilter(ExpectedServerNoise())
+    logging.getLogger("uvicorn.error").addFilter(ExpectedServerNoise())
+
+
+class ExpectedServerNoise(logging.Filter):
+    """uvicorn warns of things a gateway meets every day and handles itself: garbage from
+    clients (answered 400 in our shape), a client that stopped reading (its stream dropped
+    by our idle timer), requests cut when the shutdown grace period ran out (logged by us)."""
+
+    EXPECTED = (
+        "Invalid HTTP request received",
+        "returned without completing response",
+        "timeout graceful shutdown exceeded",
+        "Unsupported upgrade request",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not any(text in message for text in self.EXPECTED)
 
 
 def log_request(record: RequestRecord) -> None:

@@ -13,9 +13,10 @@ per-sample locks of prometheus_client's own metric objects.
 
 from __future__ import annotations
 
+import logging
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -34,12 +35,26 @@ from nexus.registry import Backend, Registry
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+log = logging.getLogger("nexus")
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNKNOWN_MODEL = "unknown"
 NO_BACKEND = "none"
 
 
-class CounterVec:
+class LabelledSeries:
+    """Series kept in a dict by label values."""
+
     __slots__ = ("help", "labels", "name", "values")
+    values: dict[tuple[str, ...], Any]
+
+    def forget(self, position: int, value: str) -> None:
+        """Drop every series whose label at ``position`` is ``value``."""
+        for key in [k for k in self.values if k[position] == value]:
+            del self.values[key]
+
+
+class CounterVec(LabelledSeries):
+    __slots__ = ()
 
     def __init__(self, name: str, help: str, labels: tuple[str, ...]) -> None:
         self.name, self.help, self.labels = name, help, labels
@@ -55,8 +70,8 @@ class CounterVec:
         return family
 
 
-class HistogramVec:
-    __slots__ = ("bounds", "help", "labels", "name", "values")
+class HistogramVec(LabelledSeries):
+    __slots__ = ("bounds",)
 
     def __init__(
         self, name: str, help: str, labels: tuple[str, ...], bounds: tuple[float, ...]
@@ -145,6 +160,11 @@ class Metrics(Collector):
             "Tokens by model, backend and type (prompt/completion)",
             ("model", "backend", "type"),
         )
+        self.unknown_endpoints = CounterVec(
+            "nexus_unknown_endpoint_total",
+            "Requests to endpoints Nexus does not serve, by method",
+            ("method",),
+        )
         self.backend_latency = HistogramVec(
             "nexus_backend_latency_seconds",
             "Health check latency per backend",
@@ -171,6 +191,7 @@ class Metrics(Collector):
             self.ttft,
             self.overhead,
             self.tokens,
+            self.unknown_endpoints,
             self.backend_latency,
             self.probe_duration,
         ):
@@ -201,6 +222,24 @@ class Metrics(Collector):
         if rec.fallback_chain:
             chain = rec.fallback_chain
             self.fallbacks.inc((self.model_label(chain[0]), self.model_label(chain[-1])))
+
+    def unknown_endpoint(self, scope: MutableMapping[str, Any]) -> None:
+        """A request no route matched: one log line and a count, so an operator sees which
+        client expects an API Nexus does not serve (``/api/tags``, ``/v1/completions``...)."""
+        method = scope["method"]
+        label = method if method in HTTP_METHODS else "other"
+        self.unknown_endpoints.inc((label,))
+        path = "".join(c if c.isprintable() else "?" for c in scope["path"][:200])
+        log.info("unknown endpoint: %s %s", label, path)
+
+    def forget_backend(self, backend: Backend) -> None:
+        """Registry listener: a removed backend's series go with it (a thousand add/remove
+        cycles must not grow /metrics)."""
+        name = backend.name
+        for vec in (self.requests, self.duration, self.ttft, self.tokens):
+            vec.forget(1, name)
+        for vec in (self.backend_latency, self.probe_duration):
+            vec.forget(0, name)
 
     def observe_probe(self, backend: Backend, seconds: float, ok: bool) -> None:
         """Health checker observer."""

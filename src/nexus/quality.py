@@ -112,6 +112,13 @@ class QualityTracker:
             profile = self.profiles[(model, backend)] = Profile()
         return profile
 
+    def forget_backend(self, name: str) -> None:
+        """A backend was removed: its profiles go too."""
+        for key in [k for k in self.profiles if k[1] == name]:
+            del self.profiles[key]
+        for failing in self.failing.values():
+            failing.pop(name, None)
+
     def failure(self, model: str, backend: str) -> None:
         """One attempt failed on ``backend`` (called per attempt, so failovers count too)."""
         profile = self._profile(model, backend)

@@ -7,13 +7,17 @@ record, so they can never disagree about what happened. A record holds no messag
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from nexus.asgi import Scope
+from nexus.asgi.io import header
 
 Sink = Callable[["RequestRecord"], None]
 
@@ -32,6 +36,7 @@ class RequestRecord:
     retry_count: int = 0
     fallback_chain: list[str] = field(default_factory=list)
     attempts: list[str] = field(default_factory=list)  # backends tried, in order
+    failures: list[str] = field(default_factory=list)  # "backend: why" for each failed one
     error_type: str = ""  # "" on success; else e.g. timeout, backend_error, no_backend
     error: str = ""
     tokens_prompt: int | None = None
@@ -79,14 +84,28 @@ class RequestRecord:
         return fields
 
 
-RECORD = web.RequestKey("nexus_record", RequestRecord)
+# Generated ids: a random per-process prefix and a counter, unique without a syscall each,
+# shaped as a UUID because some backends (llama-cpp-python) reject any other request id.
+_RANDOM = os.urandom(8).hex()
+_ID_PREFIX = f"{_RANDOM[:8]}-{_RANDOM[8:12]}-{_RANDOM[12:]}"
+_ID_COUNTER = itertools.count(1)
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def request_id(scope: Scope) -> str:
+    """The client's ``X-Request-Id`` when well-formed (so its logs and ours join up)."""
+    incoming = header(scope, b"x-request-id")
+    if incoming and REQUEST_ID.fullmatch(incoming):
+        return incoming
+    n = f"{next(_ID_COUNTER):016x}"
+    return f"{_ID_PREFIX}-{n[:4]}-{n[4:]}"
 
 
 class Recorder:
     """Fans finished records out to the sinks, once the answer is on its way.
 
     ``finish`` only queues the record; the sinks run for every queued record when the event
-    loop next gets a turn, by which time aiohttp has written the response. The client does
+    loop next gets a turn, by which time the response has been written. The client does
     not wait on the log line and the counters, and under load one turn serves a batch. A
     failing sink never fails a request.
     """

@@ -8,16 +8,73 @@ backend's models and rebuild only that backend's index entries.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from nexus.transport.pool import TLS
 
 LATENCY_EWMA_ALPHA = 0.2
+MAX_NAME = 64
+MAX_URL = 2048
+# A backend's name reaches response headers, log lines, metric labels and the dashboard:
+# it is kept to characters that are harmless in all of them.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:@+/()-]*")
+_UNSAFE = re.compile(r"[^A-Za-z0-9 ._:@+/()-]+")
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a backend, or None when it can."""
+    if not isinstance(name, str) or not name.strip():
+        return "must be a non-empty string"
+    if len(name) > MAX_NAME:
+        return f"must be at most {MAX_NAME} characters"
+    if not NAME.fullmatch(name) or name != name.strip():
+        return (
+            "may hold only letters, digits, spaces and . _ : @ + / ( ) -, "
+            "starting with a letter or digit"
+        )
+    return None
+
+
+def safe_name(text: str) -> str:
+    """A name from the network (an mDNS instance name) made acceptable: unsafe runs of
+    characters become "-", and it is cut to MAX_NAME."""
+    cleaned = _UNSAFE.sub("-", text).strip(" -._:@+/()")[:MAX_NAME].rstrip()
+    return cleaned or "backend"
+
+
+def url_problem(url: object) -> str | None:
+    """Why ``url`` cannot be a backend's base URL, or None when it can."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        return "must be an http:// or https:// URL"
+    if len(url) > MAX_URL or any(c.isspace() or not c.isprintable() for c in url):
+        return "must be a URL without spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "has an invalid host or port"
+    if not parts.hostname or (port is not None and not 0 < port < 65536):
+        return "has an invalid host or port"
+    if parts.query or parts.fragment:
+        return "must not have a query or fragment"
+    return None
+
+
+def without_credentials(url: str) -> str:
+    """``url`` minus any ``user:password@``: Nexus never sends them (keys come from
+    ``api_key_env``), so they are dropped before they can reach a log or a listing."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 class BackendStatus(StrEnum):
@@ -95,7 +152,7 @@ class Backend:
     metadata: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.url = self.url.rstrip("/")
+        self.url = without_credentials(self.url).rstrip("/")
         if not self.id:
             self.id = backend_id(self.name)
 
@@ -130,6 +187,9 @@ class Registry:
     def __init__(self) -> None:
         self._backends: dict[str, Backend] = {}
         self._by_model: dict[str, list[Backend]] = {}
+        # Told of every removal, so per-backend state elsewhere (metric series, quality
+        # profiles) goes with the backend instead of piling up.
+        self.on_remove: list[Callable[[Backend], None]] = []
 
     # -- membership ---------------------------------------------------------------------
 
@@ -144,6 +204,8 @@ class Registry:
         backend = self._backends.pop(backend_id, None)
         if backend is not None:
             self._unindex(backend)
+            for listener in self.on_remove:
+                listener(backend)
         return backend
 
     def get_backend(self, backend_id: str) -> Backend | None:

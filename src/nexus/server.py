@@ -1,11 +1,16 @@
-"""``Server``: runs the app built from a ``Config`` until a signal, then shuts down in order.
+"""``Server``: runs the app built from a ``Config`` under uvicorn until a signal, then shuts
+down in order.
 
 Shutdown, on the first SIGTERM or SIGINT:
 1. refuse new work: new proxied requests get 503 + Retry-After (``AppState.draining``), so
    clients and load balancers move on at once instead of meeting a closed port;
 2. drain: in-flight requests and streams may finish, for ``shutdown_grace_seconds``;
-3. stop listening, cancel what is left, stop probes, close upstream connections; exit 0.
-A second signal exits at once: the operator has decided not to wait.
+3. cut what is left: each remaining request is cancelled and says so (a stream gets an
+   error event; the log records 503 ``shutting_down``);
+4. stop listening, close connections, stop probes and discovery, close upstream
+   connections; exit 0.
+A second signal exits at once (the request log flushed first): the operator has decided
+not to wait.
 """
 
 from __future__ import annotations
@@ -17,34 +22,43 @@ import signal
 import socket
 import time
 
-from aiohttp import web
+import uvicorn
 
-from nexus import protocol
-from nexus.app import build_app
+from nexus import logs
+from nexus.app import App, build_app
+from nexus.asgi import protocol
 from nexus.config import Config
-from nexus.state import STATE
+from nexus.state import AppState
 
 log = logging.getLogger("nexus")
+CUT_SECONDS = 2.0  # how long cancelled requests get to write their error event
 
 
 class Server:
     def __init__(self, config: Config) -> None:
+        protocol.check()
         self.config = config
-        self.app = build_app(config)
+        self.app: App = build_app(config)
         self._stop = asyncio.Event()
         self._signals = 0
+        self._uvicorn: uvicorn.Server | None = None
         self.port: int | None = None
+
+    @property
+    def state(self) -> AppState:
+        return self.app.state
 
     def handle_signal(self) -> None:
         self._signals += 1
         if self._signals > 1:
             log.warning("second signal: exiting now")
+            logs.flush()
             os._exit(1)
         log.info(
             "shutting down: finishing in-flight requests (up to %gs)",
             self.config.server.shutdown_grace_seconds,
         )
-        self.app[STATE].draining = True
+        self.state.draining = True
         self._stop.set()
 
     async def serve(self, sock: socket.socket | None = None) -> None:
@@ -52,53 +66,74 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.handle_signal)
         started = time.perf_counter()
-        runner = await self.start(sock)
+        await self.start(sock)
         log.info("ready in %.0f ms", (time.perf_counter() - started) * 1000)
         try:
             await self._stop.wait()
-            await self._drain()
+            await self.drain()
         finally:
-            await runner.cleanup()
+            await self.stop()
             log.info("stopped")
 
-    async def _drain(self) -> None:
-        state = self.app[STATE]
+    async def start(self, sock: socket.socket | None = None) -> None:
+        cfg = self.config.server
+        if sock is None:
+            sock = _listen(cfg.host, cfg.port)
+        config = uvicorn.Config(
+            self.app,
+            interface="asgi3",
+            http=protocol.protocol_class(cfg.client_timeout_seconds),
+            ws="websockets-sansio",
+            ws_max_size=4096,  # dashboard viewers have nothing to say
+            lifespan="off",  # the app starts and stops with the Server, in order
+            access_log=False,  # the request log line says more, once
+            log_config=None,
+            server_header=False,  # every answer says "nexus" itself
+            proxy_headers=False,  # the peer address is the peer's: no X-Forwarded-For trust
+            # An idle keep-alive connection is closed after this; a slow head or body is
+            # bounded by the protocol's head timer and the body read timeout.
+            timeout_keep_alive=max(1, round(cfg.client_timeout_seconds)),
+            timeout_graceful_shutdown=1,
+            backlog=1024,
+        )
+        config.load()
+        self._uvicorn = uvicorn.Server(config)
+        await self.app.startup()
+        self._uvicorn.lifespan = config.lifespan_class(config)
+        await self._uvicorn.startup(sockets=[sock])
+        self.port = sock.getsockname()[1]
+        self._announce(cfg.host, self.port)
+
+    async def drain(self) -> None:
+        """Until in-flight requests are done or the grace period is over; then cut the rest."""
+        state = self.state
         deadline = time.monotonic() + self.config.server.shutdown_grace_seconds
         # Polling is fine here: it runs once per process life, for a few seconds at most.
         while state.in_flight and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        if state.in_flight:
-            log.warning("grace period over: cancelling %d request(s)", state.in_flight)
+        if state.requests:
+            log.warning("grace period over: cutting %d request(s)", len(state.requests))
+            state.cutting = True
+            for task in list(state.requests):
+                task.cancel()
+            await asyncio.wait(list(state.requests), timeout=CUT_SECONDS)
 
-    async def start(self, sock: socket.socket | None = None) -> web.AppRunner:
-        cfg = self.config.server
-        runner = web.AppRunner(
-            self.app,
-            handle_signals=False,
-            access_log=None,
-            # A client that goes away cancels its handler, and with it the upstream call.
-            handler_cancellation=True,
-            # Draining happened before cleanup; this only bounds the stragglers.
-            shutdown_timeout=1.0,
-            # aiohttp arms this timer when a connection opens and while it idles: a client
-            # that trickles its request head (slowloris) is cut when it fires.
-            keepalive_timeout=cfg.client_timeout_seconds,
-        )
-        await runner.setup()
-        protocol.install(runner)
-        if sock is not None:
-            site: web.BaseSite = web.SockSite(runner, sock)
-        else:
-            site = web.TCPSite(runner, cfg.host, cfg.port, backlog=1024, reuse_address=True)
-        await site.start()
-        self.port = _bound_port(runner)
-        self._announce(cfg.host, self.port)
-        return runner
+    async def stop(self) -> None:
+        """Stop listening, close every connection, then stop the app's services."""
+        self.state.draining = True
+        await self.app.close_viewers()
+        server = self._uvicorn
+        if server is not None:
+            await server.shutdown()
+            # uvicorn cancels what outlived its own grace second but does not wait for it.
+            tasks = list(server.server_state.tasks)
+            if tasks:
+                await asyncio.wait(tasks, timeout=CUT_SECONDS)
+        await self.app.shutdown()
 
-    def _announce(self, host: str, port: int | None) -> None:
+    def _announce(self, host: str, port: int) -> None:
         shown = "localhost" if host in ("0.0.0.0", "::", "") else host
-        state = self.app[STATE]
-        names = ", ".join(f"{b.name} ({b.url})" for b in state.registry) or "none yet"
+        names = ", ".join(f"{b.name} ({b.url})" for b in self.state.registry) or "none yet"
         log.info("Nexus listening on http://%s:%s", host, port)
         base = f"http://{shown}:{port}"
         log.info("dashboard: %s/  OpenAI API: %s/v1  health: %s/health", base, base, base)
@@ -109,11 +144,15 @@ class Server:
         )
 
 
-def _bound_port(runner: web.AppRunner) -> int | None:
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            return int(address[1])
-    return None
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6 and host == "::":
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # and IPv4, as "0.0.0.0"
+    sock.bind((host or "0.0.0.0", port))
+    sock.set_inheritable(True)
+    return sock
 
 
 def run(config: Config) -> None:

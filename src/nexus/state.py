@@ -1,4 +1,4 @@
-"""What the running server holds, shared by every handler through ``app[STATE]``."""
+"""What the running server holds, shared by every endpoint through the ``App``."""
 
 from __future__ import annotations
 
@@ -7,16 +7,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from nexus.config import Config
 from nexus.health import HealthChecker
 from nexus.metrics import Metrics
-from nexus.proxy.forward import Forwarder
 from nexus.quality import QualityTracker
 from nexus.records import Recorder
 from nexus.registry import Registry
 from nexus.routing.router import Router
+from nexus.transport import Transport
 
 if TYPE_CHECKING:
     from nexus.discovery import Discovery  # zeroconf is imported only when discovery is on
@@ -27,20 +25,19 @@ class AppState:
     config: Config
     registry: Registry
     router: Router
-    forwarder: Forwarder
     recorder: Recorder
     health: HealthChecker
     metrics: Metrics
     quality: QualityTracker
+    transport: Transport  # to backends, for traffic (probes have their own)
     discovery: Discovery | None = None  # set when discovery.enabled
     started: float = field(default_factory=time.monotonic)
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    requests: set[asyncio.Task[object]] = field(default_factory=set)  # proxied, in flight
     in_flight: int = 0
-    draining: bool = False
+    draining: bool = False  # SIGTERM: new proxied requests get 503
+    cutting: bool = False  # the grace period is over: what is left is being cancelled
 
     @property
     def uptime_seconds(self) -> float:
         return time.monotonic() - self.started
-
-
-STATE = web.AppKey("nexus_state", AppState)

@@ -90,10 +90,9 @@ def seed_traffic(nexus: Nexus, backends: dict[str, str], minutes: float = 10) ->
     import math
     import time
 
-    from nexus.dashboard import HUB
     from nexus.records import RequestRecord
 
-    hub = nexus.server.app[HUB]
+    hub = nexus.server.app.dashboard.hub
     now = time.time()
     count = 0
     for step in range(int(minutes * 6) - 1, 0, -1):  # oldest first, one per 10 s bucket

@@ -11,7 +11,6 @@ import aiohttp
 import openai
 import pytest
 
-from nexus.dashboard import HUB
 from tests.dashboard.conftest import XSS_MODEL, XSS_NAME, Fleet, chat, receive_until
 from tests.fakes import FakeModel, FakeOllama
 from tests.helpers import backend_entry, running_nexus
@@ -142,7 +141,7 @@ async def test_ws_status_change_notice(fleet: Fleet) -> None:
     nexus = fleet.nexus
     async with aiohttp.ClientSession() as session, session.ws_connect(nexus.url + "/ws") as ws:
         await ws.receive_json(timeout=5)
-        hub = nexus.server.app[HUB]
+        hub = nexus.server.app.dashboard.hub
         async with asyncio.timeout(5):  # the broadcaster has seen both healthy once
             while [v["status"] for v in hub.backends.values()] != ["healthy"] * 2:
                 await asyncio.sleep(0.02)
@@ -172,7 +171,7 @@ async def test_ws_status_change_notice(fleet: Fleet) -> None:
 async def test_many_viewers_never_delay_requests(fleet: Fleet) -> None:
     """50 viewers, half of which never read a byte, a few of which vanish mid-way."""
     nexus = fleet.nexus
-    hub = nexus.server.app[HUB]
+    hub = nexus.server.app.dashboard.hub
     async with aiohttp.ClientSession() as session:
         sockets = [await session.ws_connect(nexus.url + "/ws") for _ in range(50)]
         readers = sockets[:25]

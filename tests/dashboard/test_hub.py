@@ -95,7 +95,7 @@ def test_delta_reports_changes_once() -> None:
 
 async def test_slow_viewer_gets_a_snapshot_instead_of_a_backlog() -> None:
     hub = Hub(Registry(), registry_every=0.0)
-    viewer = Viewer(ws=None, request=None)  # type: ignore[arg-type]
+    viewer = Viewer(send=None)  # type: ignore[arg-type]
     hub.viewers.add(viewer)
     for i in range(viewer.queue.maxsize + 5):
         hub.record(record(i))

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict
 
 from tests.fakes import Behavior, FakeModel, FakeVLLM
 from tests.helpers import Nexus, backend_entry, running_nexus
@@ -48,14 +49,14 @@ def apply(fault: str, fake: FakeVLLM) -> None:
     }.get(fault, Behavior(fault) if fault.startswith("error_") else Behavior.OK)
 
 
-async def call(nexus: Nexus, stream: bool, fault: str) -> tuple[int, Any, dict[str, str]]:
+async def call(nexus: Nexus, stream: bool, fault: str) -> tuple[int, Any, CIMultiDict[str]]:
     body = {"model": "m", "messages": MSG, "stream": stream}
     async with aiohttp.ClientSession() as s, s.post(nexus.url + "/v1/chat/completions", json=body) as r:
         raw = await r.read()
         if r.content_type == "text/event-stream":
             events = [e[6:] for e in raw.split(b"\n\n") if e]
-            return r.status, events, dict(r.headers)
-        return r.status, json.loads(raw), dict(r.headers)
+            return r.status, events, CIMultiDict(r.headers)
+        return r.status, json.loads(raw), CIMultiDict(r.headers)
 
 
 def entry(fake: FakeVLLM, name: str, fault: str, priority: int) -> dict[str, Any]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from unittest import mock
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
 
 from nexus.errors import Forbidden
 from tests.fakes import Behavior, FakeModel, FakeVLLM
@@ -76,30 +76,35 @@ async def test_admin_is_loopback_only_without_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, peer: str, allowed: bool
 ) -> None:
     # Tests only ever talk over loopback, so a LAN peer is simulated: the request is handed,
-    # with that peer address, to whatever the app `nexus serve` builds routes it to.
+    # with that peer address, to the ASGI app `nexus serve` builds, as uvicorn would.
     monkeypatch.delenv("NEXUS_ADMIN_TOKEN", raising=False)
-    transport = mock.Mock()
-    transport.get_extra_info.side_effect = lambda name, default=None: (peer, 1234) if name == "peername" else default
 
     async with running_nexus(tmp_path, []) as nexus:
         app = nexus.server.app
 
-        async def routed(method: str, path: str) -> web.StreamResponse:
-            probe = make_mocked_request(method, path, app=app, transport=transport)
-            match = await app.router.resolve(probe)
-            assert match.http_exception is None, (method, path)
-            request = make_mocked_request(method, path, app=app, transport=transport, match_info=match)
-            assert request.remote == peer
-            return await match.handler(request)
+        async def routed(method: str, path: str) -> tuple[int, dict[str, Any]]:
+            scope = {"type": "http", "method": method, "path": path, "query_string": b"",
+                     "headers": [(b"host", b"127.0.0.1:8000")], "client": (peer, 1234),
+                     "scheme": "http"}
+            sent: list[dict[str, Any]] = []
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            await app(scope, receive, send)
+            return sent[0]["status"], json.loads(sent[1]["body"])
 
         if allowed:
-            response = await routed("GET", "/admin/backends")
-            assert response.status == 200
+            status, _ = await routed("GET", "/admin/backends")
+            assert status == 200
         else:
             for method, path in (("GET", "/admin/backends"), ("POST", "/admin/backends"),
                                  ("DELETE", "/admin/backends/anything")):
-                with pytest.raises(Forbidden):
-                    await routed(method, path)
+                status, body = await routed(method, path)
+                assert status == Forbidden.status and body["error"]["code"] == "forbidden"
 
 
 async def test_admin_add_only_accepts_http_urls(tmp_path: Path) -> None:

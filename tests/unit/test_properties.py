@@ -6,10 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nexus.config import WeightsConfig
-from nexus.proxy.sse import SSEParser, event_data
 from nexus.registry import Backend
 from nexus.routing.aliases import MAX_ALIAS_DEPTH, AliasCycleError, check_aliases, resolve
 from nexus.routing.router import smart_score
+from nexus.transport.sse import SSEParser, event_data
 
 weights = st.builds(
     WeightsConfig,

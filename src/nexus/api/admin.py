@@ -2,9 +2,12 @@
 
 ``GET /admin/backends`` (the registry as JSON), ``POST /admin/backends`` (add one:
 ``{"url", "name"?, "type"?, "priority"?}``; without a type it is detected by probing) and
-``DELETE /admin/backends/{ref}`` (by id, name or URL). Only loopback clients may use it,
-unless ``NEXUS_ADMIN_TOKEN`` is set, in which case every caller must send it as a bearer
-token.
+``DELETE /admin/backends/{ref}`` (by id, name or URL).
+
+Who may call it: with ``NEXUS_ADMIN_TOKEN`` set, whoever sends it as a bearer token;
+without, loopback clients only, and only from no browser or from a page of Nexus's own
+(``nexus.asgi.guards``: Origin and Host checked, JSON bodies only) so that a web page
+visited on this host cannot use the trust loopback gets.
 """
 
 from __future__ import annotations
@@ -14,112 +17,138 @@ import ipaddress
 import os
 from typing import Any
 
-import orjson
-from aiohttp import web
-
-from nexus.api.common import json_response
+from nexus.asgi.guards import Sites, check_admin_body
+from nexus.asgi.routes import Request, Response, Router
 from nexus.backends import detect_type
 from nexus.config import BACKEND_TYPES, normalize_choice
 from nexus.errors import Forbidden, InvalidRequest, NotFound
-from nexus.registry import Backend, DiscoverySource
-from nexus.state import STATE, AppState
+from nexus.registry import Backend, DiscoverySource, name_problem, url_problem
+from nexus.state import AppState
 
 ADMIN_TOKEN_ENV = "NEXUS_ADMIN_TOKEN"
 
 
-def _authorize(request: web.Request) -> AppState:
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def authorize(request: Request, sites: Sites) -> None:
+    """Raises Forbidden unless the caller may use admin endpoints (see the module text)."""
     token = os.environ.get(ADMIN_TOKEN_ENV)
     if token:
-        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        sent = (request.header("Authorization") or "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(sent.encode(), token.encode()):
             raise Forbidden("admin API: missing or wrong bearer token")
-    else:
+        return
+    if not is_loopback(request.client):
+        raise Forbidden(
+            f"admin API is only open to loopback clients unless ${ADMIN_TOKEN_ENV} is set"
+        )
+    sites.check(request.scope)
+
+
+class Admin:
+    def __init__(self, state: AppState, sites: Sites) -> None:
+        self.state = state
+        self.sites = sites
+        self._adding: set[str] = set()  # names and URLs of adds still probing
+
+    def add_routes(self, router: Router) -> None:
+        router.add("GET", "/admin/backends", self.list_backends)
+        router.add("POST", "/admin/backends", self.add_backend)
+        router.add("DELETE", "/admin/backends/{ref:path}", self.remove_backend)
+
+    async def list_backends(self, request: Request) -> Response:
+        authorize(request, self.sites)
+        return Response.json(self.state.registry.to_dict())
+
+    async def add_backend(self, request: Request) -> Response:
+        authorize(request, self.sites)
+        check_admin_body(request.scope)
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise InvalidRequest("body must be a JSON object")
+        url, name, priority = _fields(body)
+        keys = {name, url}
+        if keys & self._adding:
+            raise InvalidRequest(f"{name!r} is being added already", code="exists")
+        self._adding |= keys
         try:
-            loopback = ipaddress.ip_address(request.remote or "").is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise Forbidden(
-                f"admin API is only open to loopback clients unless ${ADMIN_TOKEN_ENV} is set"
+            return await self._add(body, url, name, priority)
+        finally:
+            self._adding -= keys
+
+    async def _add(self, body: dict[str, Any], url: str, name: str, priority: int) -> Response:
+        state = self.state
+        kind = body.get("type")
+        if kind is None:
+            kind = await detect_type(state.health.client, Backend(name=name, url=url))
+        else:
+            kind = normalize_choice(kind, BACKEND_TYPES) if isinstance(kind, str) else None
+            if kind is None:
+                raise InvalidRequest(
+                    f"'type' must be one of {', '.join(BACKEND_TYPES)}", param="type"
+                )
+        replaced = self._conflict(url, name)  # checked after the await: others may have added
+        backend = Backend(
+            name=name,
+            url=url,
+            type=kind,
+            priority=priority,
+            discovery_source=DiscoverySource.MANUAL,
+        )
+        if replaced is not None:
+            state.registry.remove_backend(replaced.id)
+            state.health.unwatch(replaced.id)
+        state.registry.add_backend(backend)
+        await state.health.check(backend)
+        if state.registry.get_backend(backend.id) is not backend:
+            raise InvalidRequest(
+                f"backend {name!r} was removed while it was being added", code="removed"
             )
-    return request.app[STATE]
+        state.health.watch(backend, probe_now=False)
+        return Response.json(backend.to_dict(), status=201)
+
+    def _conflict(self, url: str, name: str) -> Backend | None:
+        """The discovered backend this manual one replaces (F05), if any; raises if the
+        name or URL is taken otherwise."""
+        registry = self.state.registry
+        existing = registry.find(url)
+        discovered = (
+            existing if existing and existing.discovery_source is DiscoverySource.MDNS else None
+        )
+        named = registry.find(name)
+        if (named is not None and named is not discovered) or (existing and discovered is None):
+            raise InvalidRequest(
+                f"a backend named {name!r} or at {url} already exists", code="exists"
+            )
+        return discovered
+
+    async def remove_backend(self, request: Request) -> Response:
+        authorize(request, self.sites)
+        state = self.state
+        ref = request.params["ref"]
+        backend = state.registry.find(ref)
+        if backend is None:
+            raise NotFound(f"no backend with id, name or URL {ref[:200]!r}")
+        state.registry.remove_backend(backend.id)
+        state.health.unwatch(backend.id)
+        return Response.json({"removed": backend.to_dict()})
 
 
-async def list_backends(request: web.Request) -> web.Response:
-    return json_response(_authorize(request).registry.to_dict())
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("body must be a JSON object")
-    return body
-
-
-async def add_backend(request: web.Request) -> web.Response:
-    state = _authorize(request)
-    body = await _body(request)
+def _fields(body: dict[str, Any]) -> tuple[str, str, int]:
     url = body.get("url")
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise InvalidRequest("'url' must be an http:// or https:// URL", param="url")
-    url = url.rstrip("/")
+    if (problem := url_problem(url)) is not None:
+        raise InvalidRequest(f"'url' {problem}", param="url")
+    assert isinstance(url, str)
+    url = Backend(name="x", url=url).url  # credentials dropped, trailing slash trimmed
     name = body.get("name") or url.split("://", 1)[1]
+    if (problem := name_problem(name)) is not None:
+        raise InvalidRequest(f"'name' {problem}", param="name")
     priority = body.get("priority", 50)
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidRequest("'name' must be a non-empty string", param="name")
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 100:
         raise InvalidRequest("'priority' must be an integer from 0 to 100", param="priority")
-    existing = state.registry.find(url)
-    # A backend added by hand replaces a discovered one at the same address (F05).
-    discovered = (
-        existing
-        if existing is not None and existing.discovery_source is DiscoverySource.MDNS
-        else None
-    )
-    named = state.registry.find(name)
-    if (named is not None and named is not discovered) or (
-        existing is not None and discovered is None
-    ):
-        raise InvalidRequest(f"a backend named {name!r} or at {url} already exists", code="exists")
-    kind = body.get("type")
-    if kind is None:
-        kind = await detect_type(state.health.client, Backend(name=name, url=url))
-    else:
-        kind = normalize_choice(kind, BACKEND_TYPES) if isinstance(kind, str) else None
-        if kind is None:
-            raise InvalidRequest(f"'type' must be one of {', '.join(BACKEND_TYPES)}", param="type")
-    backend = Backend(
-        name=name,
-        url=url,
-        type=kind,
-        priority=priority,
-        discovery_source=DiscoverySource.MANUAL,
-    )
-    if discovered is not None:
-        state.registry.remove_backend(discovered.id)
-        state.health.unwatch(discovered.id)
-    state.registry.add_backend(backend)
-    await state.health.check(backend)
-    state.health.watch(backend, probe_now=False)
-    return json_response(backend.to_dict(), status=201)
-
-
-async def remove_backend(request: web.Request) -> web.Response:
-    state = _authorize(request)
-    ref = request.match_info["ref"]
-    backend = state.registry.find(ref)
-    if backend is None:
-        raise NotFound(f"no backend with id, name or URL {ref!r}")
-    state.registry.remove_backend(backend.id)
-    state.health.unwatch(backend.id)
-    return json_response({"removed": backend.to_dict()})
-
-
-routes = [
-    web.get("/admin/backends", list_backends),
-    web.post("/admin/backends", add_backend),
-    web.delete("/admin/backends/{ref:.+}", remove_backend),
-]
+    return url, name, priority

@@ -1,104 +1,34 @@
-"""``POST /v1/chat/completions`` and ``POST /v1/embeddings``: the proxied endpoints."""
+"""The proxied (hot) endpoints: bare ASGI callables, reached by one dict lookup on the path,
+each a run of the request pipeline with its own inspection of the body."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from typing import Any
+from nexus.asgi import ASGIApp, Receive, Scope, Send
+from nexus.asgi.routes import Request, Response, Router
+from nexus.pipeline import Endpoint, Pipeline
+from nexus.routing.requirements import inspect_chat, inspect_embeddings
 
-import orjson
-from aiohttp import web
-
-from nexus import logs
-from nexus.api.common import request_id
-from nexus.errors import (
-    InvalidRequest,
-    NexusError,
-    Overloaded,
-    PayloadTooLarge,
-    RequestTimeout,
-    ShuttingDown,
-    UnsupportedMediaType,
+ENDPOINTS = (
+    Endpoint("chat", "/v1/chat/completions", inspect_chat),
+    Endpoint("embeddings", "/v1/embeddings", inspect_embeddings),
 )
-from nexus.records import RECORD, RequestRecord
-from nexus.routing.requirements import Requirements, inspect_chat, inspect_embeddings
-from nexus.state import STATE, AppState
-
-Inspector = Callable[[Any], Requirements]
-JSON_TYPES = ("application/json", "text/plain", "application/octet-stream", "")
 
 
-async def _read_json(request: web.Request, limit: int, seconds: float) -> tuple[bytes, Any]:
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-    ctype = request.content_type
-    if ctype not in JSON_TYPES and not ctype.endswith("+json"):
-        raise UnsupportedMediaType(f"expected a JSON body (application/json), got {ctype}")
-    try:
-        if request.content.is_eof():
-            raw = await request.read()  # all here already (small bodies): no timer needed
-        else:
-            async with asyncio.timeout(seconds):
-                raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"request body is larger than {limit} bytes") from None
-    except TimeoutError:
-        raise RequestTimeout(f"request body not received within {seconds:g}s") from None
-    if not raw:
-        raise InvalidRequest("request body is empty; expected a JSON object")
-    try:
-        return raw, orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+def hot_routes(pipeline: Pipeline) -> dict[str, ASGIApp]:
+    def bind(endpoint: Endpoint) -> ASGIApp:
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            await pipeline.handle(endpoint, scope, receive, send)
+
+        return app
+
+    return {endpoint.path: bind(endpoint) for endpoint in ENDPOINTS}
 
 
-async def _proxy(
-    request: web.Request, path: str, endpoint: str, inspect: Inspector
-) -> web.StreamResponse:
-    state: AppState = request.app[STATE]
-    record = RequestRecord(request_id=request_id(request), endpoint=endpoint)
-    request[RECORD] = record
-    if state.draining:
-        raise ShuttingDown("Nexus is shutting down; retry on another instance")
-    if state.in_flight >= state.config.server.max_concurrent_requests:
-        raise Overloaded(
-            f"more than {state.config.server.max_concurrent_requests} requests in flight"
-        )
-    state.in_flight += 1
-    try:
-        server = state.config.server
-        raw, body = await _read_json(
-            request, server.max_request_bytes, server.client_timeout_seconds
-        )
-        req = inspect(body)
-        if state.config.logging.log_content:
-            logs.log_content(record.request_id, body)
-        record.model = req.model
-        record.stream = req.stream
-        return await state.forwarder.forward(request, path, body, raw, req, record)
-    except NexusError as exc:
-        record.status = exc.status
-        record.error_type = exc.code or exc.type
-        record.error = exc.message
-        raise
-    except asyncio.CancelledError:
-        record.status = 499
-        record.error_type = "client_disconnected"
-        raise
-    finally:
-        state.in_flight -= 1
-        state.recorder.finish(record)
+def add_routes(router: Router) -> None:
+    """The hot paths, known to the cold router too: a GET on one is a 405 naming POST."""
 
+    async def unreachable(request: Request) -> Response:  # pragma: no cover - App routes POST
+        raise AssertionError("POST on a proxied path never reaches the cold router")
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _proxy(request, "/v1/chat/completions", "chat", inspect_chat)
-
-
-async def embeddings(request: web.Request) -> web.StreamResponse:
-    return await _proxy(request, "/v1/embeddings", "embeddings", inspect_embeddings)
-
-
-routes = [
-    web.post("/v1/chat/completions", chat_completions),
-    web.post("/v1/embeddings", embeddings),
-]
+    for endpoint in ENDPOINTS:
+        router.add("POST", endpoint.path, unreachable)

@@ -1,15 +1,14 @@
-"""``GET /health`` and ``GET /v1/models``: what the server sees, from the registry."""
+"""``GET /health``, ``/v1/models``, ``/v1/stats`` and ``/metrics``: what the server sees."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from nexus.api.common import json_response
+from nexus.asgi.routes import Request, Response, Router
 from nexus.registry import Backend, DiscoverySource, Model, Registry
-from nexus.state import STATE
+from nexus.state import AppState
 
 CAPABILITIES = ("chat", "vision", "tools", "json_mode", "embeddings")
 
@@ -33,11 +32,6 @@ def health_summary(registry: Registry, uptime: float) -> dict[str, Any]:
         },
         "models": len(registry.healthy_model_ids()),
     }
-
-
-async def health(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    return json_response(health_summary(state.registry, state.uptime_seconds))
 
 
 def _merge(model_id: str, served: list[tuple[Backend, Model]]) -> dict[str, Any]:
@@ -74,25 +68,22 @@ def models_listing(registry: Registry) -> dict[str, Any]:
     return {"object": "list", "data": [_merge(mid, served[mid]) for mid in sorted(served)]}
 
 
-async def models(request: web.Request) -> web.Response:
-    return json_response(models_listing(request.app[STATE].registry))
+def add_routes(router: Router, state: AppState) -> None:
+    async def health(request: Request) -> Response:
+        return Response.json(health_summary(state.registry, state.uptime_seconds))
 
+    async def models(request: Request) -> Response:
+        return Response.json(models_listing(state.registry))
 
-async def stats(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    data = state.metrics.stats(state.quality.stats())
-    data["requests"]["in_flight"] = state.in_flight
-    return json_response(data)
+    async def stats(request: Request) -> Response:
+        data = state.metrics.stats(state.quality.stats())
+        data["requests"]["in_flight"] = state.in_flight
+        return Response.json(data)
 
+    async def metrics(request: Request) -> Response:
+        return Response(state.metrics.exposition(), ctype=CONTENT_TYPE_LATEST.encode())
 
-async def metrics(request: web.Request) -> web.Response:
-    body = request.app[STATE].metrics.exposition()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-routes = [
-    web.get("/health", health),
-    web.get("/v1/models", models),
-    web.get("/v1/stats", stats),
-    web.get("/metrics", metrics),
-]
+    router.add("GET", "/health", health)
+    router.add("GET", "/v1/models", models)
+    router.add("GET", "/v1/stats", stats)
+    router.add("GET", "/metrics", metrics)

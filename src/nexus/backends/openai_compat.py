@@ -63,9 +63,7 @@ class LlamaCppAdapter:
             modalities = props.get("modalities")
             if isinstance(modalities, dict) and isinstance(modalities.get("vision"), bool):
                 vision = modalities["vision"]
-        models = parse_openai_models(
-            await client.fetch(backend, "GET", "/v1/models"), n_ctx
-        )
+        models = parse_openai_models(await client.fetch(backend, "GET", "/v1/models"), n_ctx)
         for model in models:
             model.supports_vision = vision
         return models

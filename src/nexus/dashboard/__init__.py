@@ -1,11 +1,14 @@
 """Web dashboard (F10): a live view of backends, models and recent requests.
 
-Routes (added by ``setup``):
+Routes (added by ``Dashboard.add_routes``; the WebSocket is the app's only one):
 
 * ``GET /``                 the page, rendered on the server (complete without JavaScript)
 * ``GET /assets/{name}``    its CSS / JS / icon, shipped as package data (no CDN, no build)
 * ``GET /ws``               WebSocket: one snapshot, then deltas (history, backends, notices)
 * ``GET /dashboard.json``   the same snapshot, for the 5 s polling fallback
+
+The page, the snapshot and the WebSocket answer only requests from Nexus's own pages (or
+from no browser): see ``nexus.asgi.guards``.
 
 Everything shown comes from the registry and the request records, which hold no message
 content. Names and errors come from the network, so the page escapes them on the server and
@@ -19,15 +22,17 @@ from dataclasses import dataclass
 from importlib import resources
 
 import orjson
-from aiohttp import web
 
+from nexus.asgi import Headers, Receive, Scope, Send
+from nexus.asgi.guards import Sites
+from nexus.asgi.io import header
+from nexus.asgi.routes import Request, Response, Router
 from nexus.dashboard import page
 from nexus.dashboard.live import Hub
-from nexus.state import STATE
+from nexus.errors import NotFound
+from nexus.state import AppState
 
-__all__ = ["HUB", "Hub", "setup"]
-
-HUB = web.AppKey("nexus_dashboard_hub", Hub)
+__all__ = ["Dashboard", "Hub"]
 
 CONTENT_TYPES = {
     ".css": "text/css",
@@ -52,13 +57,12 @@ CSP = "; ".join(
         "frame-ancestors 'none'",
     ]
 )
-PAGE_HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
+PAGE_HEADERS: Headers = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,73 +94,50 @@ def load_assets() -> dict[str, Asset]:
     return assets
 
 
-def setup(app: web.Application) -> None:
-    state = app[STATE]
-    hub = Hub(state.registry, uptime=lambda: state.uptime_seconds)
-    app[HUB] = hub
-    state.recorder.sinks.append(hub.record)
-    assets = load_assets()
-    urls = {name: f"/assets/{name}?v={a.version}" for name, a in assets.items()}
+class Dashboard:
+    """The page, its assets, the polling snapshot and the live feed, on the app's router."""
 
-    async def index(request: web.Request) -> web.Response:
-        snap = hub.snapshot()
-        body = page.render(snap, assets=urls)
-        return web.Response(
-            text=body, content_type="text/html", charset="utf-8", headers=PAGE_HEADERS
-        )
+    def __init__(self, state: AppState, sites: Sites) -> None:
+        self.hub = Hub(state.registry, uptime=lambda: state.uptime_seconds)
+        self.sites = sites
+        state.recorder.sinks.append(self.hub.record)
+        self.assets = load_assets()
+        self.urls = {name: f"/assets/{name}?v={a.version}" for name, a in self.assets.items()}
 
-    async def asset(request: web.Request) -> web.Response:
-        found = assets.get(request.match_info["name"])
+    def add_routes(self, router: Router) -> None:
+        router.add("GET", "/", self.index)
+        router.add("GET", "/assets/{name}", self.asset)
+        router.add("GET", "/dashboard.json", self.snapshot)
+
+    async def index(self, request: Request) -> Response:
+        self.sites.check(request.scope)
+        body = page.render(self.hub.snapshot(), assets=self.urls).encode()
+        return Response(body, ctype=b"text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+    async def asset(self, request: Request) -> Response:
+        found = self.assets.get(request.params["name"])
         if found is None:
-            raise web.HTTPNotFound()
-        if request.query.get("v") == found.version:
+            raise NotFound(f"no such asset: {request.params['name'][:100]}")
+        if request.query("v") == found.version:
             # The page links versioned URLs: the content at such a URL never changes.
-            cache = "public, max-age=31536000, immutable"
+            cache = b"public, max-age=31536000, immutable"
         else:
-            cache = "no-cache"  # unversioned: revalidate (cheaply, with the ETag)
-        headers = {
-            "ETag": found.etag,
-            "Cache-Control": cache,
-            "X-Content-Type-Options": "nosniff",
-        }
-        if found.etag in request.headers.get("If-None-Match", ""):
-            return web.Response(status=304, headers=headers)
-        return web.Response(
-            body=found.body,
-            content_type=found.content_type,
-            charset=found.charset,
-            headers=headers,
+            cache = b"no-cache"  # unversioned: revalidate (cheaply, with the ETag)
+        headers = [(b"etag", found.etag.encode()), (b"cache-control", cache)]
+        if found.etag in (request.header("If-None-Match") or ""):
+            return Response(b"", status=304, headers=headers)
+        ctype = found.content_type + (f"; charset={found.charset}" if found.charset else "")
+        return Response(found.body, ctype=ctype.encode(), headers=headers)
+
+    async def snapshot(self, request: Request) -> Response:
+        self.sites.check(request.scope)
+        return Response(
+            orjson.dumps(self.hub.snapshot()), headers=[(b"cache-control", b"no-store")]
         )
 
-    async def snapshot(request: web.Request) -> web.Response:
-        return web.Response(
-            body=orjson.dumps(hub.snapshot()),
-            content_type="application/json",
-            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
-        )
-
-    async def websocket(request: web.Request) -> web.StreamResponse:
-        return await hub.serve(request)
-
-    app.add_routes(
-        [
-            web.get("/", index),
-            web.get("/assets/{name}", asset),
-            web.get("/dashboard.json", snapshot),
-            web.get("/ws", websocket),
-        ]
-    )
-
-    async def start(_: web.Application) -> None:
-        await hub.start()
-
-    async def close_viewers(_: web.Application) -> None:
-        # on_shutdown runs before aiohttp waits for handlers: open sockets must not hold it up.
-        await hub.close_viewers()
-
-    async def stop(_: web.Application) -> None:
-        await hub.stop()
-
-    app.on_startup.append(start)
-    app.on_shutdown.append(close_viewers)
-    app.on_cleanup.append(stop)
+    async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.sites.host_allowed(header(scope, b"host")) or not self.sites.same_origin(scope):
+            # WebSockets skip CORS: without this, any web page could read the dashboard.
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await self.hub.serve(receive, send)

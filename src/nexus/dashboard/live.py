@@ -21,12 +21,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
-from aiohttp import WSCloseCode, web
-from yarl import URL
 
 from nexus import __version__
+from nexus.asgi import Receive, Send
 from nexus.records import RequestRecord
 from nexus.registry import Backend, BackendStatus, Registry
 
@@ -49,29 +49,24 @@ def clip(text: str | None, limit: int = MAX_TEXT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+GOING_AWAY = 1001
+
+
 def display_url(url: str) -> str:
     """The backend's address without credentials, path or query: what a person needs."""
     try:
-        parsed = URL(url)
-    except (ValueError, TypeError):
+        parsed = urlsplit(url)
+        port = parsed.port
+    except ValueError:
         return clip(url, 200)
-    if not parsed.host:
+    host = parsed.hostname
+    if not host:
         return clip(url, 200)
-    port = "" if parsed.port is None or parsed.is_default_port() else f":{parsed.port}"
-    return clip(f"{parsed.host}{port}", 200)
-
-
-def same_site(request: web.Request) -> bool:
-    """A browser's WebSocket from a page of this server (or a non-browser client)."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    try:
-        origin_host = URL(origin).host
-        own_host = URL(f"http://{request.host}").host
-    except (ValueError, TypeError):
-        return False
-    return bool(origin_host) and (origin_host or "").lower() == (own_host or "").lower()
+    shown = f"[{host}]" if ":" in host else host
+    if port is not None and port != DEFAULT_PORTS.get(parsed.scheme):
+        shown += f":{port}"
+    return clip(shown, 200)
 
 
 def status_level(status: str) -> str:
@@ -176,16 +171,10 @@ class Series:
 
 @dataclass(eq=False)
 class Viewer:
-    ws: web.WebSocketResponse
-    request: web.Request
+    send: Send
     queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(maxsize=16))
     resync: bool = False  # its queue overflowed: send a fresh snapshot next
     writer: asyncio.Task[None] | None = None
-
-    def abort(self) -> None:
-        transport = self.request.transport
-        if transport is not None:
-            transport.abort()
 
 
 class Hub:
@@ -404,20 +393,21 @@ class Hub:
 
     # -- viewers -----------------------------------------------------------------------------
 
-    async def serve(self, request: web.Request) -> web.StreamResponse:
-        if not same_site(request):
-            # WebSockets skip CORS: without this, any web page could read the dashboard.
-            raise web.HTTPForbidden(reason="cross-origin dashboard connection refused")
+    async def serve(self, receive: Receive, send: Send) -> None:
+        """One viewer's WebSocket, from the handshake to its end (the ASGI protocol)."""
+        if (await receive())["type"] != "websocket.connect":
+            return
         if len(self.viewers) >= self.max_viewers:
-            raise web.HTTPServiceUnavailable(reason="too many dashboard viewers")
-        ws = web.WebSocketResponse(timeout=1.0, heartbeat=20.0, compress=False, max_msg_size=4096)
-        await ws.prepare(request)
-        viewer = Viewer(ws=ws, request=request)
+            await send({"type": "websocket.close", "code": 1013})  # try again later
+            return
+        await send({"type": "websocket.accept"})
+        viewer = Viewer(send=send)
         viewer.queue.put_nowait(orjson.dumps(self.snapshot()).decode())
         self.viewers.add(viewer)
         viewer.writer = asyncio.create_task(self._write(viewer))
         try:
-            async for _ in ws:  # viewers have nothing to say; this notices them leaving
+            # Viewers have nothing to say; this notices them leaving.
+            while (await receive())["type"] != "websocket.disconnect":
                 pass
         finally:
             self.viewers.discard(viewer)
@@ -426,34 +416,35 @@ class Hub:
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await writer
-        return ws
 
     async def _write(self, viewer: Viewer) -> None:
-        ws = viewer.ws
         try:
-            while not ws.closed:
+            while True:
                 text = await viewer.queue.get()
                 if viewer.resync:
                     viewer.resync = False
                     text = orjson.dumps(self.snapshot()).decode()
                 if not text:
                     continue
-                await asyncio.wait_for(ws.send_str(text), self.send_timeout)
+                message = {"type": "websocket.send", "text": text}
+                await asyncio.wait_for(viewer.send(message), self.send_timeout)
         except Exception:
-            # Its send buffer is stuck (timeout) or the socket is gone: cut it loose.
+            # Its send buffer is stuck (timeout) or the socket is gone: stop feeding it. The
+            # server's keep-alive pings close a connection whose reader stopped answering.
             self.viewers.discard(viewer)
-            viewer.abort()
 
     async def close_viewers(self) -> None:
         viewers, self.viewers = list(self.viewers), set()
 
         async def close(viewer: Viewer) -> None:
-            try:
-                await asyncio.wait_for(
-                    viewer.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown"),
-                    1.0,
-                )
-            except Exception:
-                viewer.abort()
+            if viewer.writer is not None:
+                viewer.writer.cancel()
+            with contextlib.suppress(Exception):
+                message = {
+                    "type": "websocket.close",
+                    "code": GOING_AWAY,
+                    "reason": "server shutdown",
+                }
+                await asyncio.wait_for(viewer.send(message), 1.0)
 
         await asyncio.gather(*(close(v) for v in viewers))

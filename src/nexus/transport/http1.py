@@ -139,8 +139,10 @@ class Connection(asyncio.Protocol):
         coding = self.headers.get("transfer-encoding")
         chunked = coding is not None and coding.rsplit(",", 1)[-1].strip().lower() == "chunked"
         # RFC 9112 6.3: without a length and not chunked, the body runs to the close.
-        self.until_close = status not in (204, 304) and not chunked and (
-            coding is not None or "content-length" not in self.headers
+        self.until_close = (
+            status not in (204, 304)
+            and not chunked
+            and (coding is not None or "content-length" not in self.headers)
         )
         self.head_done = True
 

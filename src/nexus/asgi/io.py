@@ -1,0 +1,83 @@
+"""Reading a request and writing an answer over ASGI, with the bounds every input needs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+
+from nexus.asgi import Headers, Receive, Scope, Send
+from nexus.errors import ClientGone, NexusError, PayloadTooLarge, RequestTimeout
+
+SERVER = b"nexus"  # instead of uvicorn's name: what runs here is nobody else's business
+JSON = b"application/json"
+# Every answer: never sniffed as HTML by a browser, whatever a backend put in it.
+BASE_HEADERS: Headers = [(b"server", SERVER), (b"x-content-type-options", b"nosniff")]
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """One request header (``name`` in lower case), as text; None when absent."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")  # type: ignore[no-any-return]
+    return None
+
+
+def content_length(scope: Scope) -> int | None:
+    text = header(scope, b"content-length")
+    return int(text) if text is not None and text.isdigit() else None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int, seconds: float) -> bytes:
+    """The whole request body: 413 past ``limit`` (before reading it, when the client said
+    its length: no ``100 Continue`` is sent for a body refused anyway), 408 when the client
+    takes longer than ``seconds`` to send it."""
+    length = content_length(scope)
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    message = await receive()  # usually holds the whole body already: no timer for it
+    body = message.get("body", b"")
+    if message["type"] == "http.disconnect":
+        raise ClientGone("client disconnected while sending its request")
+    size = len(body)
+    if size > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    if not message.get("more_body"):
+        return body  # type: ignore[no-any-return]
+    parts = [body]
+    try:
+        async with asyncio.timeout(seconds):
+            while message.get("more_body"):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone("client disconnected while sending its request")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+                parts.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"request body not received within {seconds:g}s") from None
+    return b"".join(parts)
+
+
+async def respond(
+    send: Send, status: int, body: bytes, headers: Headers | None = None, ctype: bytes = JSON
+) -> None:
+    """A whole answer in one go (head and body)."""
+    head = [*BASE_HEADERS, (b"content-type", ctype), (b"content-length", b"%d" % len(body))]
+    if headers:
+        head += headers
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def respond_json(send: Send, data: object, status: int = 200) -> None:
+    await respond(send, status, orjson.dumps(data))
+
+
+async def respond_error(send: Send, error: NexusError, request_id: str | None = None) -> None:
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
+    if request_id:
+        headers.append((b"x-request-id", request_id.encode()))
+    await respond(send, error.status, error.body(request_id), headers)

@@ -1,0 +1,106 @@
+"""The request pipeline: every proxied request goes through the same five stages.
+
+::
+
+    admit    draining, overload, body type (and later: tenant key, limits, quotas)
+    plan     parse the body once, requirements, aliases and fallbacks -> the models to try
+    wait     (later: the queue, when every capable backend is busy)
+    forward  the backend call: transport, failover, stream relay
+    record   the one owner of the outcome: status and error written, answer sent, sinks fed
+
+A stage either returns or raises a :class:`nexus.errors.NexusError`; ``Pipeline.handle``
+catches what any stage raised, and ``record.settle`` turns it into the record and the
+answer. See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from nexus.asgi import Receive, Scope, Send
+from nexus.asgi.io import read_body, respond, respond_error
+from nexus.errors import ClientGone, NexusError, ShuttingDown
+from nexus.pipeline.admit import admit
+from nexus.pipeline.exchange import Endpoint, Exchange, Watcher
+from nexus.pipeline.forward import Forwarder
+from nexus.pipeline.plan import Planner
+from nexus.pipeline.record import Outcome, Reply, Streamed, settle
+from nexus.pipeline.wait import wait
+from nexus.records import RequestRecord, request_id
+from nexus.state import AppState
+from nexus.transport.sse import frame
+
+__all__ = ["Endpoint", "Pipeline"]
+
+
+class Pipeline:
+    def __init__(self, state: AppState, planner: Planner, forwarder: Forwarder) -> None:
+        self.state = state
+        self.planner = planner
+        self.forwarder = forwarder
+        server = state.config.server
+        self.max_body = server.max_request_bytes
+        self.body_seconds = server.client_timeout_seconds
+
+    async def handle(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.state
+        record = RequestRecord(request_id=request_id(scope), endpoint=endpoint.name)
+        ex = Exchange(scope, receive, send, endpoint, record)
+        task = asyncio.current_task()
+        assert task is not None
+        state.in_flight += 1
+        state.requests.add(task)
+        try:
+            outcome = await self._outcome(ex, task)
+            await self._answer(ex, outcome)
+        finally:
+            settle(record, outcome)
+            state.recorder.finish(record)
+            state.requests.discard(task)
+            state.in_flight -= 1
+
+    async def _outcome(self, ex: Exchange, task: asyncio.Task[object]) -> Outcome:
+        try:
+            return await self._run(ex)
+        except NexusError as exc:
+            return exc
+        except asyncio.CancelledError:
+            watcher = ex.watcher
+            if watcher is not None and watcher.gone:
+                task.uncancel()
+                return ClientGone("client disconnected")
+            if self.state.cutting:
+                task.uncancel()
+                return ShuttingDown("Nexus shut down before this request finished")
+            raise
+        finally:
+            if ex.watcher is not None:
+                ex.watcher.stop()
+
+    async def _run(self, ex: Exchange) -> Reply | Streamed:
+        admit(self.state, ex)
+        ex.raw = await read_body(ex.scope, ex.receive, self.max_body, self.body_seconds)
+        ex.watcher = Watcher(ex.receive)
+        self.planner.plan(ex)
+        await wait(ex)
+        return await self.forwarder.forward(ex)
+
+    async def _answer(self, ex: Exchange, outcome: Outcome) -> None:
+        send = ex.send
+        if isinstance(outcome, Reply):
+            await respond(send, outcome.status, outcome.body, outcome.headers, outcome.ctype)
+            return
+        error = outcome.error if isinstance(outcome, Streamed) else outcome
+        if isinstance(error, ClientGone):
+            return  # nobody to tell
+        if not ex.started:
+            assert error is not None
+            await respond_error(send, error, ex.record.request_id)
+            return
+        # The client has a 200 and part of a stream: the error goes in-band, then the end.
+        tail = b"" if error is None else frame(error.body(ex.record.request_id))
+        try:
+            async with asyncio.timeout(1):
+                await send({"type": "http.response.body", "body": tail, "more_body": False})
+        except TimeoutError:
+            pass  # it stopped reading: uvicorn closes the connection when we return

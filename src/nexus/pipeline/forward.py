@@ -1,0 +1,295 @@
+"""Forward: send the request to the routed backend, failing over until one answers.
+
+Until the first byte goes to the client, any backend failure (refused, reset, DNS, TLS,
+timeout, 5xx, a redirect, invalid JSON, a stream that ends before its first event) is
+retried on another backend serving the model, then down the fallback chain. After the
+first byte the backend is fixed; a failure ends the stream (the record stage writes the
+error event). 4xx answers are the client's business and are relayed, as JSON only
+(429: another backend is tried first).
+
+Three timeouts, never a total cap: connect (``connect_timeout_seconds``), first byte or
+first stream event (``request_timeout_seconds``), and the idle gap between two stream reads
+or writes (``stream_idle_timeout_seconds``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from nexus.asgi import Headers
+from nexus.asgi.io import BASE_HEADERS
+from nexus.backends import auth, traffic
+from nexus.config import Config
+from nexus.errors import BackendBadResponse, BackendError, NexusError
+from nexus.health import HealthChecker
+from nexus.pipeline.exchange import Exchange
+from nexus.pipeline.record import Reply, Streamed
+from nexus.pipeline.relay import SSE_HEAD, OpenAIStream, Relay
+from nexus.pipeline.upstream import upstream_failure
+from nexus.quality import QualityTracker
+from nexus.records import RequestRecord
+from nexus.registry import Backend, DiscoverySource, Registry
+from nexus.routing.router import Route, Router
+from nexus.transport import Answer, Transport
+
+MAX_ERROR_BODY = 64 * 1024
+
+
+class Forwarder:
+    def __init__(
+        self,
+        config: Config,
+        registry: Registry,
+        router: Router,
+        health: HealthChecker,
+        quality: QualityTracker,
+        transport: Transport,
+    ) -> None:
+        self.registry = registry
+        self.router = router
+        self.health = health
+        self.quality = quality
+        self.transport = transport
+        server = config.server
+        self.ttfb = server.request_timeout_seconds
+        self.idle = server.stream_idle_timeout_seconds
+        self.max_event = server.max_stream_event_bytes
+        self.attempts_per_model = 1 + config.routing.max_retries
+        self.penalty = config.health_check.interval_seconds
+
+    async def forward(self, ex: Exchange) -> Reply | Streamed:
+        """The answer of the first backend that gives one; raises the reason none did."""
+        plan, req, record = ex.plan, ex.requirements, ex.record
+        assert plan is not None
+        last: NexusError | None = None
+        # A 429 is kept, not answered, while another backend may serve: if none can, the
+        # client gets it (with its Retry-After) rather than a vaguer error.
+        rate_limited: Reply | None = None
+        while True:
+            try:
+                route = self.router.select(plan, req, self.attempts_per_model)
+            except NexusError as exc:
+                if rate_limited is not None:
+                    return rate_limited
+                raise (last or exc) from None
+            note_route(record, route, plan.models)
+            try:
+                result = await self._attempt(ex, route)
+            except BackendError as exc:
+                self.failed(route, exc, record)
+                last = exc
+                continue
+            if isinstance(result, Reply) and result.status == 429:
+                rate_limited = result
+                continue
+            return result
+
+    # -- one attempt ----------------------------------------------------------------------
+
+    async def _attempt(self, ex: Exchange, route: Route) -> Reply | Streamed:
+        backend = route.backend
+        payload = self._payload(ex, route)
+        headers = self._headers(ex, backend)
+        self.registry.increment_pending(backend)
+        sent = time.perf_counter()
+        try:
+            try:
+                answer = await self.transport.request(
+                    backend.url, "POST", ex.endpoint.path, payload, headers, tls=backend.tls
+                )
+            except Exception as exc:
+                ex.record.upstream_seconds += time.perf_counter() - sent
+                error = upstream_failure(backend.name, exc, "before answering", self.ttfb)
+                if error is None:
+                    raise
+                raise error from None
+            try:
+                return await self._answer(ex, route, answer, sent)
+            finally:
+                answer.release()
+        finally:
+            self.registry.decrement_pending(backend)
+
+    def _payload(self, ex: Exchange, route: Route) -> bytes:
+        req = ex.requirements
+        changes: dict[str, Any] = {}
+        if route.model != req.model:
+            changes["model"] = route.model
+        if req.stream and not req.include_usage and traffic.asks_stream_usage(route.backend.type):
+            options = ex.body.get("stream_options") or {}
+            changes["stream_options"] = {**options, "include_usage": True}
+        if not changes:
+            return ex.raw  # byte-faithful: the client's own bytes
+        return orjson.dumps({**ex.body, **changes})
+
+    def _headers(self, ex: Exchange, backend: Backend) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        rid = ex.record.request_id
+        if traffic.accepts_request_id(backend.type, rid):
+            headers["X-Request-Id"] = rid
+        own = auth.headers_for(backend)
+        if own:
+            headers.update(own)
+        elif backend.discovery_source is not DiscoverySource.MDNS and ex.authorization:
+            # F01: local backends see the client's credentials; a backend any LAN device
+            # could have announced does not.
+            headers["Authorization"] = ex.authorization
+        return headers
+
+    async def _answer(
+        self, ex: Exchange, route: Route, answer: Answer, sent: float
+    ) -> Reply | Streamed:
+        status, name = answer.status, route.backend.name
+        if status >= 300:
+            text = await self._read(ex.record, answer, route, sent, MAX_ERROR_BODY)
+            if status >= 500 or status < 400:
+                why = " (redirects are not followed)" if status < 400 else ""
+                raise BackendBadResponse(
+                    f"backend '{name}' answered HTTP {status}{why}{upstream_message(text)}"
+                )
+            return self._client_error(ex, route, answer, text)
+        if ex.requirements.stream and answer.content_type == "text/event-stream":
+            return await self._stream(ex, route, answer, sent)
+        raw = await self._read(ex.record, answer, route, sent, None)
+        return self._complete(ex, route, raw, sent)
+
+    async def _read(
+        self, record: RequestRecord, answer: Answer, route: Route, sent: float, limit: int | None
+    ) -> bytes:
+        try:
+            return await answer.read(self.ttfb, limit, truncate=limit is not None)
+        except Exception as exc:
+            error = upstream_failure(route.backend.name, exc, "mid-answer", self.ttfb)
+            if error is None:
+                raise
+            raise error from None
+        finally:
+            record.upstream_seconds += time.perf_counter() - sent
+
+    def _complete(self, ex: Exchange, route: Route, raw: bytes, sent: float) -> Reply:
+        name = route.backend.name
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BackendBadResponse(f"backend '{name}' answered with invalid JSON") from None
+        if not isinstance(parsed, dict):
+            raise BackendBadResponse(f"backend '{name}' answered an unexpected body")
+        ex.record.usage(parsed.get("usage"))
+        requested = ex.requirements.model
+        if route.model != requested and "model" in parsed:
+            parsed["model"] = requested  # the client sees the name it asked for
+            raw = orjson.dumps(parsed)
+        self.registry.update_latency(route.backend, (time.perf_counter() - sent) * 1000)
+        return Reply(200, raw, self.route_headers(ex, route))
+
+    def _client_error(self, ex: Exchange, route: Route, answer: Answer, raw: bytes) -> Reply:
+        """A backend's 4xx, relayed only as JSON: an HTML page from a backend must never be
+        served on Nexus's origin, where a cross-site form could make a browser render it."""
+        headers = self.route_headers(ex, route)
+        if "retry-after" in answer.headers:
+            headers.append((b"retry-after", answer.headers["retry-after"].encode("latin-1")))
+        if not _json_object(raw):
+            error = NexusError(
+                f"backend '{route.backend.name}' answered HTTP {answer.status}{upstream_text(raw)}",
+                code="backend_client_error",
+            )
+            error.type = "invalid_request_error"
+            raw = error.body(ex.record.request_id)
+        return Reply(answer.status, raw, headers)
+
+    async def _stream(self, ex: Exchange, route: Route, answer: Answer, sent: float) -> Streamed:
+        record = ex.record
+        requested = ex.requirements.model
+        translation = OpenAIStream(
+            record,
+            route.backend.name,
+            requested if route.model != requested else None,
+            strip=not ex.requirements.include_usage,
+        )
+        relay = Relay(
+            answer, route.backend.name, record, translation, self.idle, self.max_event, sent
+        )
+        events = await relay.first_events(sent + self.ttfb)
+        first_ms = (time.perf_counter() - sent) * 1000  # this backend's time to first event
+        record.ttft_seconds = time.perf_counter() - record.started
+        head = [*SSE_HEAD, *BASE_HEADERS, *self.route_headers(ex, route)]
+        await ex.send({"type": "http.response.start", "status": 200, "headers": head})
+        ex.started = True
+        error = await relay.pump(ex.send, events)
+        if error is None:
+            self.registry.update_latency(route.backend, first_ms)
+        elif isinstance(error, BackendError):
+            self.failed(route, error, record)
+        return Streamed(error)
+
+    # -- bookkeeping --------------------------------------------------------------------
+
+    def route_headers(self, ex: Exchange, route: Route) -> Headers:
+        headers: Headers = [
+            (b"x-nexus-backend", route.backend.name.encode()),
+            (b"x-nexus-route-reason", route.reason.encode()),
+            (b"x-request-id", ex.record.request_id.encode()),
+        ]
+        if route.fallback:
+            headers.append((b"x-nexus-fallback-model", header_safe(route.model)))
+        return headers
+
+    def failed(self, route: Route, error: NexusError, record: RequestRecord) -> None:
+        """An attempt failed: penalise the backend now and ask for a probe soon."""
+        backend = route.backend
+        record.failures.append(f"{backend.name}: {error.message}")
+        self.registry.penalize(backend, self.penalty, error.message)
+        self.quality.failure(route.model, backend.name)
+        self.health.check_soon(backend)
+
+
+def note_route(record: RequestRecord, route: Route, models: list[str]) -> None:
+    """Which backend and model this attempt uses (the outcome is the record stage's)."""
+    if record.backend:
+        record.retry_count += 1
+    record.attempts.append(route.backend.name)
+    record.backend = route.backend.name
+    record.backend_type = route.backend.type
+    record.routed_model = route.model
+    record.route_reason = route.reason
+    if route.fallback:
+        record.fallback_chain = models[: models.index(route.model) + 1]
+
+
+def header_safe(text: str) -> bytes:
+    """A name from the network as a header value: printable ASCII kept, the rest
+    percent-encoded (a model name may be any Unicode, and a line break must never pass)."""
+    raw = text.encode()
+    if all(0x20 < b < 0x7F and b != 0x25 for b in raw):
+        return raw
+    return "".join(chr(b) if 0x20 < b < 0x7F and b != 0x25 else f"%{b:02X}" for b in raw).encode()
+
+
+def _json_object(raw: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(raw), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def upstream_message(raw: bytes) -> str:
+    """The upstream's own error message, short, if it sent an OpenAI-shaped one."""
+    try:
+        error = orjson.loads(raw).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    message = error.get("message") if isinstance(error, dict) else error
+    return f": {_printable(str(message))}" if message else ""
+
+
+def upstream_text(raw: bytes) -> str:
+    """A short, printable excerpt of a non-JSON error body (an HTML page, plain text)."""
+    text = _printable(raw[:400].decode("utf-8", "replace")).strip()
+    return f": {text}" if text else ""
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else " " for c in text[:200])

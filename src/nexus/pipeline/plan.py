@@ -1,0 +1,43 @@
+"""Plan: what the request needs and which models may serve it, in order.
+
+The body is parsed once; the requirements (model, token estimate, vision, tools, JSON mode,
+stream) are derived from the parsed object, and the router turns the requested model into
+the ordered list of models to try (aliases, then the fallback chain). No I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from nexus import logs
+from nexus.errors import InvalidRequest
+from nexus.pipeline.exchange import Exchange
+from nexus.routing.router import Router
+
+
+def parse(raw: bytes) -> Any:
+    if not raw.strip():
+        raise InvalidRequest("request body is empty; expected a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+class Planner:
+    def __init__(self, router: Router, log_content: bool) -> None:
+        self.router = router
+        self.log_content = log_content
+
+    def plan(self, ex: Exchange) -> None:
+        body = parse(ex.raw)
+        req = ex.req = ex.endpoint.inspect(body)
+        ex.body = body
+        if self.log_content:
+            logs.log_content(ex.record.request_id, body)
+        record = ex.record
+        record.model = req.model
+        record.stream = req.stream
+        ex.plan = self.router.plan(req.model)

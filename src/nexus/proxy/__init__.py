@@ -1,1 +1,0 @@
-"""Forwarding a routed request to a backend: failover, SSE relay, timeouts."""
