@@ -51,9 +51,12 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def child_env() -> dict[str, str]:
+def child_env(pythonpath: Sequence[str] = ()) -> dict[str, str]:
+    """``pythonpath`` goes first: it wins over the editable install's ``src`` (a ``.pth``
+    entry, searched after PYTHONPATH), which is how a baseline checkout's code is run."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    paths = [*pythonpath, str(ROOT), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -95,7 +98,7 @@ class Proc:
             self._log_file = None
 
 
-async def spawn(name: str, args: Sequence[str], log: Path) -> Proc:
+async def spawn(name: str, args: Sequence[str], log: Path, pythonpath: Sequence[str] = ()) -> Proc:
     handle = _open_log(log)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -103,13 +106,13 @@ async def spawn(name: str, args: Sequence[str], log: Path) -> Proc:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=handle,
         stderr=asyncio.subprocess.STDOUT,
-        env=child_env(),
+        env=child_env(pythonpath),
         cwd=str(ROOT),
     )
     return Proc(name, proc, log, handle)
 
 
-async def run_json(args: Sequence[str], timeout: float) -> Any:
+async def run_json(args: Sequence[str], timeout: float, pythonpath: Sequence[str] = ()) -> Any:
     """Run a child that prints one JSON document on stdout; return it parsed."""
     import orjson
 
@@ -119,7 +122,7 @@ async def run_json(args: Sequence[str], timeout: float) -> Any:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=child_env(),
+        env=child_env(pythonpath),
         cwd=str(ROOT),
     )
     try:
@@ -150,9 +153,7 @@ async def wait_until(
     last = ""
     while time.perf_counter() < deadline:
         if proc is not None and proc.proc.returncode is not None:
-            raise RuntimeError(
-                f"{proc.name} exited ({proc.proc.returncode}): {proc.tail()}"
-            )
+            raise RuntimeError(f"{proc.name} exited ({proc.proc.returncode}): {proc.tail()}")
         try:
             async with session.request(
                 method, url, data=body, headers={"Content-Type": "application/json"}

@@ -1,8 +1,10 @@
 """One command for the whole benchmark: ``python -m benchmarks.run [--quick] [--json PATH]
 [--gateway-url URL ...]``. See docs/benchmarks.md.
 
-Starts, on 127.0.0.1 only, the fake upstream, the floor proxy and Nexus (each its own
-process), measures, prints a table with ratios against the floor, and writes JSON.
+Starts, on 127.0.0.1 only, the fake upstream, the two floor proxies (aiohttp, uvicorn) and
+Nexus (each its own process), and with ``--baseline SRC`` a second Nexus run from another
+checkout's code ("before"); measures, prints a table with ratios against the floor (and
+against "before"), and writes JSON.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import datetime
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,10 +27,13 @@ from yarl import URL
 
 from benchmarks import micro, phases, report
 from benchmarks.loadgen import Target
-from benchmarks.procs import HOST, ROOT, Proc, free_port, spawn, wait_until
+from benchmarks.procs import HOST, ROOT, Proc, free_port, run_json, spawn, wait_until
 from benchmarks.settings import Settings
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
+# Measured like Nexus but kept out of the ``targets`` key, whose names other tools read as
+# direct, floor and gateways (each checked against the floor): listed under ``references``.
+REFERENCES = ("floor-asgi", "before")
 
 NEXUS_TOML = """\
 [server]
@@ -56,17 +62,41 @@ type = "vllm"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     p.add_argument("--quick", action="store_true", help="a short run (smoke test, ~30 s)")
-    p.add_argument("--json", metavar="PATH",
-                   help="write the results here (default: benchmarks/results/bench-DATE.json)")
-    p.add_argument("--gateway-url", action="append", default=[], metavar="URL",
-                   help="another gateway on 127.0.0.1, already in front of the upstream "
-                        "(use --upstream-port); may repeat")
+    p.add_argument(
+        "--json",
+        metavar="PATH",
+        help="write the results here (default: benchmarks/results/bench-DATE.json)",
+    )
+    p.add_argument(
+        "--gateway-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="another gateway on 127.0.0.1, already in front of the upstream "
+        "(use --upstream-port); may repeat",
+    )
     p.add_argument("--gateway-key", default="", help="bearer token sent to --gateway-url")
     p.add_argument("--upstream-port", type=int, default=0, help="fixed upstream port")
-    p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
-                   help="throughput driver (auto: wrk when installed)")
+    p.add_argument(
+        "--loadgen",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="throughput driver (auto: wrk when installed)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--baseline",
+        metavar="SRC",
+        type=Path,
+        help="another checkout's src/ directory: its Nexus is measured too, as "
+        "target 'before' (same config), for a before/after comparison",
+    )
+    args = p.parse_args(argv)
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / "nexus" / "__init__.py").is_file():
+            p.error(f"--baseline {args.baseline}: no nexus/__init__.py there (give its src/)")
+    return args
 
 
 def gateway_target(index: int, url: str, key: str) -> Target:
@@ -89,115 +119,165 @@ class Bench:
         self.upstream_port = args.upstream_port or free_port()
         self.upstream_url = f"http://{HOST}:{self.upstream_port}"
         self.targets: dict[str, Target] = {}
-        self.nexus: Proc | None = None
-        self.floor: Proc | None = None
+        # The child processes measured, by target name: for CPU time and RSS.
+        self.measured: dict[str, Proc] = {}
 
     def log(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
     async def start_upstream(self, session: aiohttp.ClientSession) -> None:
-        args = ["-m", "benchmarks.upstream", "--port", str(self.upstream_port),
-                "--slow-delay", str(self.cfg.slow_delay),
-                "--paced-delay-ms", str(self.cfg.paced_delay_ms)]
+        args = [
+            "-m",
+            "benchmarks.upstream",
+            "--port",
+            str(self.upstream_port),
+            "--slow-delay",
+            str(self.cfg.slow_delay),
+            "--paced-delay-ms",
+            str(self.cfg.paced_delay_ms),
+        ]
         proc = await spawn("upstream", args, self.workdir / "upstream.log")
         self.procs.append(proc)
         await wait_until(session, "GET", self.upstream_url + "/v1/models", proc=proc)
         self.targets["direct"] = Target("direct", HOST, self.upstream_port)
 
-    async def start_floor(self, session: aiohttp.ClientSession) -> None:
+    async def start_floor(
+        self, session: aiohttp.ClientSession, name: str = "floor", module: str = "floor_proxy"
+    ) -> Proc:
         port = free_port()
-        args = ["-m", "benchmarks.floor_proxy", "--port", str(port),
-                "--upstream", self.upstream_url]
-        self.floor = await spawn("floor", args, self.workdir / "floor.log")
-        self.procs.append(self.floor)
-        await wait_until(session, "POST", f"http://{HOST}:{port}/v1/chat/completions",
-                         body=self.cfg.chat_body.encode(), proc=self.floor)
-        self.targets["floor"] = Target("floor", HOST, port)
+        args = ["-m", f"benchmarks.{module}", "--port", str(port), "--upstream", self.upstream_url]
+        proc = await spawn(name, args, self.workdir / f"{name}.log")
+        self.procs.append(proc)
+        await wait_until(
+            session,
+            "POST",
+            f"http://{HOST}:{port}/v1/chat/completions",
+            body=self.cfg.chat_body.encode(),
+            proc=proc,
+        )
+        self.targets[name] = Target(name, HOST, port)
+        self.measured[name] = proc
+        return proc
 
-    async def start_nexus(self, session: aiohttp.ClientSession, tag: str) -> tuple[Proc, float]:
-        """Spawn Nexus; seconds from spawn to its first successful proxied request."""
+    async def start_nexus(
+        self, session: aiohttp.ClientSession, tag: str, name: str = "nexus"
+    ) -> tuple[Proc, float]:
+        """Spawn Nexus (``name`` "before": from the ``--baseline`` source); seconds from spawn
+        to its first successful proxied request."""
         port = free_port()
-        toml = self.workdir / f"nexus-{tag}.toml"
+        toml = self.workdir / f"{name}-{tag}.toml"
         toml.write_text(NEXUS_TOML.format(port=port, upstream=self.upstream_url))
+        pythonpath = [str(self.args.baseline)] if name == "before" else []
         loop = asyncio.get_running_loop()
         started = loop.time()
-        proc = await spawn(f"nexus-{tag}", ["-m", "nexus", "serve", "-c", str(toml)],
-                           self.workdir / f"nexus-{tag}.log")
+        proc = await spawn(
+            f"{name}-{tag}",
+            ["-m", "nexus", "serve", "-c", str(toml)],
+            self.workdir / f"{name}-{tag}.log",
+            pythonpath,
+        )
         self.procs.append(proc)
         url = f"http://{HOST}:{port}"
-        await wait_until(session, "POST", url + "/v1/chat/completions",
-                         body=self.cfg.chat_body.encode(), proc=proc, timeout=30)
+        await wait_until(
+            session,
+            "POST",
+            url + "/v1/chat/completions",
+            body=self.cfg.chat_body.encode(),
+            proc=proc,
+            timeout=30,
+        )
         elapsed = loop.time() - started
-        self.targets["nexus"] = Target("nexus", HOST, port)
+        self.targets[name] = Target(name, HOST, port)
         return proc, elapsed
 
-    async def startup(self, session: aiohttp.ClientSession) -> dict[str, Any]:
+    async def startup(self, session: aiohttp.ClientSession, name: str = "nexus") -> dict[str, Any]:
         samples = []
         for i in range(self.cfg.startup_samples):
-            proc, seconds = await self.start_nexus(session, str(i))
+            proc, seconds = await self.start_nexus(session, str(i), name)
             samples.append(seconds)
-            self.log(f"  start-up {i + 1}: {seconds * 1000:.0f} ms")
+            self.log(f"  {name} start-up {i + 1}: {seconds * 1000:.0f} ms")
             if i < self.cfg.startup_samples - 1:
                 await proc.stop()
                 self.procs.remove(proc)
             else:
-                self.nexus = proc
+                self.measured[name] = proc
         samples_sorted = sorted(samples)
         return {"samples_s": samples, "median_s": samples_sorted[len(samples) // 2]}
 
-    async def settle_nexus(self, session: aiohttp.ClientSession) -> None:
-        url = f"http://{HOST}:{self.targets['nexus'].port}"
-        await wait_until(session, "GET", url + "/health",
-                         ok=lambda d: orjson.loads(d).get("status") == "healthy")
-        await wait_until(session, "GET", url + "/v1/models",
-                         ok=lambda d: b'"bench-model"' in d)
+    async def baseline_origin(self) -> dict[str, Any]:
+        """Where "before" imports ``nexus`` from, asked of a child with the environment its
+        server gets: a path mistake must fail the run, not measure the current code twice."""
+        src: Path = self.args.baseline
+        code = (
+            "import json, os, nexus; "
+            "print(json.dumps([os.path.realpath(nexus.__file__), nexus.__version__]))"
+        )
+        path, version = await run_json(["-c", code], timeout=60, pythonpath=[str(src)])
+        if not Path(path).is_relative_to(src):
+            raise SystemExit(f"--baseline {src}: the child imported nexus from {path}")
+        self.log(f"before: nexus {version} imported from {path}")
+        return {"nexus_file": path, "nexus_version": version}
+
+    async def settle_nexus(self, session: aiohttp.ClientSession, name: str = "nexus") -> None:
+        url = f"http://{HOST}:{self.targets[name].port}"
+        await wait_until(
+            session, "GET", url + "/health", ok=lambda d: orjson.loads(d).get("status") == "healthy"
+        )
+        await wait_until(session, "GET", url + "/v1/models", ok=lambda d: b'"bench-model"' in d)
 
     async def add_gateways(self, session: aiohttp.ClientSession) -> None:
         for i, url in enumerate(self.args.gateway_url, 1):
             target = gateway_target(i, url, self.args.gateway_key)
             base = f"http://{target.host}:{target.port}{target.prefix}"
             self.log(f"waiting for {target.name} = {base} to answer through the upstream ...")
-            await wait_until(session, "POST", base + "/v1/chat/completions",
-                             body=self.cfg.chat_body.encode(), timeout=60, interval=0.2)
+            await wait_until(
+                session,
+                "POST",
+                base + "/v1/chat/completions",
+                body=self.cfg.chat_body.encode(),
+                timeout=60,
+                interval=0.2,
+            )
             self.targets[target.name] = target
 
     def memory(self) -> dict[str, Any]:
-        out = {}
-        for name, proc in (("nexus", self.nexus), ("floor", self.floor)):
-            out[name] = {"pid": proc.pid if proc else None, "rss_mb": proc.rss() if proc else None}
-        return out
+        return {n: {"pid": p.pid, "rss_mb": p.rss()} for n, p in self.measured.items()}
 
     async def run(self) -> dict[str, Any]:
         cfg = self.cfg
         results: dict[str, Any] = {"meta": meta(self)}
-        self.log(f"upstream: {self.upstream_url}  (models bench-model, bench-paced, bench-slow; "
-                 f"point other gateways here, see docs/benchmarks.md)")
+        self.log(
+            f"upstream: {self.upstream_url}  (models bench-model, bench-paced, bench-slow; "
+            f"point other gateways here, see docs/benchmarks.md)"
+        )
         timeout = aiohttp.ClientTimeout(total=5)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             await self.start_upstream(session)
+            if self.args.baseline is not None:
+                results["meta"]["baseline"].update(await self.baseline_origin())
             self.log("start-up ...")
             results["startup"] = await self.startup(session)
+            if self.args.baseline is not None:
+                results["startup"]["before"] = await self.startup(session, "before")
             await self.start_floor(session)
-            await self.settle_nexus(session)
+            await self.start_floor(session, "floor-asgi", "floor_asgi")
+            for name in ("nexus", "before"):
+                if name in self.measured:
+                    await self.settle_nexus(session, name)
             await self.add_gateways(session)
-        assert self.nexus is not None and self.floor is not None
-        order = ["direct", "floor", "nexus"]
-        self.targets = {n: self.targets[n] for n in order + sorted(set(self.targets) - {*order})}
-        results["targets"] = {
-            n: f"http://{t.host}:{t.port}{t.prefix}" for n, t in self.targets.items()
-        }
+        self.order_targets()
+        results["targets"] = self.urls(set(self.targets) - set(REFERENCES))
+        results["references"] = self.urls(REFERENCES)
         await asyncio.sleep(cfg.idle_settle)
-        memory: dict[str, Any] = {
-            "nexus": {"idle_mb": self.nexus.rss()}, "floor": {"idle_mb": self.floor.rss()}
-        }
+        memory: dict[str, Any] = {n: {"idle_mb": p.rss()} for n, p in self.measured.items()}
         targets = list(self.targets.values())
         self.log("latency (sequential, interleaved) ...")
         results["latency"] = await phases.latency(targets, cfg)
         self.log("throughput ...")
-        pids = {"nexus": self.nexus.pid, "floor": self.floor.pid}
+        pids = {n: p.pid for n, p in self.measured.items()}
         results["throughput"] = await phases.throughput(targets, cfg, self.args.loadgen, pids)
-        memory["nexus"]["after_load_mb"] = self.nexus.rss()
-        memory["floor"]["after_load_mb"] = self.floor.rss()
+        for name, proc in self.measured.items():
+            memory[name]["after_load_mb"] = proc.rss()
         self.log("streaming ...")
         results["streaming"] = {
             "paced": await phases.streaming(targets, cfg, "bench-paced", cfg.stream_n),
@@ -205,8 +285,8 @@ class Bench:
         }
         self.log(f"{cfg.hold_conns} slow streams ...")
         memory["streams"] = {}
-        for name, proc in (("nexus", self.nexus), ("floor", self.floor)):
-            if name == "floor" and not cfg.hold_floor:
+        for name, proc in self.measured.items():
+            if name.startswith("floor") and not cfg.hold_floor:
                 continue
             memory["streams"][name] = await phases.hold(self.targets[name], proc, cfg)
         results["memory"] = memory
@@ -216,6 +296,19 @@ class Bench:
         results["checks"] = report.checks(results)
         results["errors_total"] = phases.errors_total(results)
         return results
+
+    def order_targets(self) -> None:
+        """The references next to what they are compared with; the order is also the
+        rotation order of the interleaved phases."""
+        order = [
+            n for n in ("direct", "floor", "floor-asgi", "nexus", "before") if n in self.targets
+        ]
+        self.targets = {n: self.targets[n] for n in order + sorted(set(self.targets) - {*order})}
+
+    def urls(self, names: set[str] | tuple[str, ...]) -> dict[str, str]:
+        return {
+            n: f"http://{t.host}:{t.port}{t.prefix}" for n, t in self.targets.items() if n in names
+        }
 
     async def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -246,7 +339,25 @@ def meta(bench: Bench) -> dict[str, Any]:
         "quick": bench.args.quick,
         "upstream": bench.upstream_url,
         "settings": bench.cfg.to_dict(),
+        **baseline_meta(bench.args.baseline),
     }
+
+
+def baseline_meta(src: Path | None) -> dict[str, Any]:
+    if src is None:
+        return {}
+    return {"baseline": {"src": str(src), "commit": git_commit(src)}}
+
+
+def git_commit(src: Path) -> str | None:
+    """The commit checked out where ``src`` lives (None outside a git work tree)."""
+    done = subprocess.run(
+        ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() or None
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:
