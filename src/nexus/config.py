@@ -99,6 +99,12 @@ class DiscoveryConfig:
     interfaces: list[str] = setting(
         [], "Addresses (or interface names) zeroconf binds to; empty means all interfaces."
     )
+    allow: list[str] = setting(
+        [],
+        "Who may be discovered: addresses, networks (CIDR, e.g. 192.168.1.0/24) or host "
+        "names (e.g. gpu-box.local). Empty: any device on the LAN (discovered backends still "
+        "rank below configured ones and never receive clients' credentials).",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,21 +352,41 @@ def _kind(value: Any) -> str:
 def validate(config: Config) -> None:
     """Cross-field checks: unique backend names, URL schemes, alias cycles."""
     where = config.source or "config"
+    from nexus.registry import name_problem, url_problem
+    from nexus.routing.aliases import AliasCycleError, check_aliases
+
     seen: set[str] = set()
     for i, b in enumerate(config.backends):
-        if not b.name.strip():
-            raise ConfigError(f"{where}: backends[{i}].name: must not be empty")
+        if (problem := name_problem(b.name)) is not None:
+            raise ConfigError(f"{where}: backends[{i}].name: {problem}")
         if b.name in seen:
             raise ConfigError(f"{where}: backends[{i}].name: duplicate name {b.name!r}")
         seen.add(b.name)
-        if not b.url.startswith(("http://", "https://")):
-            raise ConfigError(f"{where}: backends[{i}].url: must start with http:// or https://")
-    from nexus.routing.aliases import AliasCycleError, check_aliases
+        if (problem := url_problem(b.url)) is not None:
+            raise ConfigError(f"{where}: backends[{i}].url: {problem}")
+    for i, entry in enumerate(config.discovery.allow):
+        if not allow_entry_valid(entry):
+            raise ConfigError(
+                f"{where}: discovery.allow[{i}]: {entry!r} is neither an address, a network "
+                "(CIDR) nor a host name"
+            )
 
     try:
         check_aliases(config.routing.aliases)
     except AliasCycleError as exc:
         raise ConfigError(f"{where}: routing.aliases: {exc}") from None
+
+
+def allow_entry_valid(entry: str) -> bool:
+    """A ``discovery.allow`` entry: an address, a network, or a host name."""
+    import ipaddress
+    import re
+
+    try:
+        ipaddress.ip_network(entry, strict=False)
+        return True
+    except ValueError:
+        return re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", entry) is not None
 
 
 def iter_settings(

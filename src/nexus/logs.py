@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -146,18 +147,39 @@ class JSONFormatter(LineFormatter):
         return orjson.dumps(line, default=str).decode()
 
 
+# A value that would blur ``key=value`` fields if written bare: it is written as a JSON string.
+_NEEDS_QUOTES = re.compile(r'[\s="\\]|[\x00-\x1f\x7f]')
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return orjson.dumps(value).decode()  # no spaces: one field, parseable
+    text = str(value)
+    return orjson.dumps(text).decode() if _NEEDS_QUOTES.search(text) else text
+
+
+def escape_controls(text: str) -> str:
+    """Names from the network end up in messages: no line break of theirs may start a
+    forged log line."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 class PrettyFormatter(LineFormatter):
     def request_line(self, record: RequestRecord) -> bytes:
         fields = record.to_dict()
         shown = " ".join(
-            f"{k}={v}" for k, v in fields.items() if k != "timestamp" and v not in (None, "", [])
+            f"{k}={_shown(v)}"
+            for k, v in fields.items()
+            if k != "timestamp" and v not in (None, "", [])
         )
         stamp = _timestamp(record.timestamp)
         return f"{stamp} INFO    {REQUEST_LOGGER}: request {shown}\n".encode()
 
     def message_line(self, record: logging.LogRecord) -> str:
         stamp = _timestamp(record.created)
-        text = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        message = escape_controls(record.getMessage())
+        text = f"{stamp} {record.levelname:<7} {record.name}: {message}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text

@@ -52,7 +52,7 @@ def safe_name(text: str) -> str:
 def url_problem(url: object) -> str | None:
     """Why ``url`` cannot be a backend's base URL, or None when it can."""
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        return "must be an http:// or https:// URL"
+        return "must start with http:// or https://"
     if len(url) > MAX_URL or any(c.isspace() or not c.isprintable() for c in url):
         return "must be a URL without spaces or control characters"
     try:

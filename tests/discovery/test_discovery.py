@@ -396,3 +396,62 @@ async def test_served_app_sends_and_listens_on_loopback_only(tmp_path: Path) -> 
         bound = {w.transport.get_extra_info("socket").getsockname() for w in engine.readers}
         assert bound <= {("127.0.0.1", 5353), ("0.0.0.0", 5353)}
     assert not discovery.available  # the app's shutdown stopped it
+
+
+async def test_discovered_backend_ranks_below_configured_and_never_gets_client_credentials(
+    tmp_path: Path, advertiser: Advertiser
+) -> None:
+    # A LAN device announcing a popular model must not take traffic (and keys) from the
+    # backend the admin configured; it serves only when no configured backend can.
+    async with (
+        FakeOllama([FakeModel("llama3:8b")]) as configured,
+        FakeOllama([FakeModel("llama3:8b")]) as stranger,
+        running_nexus(tmp_path, [{"name": "mine", "url": configured.url, "type": "ollama",
+                                  "priority": 90}], discovery=discovery_section()) as nexus,
+    ):
+        await advertiser.register("stranger", stranger.port, OLLAMA)
+        await wait_healthy(nexus, full(advertiser, "stranger"))
+        for _ in range(6):  # priority 90 vs 50 would favour the stranger under smart routing
+            assert f":{configured.port}" in await chat(nexus, "llama3:8b")
+        assert stranger.chat_requests == []
+        await configured.stop()
+        reply = await nexus.client.with_options(max_retries=1).chat.completions.create(
+            model="llama3:8b", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert f":{stranger.port}" in str(reply.choices[0].message.content)
+        assert "Authorization" not in stranger.chat_requests[-1].headers
+
+
+async def test_discovery_allow_list_keeps_other_devices_out(
+    tmp_path: Path, advertiser: Advertiser, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="nexus")
+    async with (
+        FakeOllama([FakeModel("llama3:8b")]) as fake,
+        running_nexus(tmp_path, [], discovery=discovery_section(allow=["10.9.8.0/24", "gpu-box"])) as nexus,
+    ):
+        await advertiser.register("intruder", fake.port, OLLAMA)
+        await wait_log(caplog, "not added", "not in discovery.allow")
+        assert by_service(nexus, full(advertiser, "intruder")) is None
+        await advertiser.register("allowed", fake.port + 0, OLLAMA, server="gpu-box.local.")
+        backend = await wait_healthy(nexus, full(advertiser, "allowed"))
+        assert backend.metadata["mdns_host"] == "gpu-box.local"
+
+
+async def test_hostile_instance_names_are_made_safe(tmp_path: Path, advertiser: Advertiser) -> None:
+    async with (
+        FakeOllama([FakeModel("llama3:8b")]) as fake,
+        running_nexus(tmp_path, [], discovery=discovery_section()) as nexus,
+    ):
+        # zeroconf will not announce control characters (tests/discovery/test_parsing.py
+        # covers those); quotes, "=", non-ASCII and spaces it will.
+        await advertiser.register('evil name="x" backend=ünï', fake.port, OLLAMA)
+        backend = await wait_for(
+            lambda: next((b for b in nexus.state.registry if b.name.startswith("evil")), None)
+        )
+        assert len(backend.name) <= 64 and all(c.isprintable() for c in backend.name)
+        assert all(c.isascii() and c not in '"=' for c in backend.name), backend.name
+        await wait_healthy(nexus, backend.metadata["mdns_service"])
+        await chat(nexus, "llama3:8b")
+        status, _, _ = await nexus.get("/metrics")
+        assert status == 200

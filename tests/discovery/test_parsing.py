@@ -22,6 +22,7 @@ from nexus.discovery import (
     pick_address,
     resolve_interfaces,
 )
+from nexus.registry import name_problem
 
 ip = ipaddress.ip_address
 
@@ -227,3 +228,12 @@ def test_resolve_interfaces() -> None:
         assert "127.0.0.1" in resolve_interfaces(["lo"])
     with pytest.raises(ValueError, match="no-such-if0"):
         resolve_interfaces(["no-such-if0"])
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["evil\r\nX-Injected: 1\x07", 'a "quoted"=name', "ünïcödé box", "x" * 200, "\x00\x01", "-.-"],
+)
+def test_instance_labels_from_the_network_are_made_safe(raw: str) -> None:
+    label = instance_label(f"{raw}._ollama._tcp.local.", "_ollama._tcp.local.")
+    assert name_problem(label) is None, (raw, label)

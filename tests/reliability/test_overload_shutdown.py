@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from pathlib import Path
@@ -16,8 +17,10 @@ BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 async def test_beyond_max_concurrent_requests_fast_503s(tmp_path: Path) -> None:
-    async with FakeVLLM([FakeModel("m")], stream_chunks=3) as fake:
-        fake.chat_behavior, fake.delay = Behavior.SLOW, 0.5
+    async with FakeVLLM([FakeModel("m")], stream_chunks=1) as fake:
+        # Slow enough that all 200 arrive while the first 20 are still with the backend, even
+        # on a loaded machine (at 0.5 s, some finished early and let later ones in).
+        fake.chat_behavior, fake.delay = Behavior.SLOW, 2.0
         server = {"max_concurrent_requests": 20}
         async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")], server=server) as nexus:
             connector = aiohttp.TCPConnector(limit=0)
@@ -66,3 +69,35 @@ async def test_sigterm_under_load_drains_everything_and_exits_zero(tmp_path: Pat
                 code = await nexus.proc.wait()
             assert code == 0, "\n".join(nexus.lines[-20:])
             assert any("shutting down" in line for line in nexus.lines)
+
+
+async def test_streams_cut_by_the_grace_period_get_an_error_event_and_their_own_status(
+    tmp_path: Path,
+) -> None:
+    async with FakeVLLM([FakeModel("m")], stream_chunks=40) as fake:
+        fake.chat_behavior, fake.delay = Behavior.SLOW, 0.2
+        config = write_config(tmp_path, [backend_entry(fake, "v", "vllm")],
+                              server={"host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 0.5},
+                              logging={"format": "json"})
+        async with spawn_nexus(config) as nexus:
+            async with aiohttp.ClientSession() as s:
+                async with asyncio.timeout(10):
+                    while True:  # until the backend's first probe is in
+                        async with s.get(nexus.url + "/health") as h:
+                            if (await h.json())["status"] == "healthy":
+                                break
+                        await asyncio.sleep(0.05)
+                async with s.post(nexus.url + "/v1/chat/completions", json={**BODY, "stream": True}) as r:
+                    assert r.status == 200
+                    first = await r.content.readuntil(b"\n\n")
+                    assert first.startswith(b"data: {")
+                    nexus.proc.send_signal(signal.SIGTERM)
+                    rest = await asyncio.wait_for(r.content.read(), 10)
+            events = [e[6:] for e in rest.split(b"\n\n") if e.startswith(b"data: ")]
+            error = json.loads(events[-1])["error"]
+            assert error["code"] == "shutting_down" and b"[DONE]" not in rest
+            async with asyncio.timeout(10):
+                assert await nexus.proc.wait() == 0
+            lines = [json.loads(line) for line in nexus.lines if line.startswith("{")]
+            request = next(line for line in lines if line.get("message") == "request")
+            assert request["status"] == 503 and request["error_type"] == "shutting_down"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -30,11 +32,11 @@ PRETTY_LINES = [
     "2025-10-09T08:53:20.062Z INFO    nexus.request: request request_id=req-1 endpoint=chat"
     " model=fast routed_model=qwen backend=gpu backend_type=ollama status=200"
     " latency_ms=250.0 ttft_ms=12.346 tokens_prompt=12 tokens_completion=34 stream=True"
-    " route_reason=alias retry_count=0 attempts=['gpu']",
+    " route_reason=alias retry_count=0 attempts=[\"gpu\"]",
     "2025-10-09T08:53:21.999Z INFO    nexus.request: request request_id=req-2"
     " endpoint=embeddings model=m status=502 latency_ms=1500.0 stream=False retry_count=1"
-    " fallback_chain=['m', 'n'] attempts=['a', 'b'] error_type=backend_error"
-    ' error=bad "gateway" ü',
+    ' fallback_chain=["m","n"] attempts=["a","b"] error_type=backend_error'
+    ' error="bad \\"gateway\\" ü"',
 ]
 
 
@@ -98,3 +100,24 @@ def test_request_lines(fmt: str, path: str) -> None:
     text = stream.getvalue() if isinstance(stream, io.StringIO) else binary.getvalue().decode()
     expected = JSON_LINES if fmt == "json" else PRETTY_LINES
     assert text == "".join(line + "\n" for line in expected)
+
+
+def test_names_cannot_forge_fields_or_lines() -> None:
+    """A model or backend name from the network (spaces, key=value, line breaks) stays one
+    quoted field of one line, and a message that quotes one stays on its line."""
+    stream = io.StringIO()
+    logs.setup(LoggingConfig(format="pretty", level="info"), stream=stream)
+    logging.getLogger("nexus").propagate = False
+    hostile = "m status=200 backend=trusted\r\n2025-01-01T00:00:00.000Z INFO    nexus: forged"
+    logs.log_request(RequestRecord(request_id="r", endpoint="chat", model=hostile, status=404))
+    logging.getLogger("nexus.discovery").info("discovered backend %s", hostile)
+    logs.flush()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    request, message = lines
+    fields = re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', request.split(": request ", 1)[1])
+    parsed = {key: json.loads(value) if value.startswith('"') else value for key, value in fields}
+    assert parsed["model"] == hostile and parsed["status"] == "404"
+    assert [key for key, _ in fields].count("status") == 1
+    assert message.endswith("discovered backend m status=200 backend=trusted\\r\\n2025-01-01"
+                            "T00:00:00.000Z INFO    nexus: forged")

@@ -113,11 +113,16 @@ def backends(ctx: click.Context, as_json: bool, status: str | None, url: str | N
                 TYPE_NAMES.get(b["type"], b["type"]),
                 b["status"].capitalize(),
                 str(len(b["models"])),
-                "mDNS" if b["discovery_source"] == "mdns" else b["discovery_source"],
+                "mDNS*" if b["discovery_source"] == "mdns" else b["discovery_source"],
             ]
             for b in items
         ],
     )
+    if any(b["discovery_source"] == "mdns" for b in items):
+        click.echo(
+            "* discovered on the LAN: used for a model only when no configured backend can "
+            "serve it, and never sent clients' credentials (see discovery.allow)"
+        )
 
 
 @backends.command("add")

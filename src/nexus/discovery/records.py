@@ -15,6 +15,7 @@ from typing import Any
 
 from nexus.config import BACKEND_TYPES, normalize_choice
 from nexus.discovery.addresses import IPAddress, url_host
+from nexus.registry import safe_name
 
 # Service types whose label is not a backend type and that carry no hint of their own:
 # only adverts with a TXT ``type`` or ``api_path`` are taken from them (printers are not LLMs).
@@ -97,4 +98,5 @@ def instance_label(name: str, service_type: str) -> str:
     suffix = "." + service_type
     label = name[: -len(suffix)] if name.lower().endswith(suffix.lower()) else name.split(".")[0]
     label = re.sub(r"\s+", "-", label.replace("\\032", " ").strip())
-    return label or "mdns-backend"
+    # The name comes from any device on the LAN: made safe for headers, logs and metrics.
+    return safe_name(label) if label else "mdns-backend"

@@ -19,6 +19,7 @@ values, driven by :class:`~nexus.discovery.service.Discovery`.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 
 from nexus.config import DiscoveryConfig
 from nexus.discovery.advert import METADATA_KEYS, Advert
@@ -26,7 +27,14 @@ from nexus.discovery.hosts import LOCAL_NAMES, EndpointKey, LocalHost
 from nexus.discovery.logs import log
 from nexus.discovery.records import instance_label
 from nexus.health import HealthChecker
-from nexus.registry import Backend, BackendStatus, DiscoverySource, Registry, backend_id
+from nexus.registry import (
+    MAX_NAME,
+    Backend,
+    BackendStatus,
+    DiscoverySource,
+    Registry,
+    backend_id,
+)
 
 
 class BackendTracker:
@@ -42,6 +50,19 @@ class BackendTracker:
         self._lost: dict[str, asyncio.Task[None]] = {}  # grace timers, by service name
         self._dismissed: set[str] = set()  # removed by a person while still advertised
         self._skipped: dict[str, str] = {}  # why a service has no backend (logged once)
+        self.allow_networks, self.allow_names = parse_allow(config.allow)
+
+    # -- who may be discovered ----------------------------------------------------------
+
+    def allowed(self, advert: Advert) -> bool:
+        """Any device on the LAN can advertise, so ``discovery.allow`` may narrow it down to
+        addresses, networks and host names (empty: everyone)."""
+        if not self.allow_networks and not self.allow_names:
+            return True
+        if any(a in net for a in advert.addresses for net in self.allow_networks):
+            return True
+        host = advert.server.lower().rstrip(".")
+        return host in self.allow_names or host.removesuffix(".local") in self.allow_names
 
     # -- whose endpoint is it -------------------------------------------------------------
 
@@ -103,8 +124,13 @@ class BackendTracker:
         key = advert.name.lower()
         if key in self._dismissed:
             return
-        keys = advert.keys(self.local)
         mine = self._ours(key)
+        if not self.allowed(advert):
+            if mine is not None:
+                self._retire(key, mine, "not in discovery.allow")
+            self._skip(key, f"{advert.server or 'its host'} is not in discovery.allow")
+            return
+        keys = advert.keys(self.local)
         owner = self._owner_of(keys)
         if owner is not None:
             if mine is not None:
@@ -181,6 +207,7 @@ class BackendTracker:
         backend.metadata.update(meta)
 
     def _unique_name(self, base: str) -> str:
+        base = base[: MAX_NAME - 4]  # room for a "-n" suffix
         name, n = base, 1
         while self.registry.find(name) is not None or self.registry.get_backend(backend_id(name)):
             n += 1
@@ -262,3 +289,17 @@ class BackendTracker:
         for key, advert in list(self._adverts.items()):
             if key not in self._backends and key not in self._dismissed:
                 self.apply(advert)
+
+
+def parse_allow(
+    entries: list[str],
+) -> tuple[list[ipaddress.IPv4Network | ipaddress.IPv6Network], set[str]]:
+    """``discovery.allow`` as networks (an address is a /32 or /128) and host names."""
+    networks = []
+    names = set()
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            names.add(entry.lower().rstrip(".").removesuffix(".local"))
+    return networks, names

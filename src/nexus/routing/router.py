@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from nexus.config import RoutingConfig, WeightsConfig
 from nexus.errors import InvalidRequest, ModelNotFound, NexusError, NoHealthyBackend
 from nexus.quality import QualityTracker
-from nexus.registry import Backend, BackendStatus, Model, Registry
+from nexus.registry import Backend, BackendStatus, DiscoverySource, Model, Registry
 from nexus.routing import aliases
 from nexus.routing.requirements import Requirements
 
@@ -27,6 +27,7 @@ log = logging.getLogger("nexus.routing")
 
 MAX_MODELS_IN_HINT = 20
 HEALTHY = BackendStatus.HEALTHY
+MDNS = DiscoverySource.MDNS
 
 
 @dataclass(slots=True)
@@ -124,8 +125,11 @@ class Router:
             candidates = self._candidates(plan, model, holders, req)
             if not candidates:
                 continue
-            fresh = [b for b in candidates if b.penalized_until <= now]
-            backend = self._pick(fresh or candidates, model)
+            fresh = [b for b in candidates if b.penalized_until <= now] or candidates
+            # Any LAN device can announce itself by mDNS: a discovered backend serves a
+            # model only when no configured one can (docs/security.md).
+            trusted = [b for b in fresh if b.discovery_source is not MDNS]
+            backend = self._pick(trusted or fresh, model)
             plan.tried.add((backend.id, model))
             if index > 0:
                 log.warning(
