@@ -453,5 +453,5 @@ async def test_hostile_instance_names_are_made_safe(tmp_path: Path, advertiser: 
         assert all(c.isascii() and c not in '"=' for c in backend.name), backend.name
         await wait_healthy(nexus, backend.metadata["mdns_service"])
         await chat(nexus, "llama3:8b")
-        status, _, _ = await nexus.get("/metrics")
-        assert status == 200
+        text = nexus.state.metrics.exposition().decode()
+        assert f'backend="{backend.name}"' in text
