@@ -16,6 +16,8 @@ start-up and fails with a clear message if a uvicorn upgrade moved what is overr
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -33,6 +35,25 @@ _HOOKS = (
 )
 
 
+class ClientLink:
+    """``scope["extensions"]["nexus.client"]``: tells the app that its client went away.
+
+    ASGI says so only through ``receive()``, which an app serving a request does not call
+    once the body is read; watching it would cost a task per request. The protocol knows at
+    once (``connection_lost``) and calls ``on_gone`` if the answer was not complete."""
+
+    __slots__ = ("gone", "on_gone")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.on_gone: Callable[[], object] | None = None
+
+    def lost(self) -> None:
+        self.gone = True
+        if self.on_gone is not None:
+            self.on_gone()
+
+
 class NexusProtocol(HttpToolsProtocol):
     head_timeout = 30.0  # set per server by ``protocol_class``
 
@@ -40,8 +61,11 @@ class NexusProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._head_bytes = 0
         self._in_head = True
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._arm()
+        self._head_since = self.loop.time()
+        # One timer per connection, not per request: it re-arms itself for what is left.
+        self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
+            self.head_timeout, self._check_head
+        )
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
@@ -55,37 +79,39 @@ class NexusProtocol(HttpToolsProtocol):
         if not self._in_head:
             self._in_head = True
             self._head_bytes = 0
-            self._arm()
+            self._head_since = self.loop.time()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._disarm()
+        scope: Any = self.scope  # uvicorn types extension values as dicts; ours is an object
+        scope["extensions"] = {"nexus.client": ClientLink()}
         super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and not cycle.response_complete:
+            scope: Any = cycle.scope
+            scope["extensions"]["nexus.client"].lost()
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "the request could not be parsed as HTTP/1.1")
 
     # -- ours -------------------------------------------------------------------------
 
-    def _arm(self) -> None:
-        self._disarm()
-        self._head_timer = asyncio.get_running_loop().call_later(
-            self.head_timeout, self._head_expired
-        )
-
-    def _disarm(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_expired(self) -> None:
+    def _check_head(self) -> None:
         self._head_timer = None
-        if self._in_head and not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        waited = self.loop.time() - self._head_since
+        if self._in_head and waited >= self.head_timeout:
             self._refuse(408, f"request head not received within {self.head_timeout:g}s")
+            return
+        left = self.head_timeout - waited if self._in_head else self.head_timeout
+        self._head_timer = self.loop.call_later(left, self._check_head)
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer ``status`` in OpenAI's shape and close: the connection's framing is lost."""
@@ -99,7 +125,6 @@ class NexusProtocol(HttpToolsProtocol):
             % (status, phrase.get(status, b"Error"), SERVER, len(body), body)
         )
         self._in_head = False
-        self._disarm()
         self.transport.close()
 
 

@@ -19,9 +19,10 @@ import asyncio
 
 from nexus.asgi import Receive, Scope, Send
 from nexus.asgi.io import read_body, respond, respond_error
+from nexus.asgi.protocol import ClientLink
 from nexus.errors import ClientGone, NexusError, ShuttingDown
 from nexus.pipeline.admit import admit
-from nexus.pipeline.exchange import Endpoint, Exchange, Watcher
+from nexus.pipeline.exchange import Endpoint, Exchange
 from nexus.pipeline.forward import Forwarder
 from nexus.pipeline.plan import Planner
 from nexus.pipeline.record import Outcome, Reply, Streamed, settle
@@ -60,13 +61,17 @@ class Pipeline:
             state.in_flight -= 1
 
     async def _outcome(self, ex: Exchange, task: asyncio.Task[object]) -> Outcome:
+        # A client that leaves cancels its request at once: the backend stops generating
+        # for nobody (under uvicorn, NexusProtocol tells; elsewhere nothing does).
+        link: ClientLink | None = ex.scope.get("extensions", {}).get("nexus.client")
+        if link is not None:
+            link.on_gone = task.cancel
         try:
             return await self._run(ex)
         except NexusError as exc:
             return exc
         except asyncio.CancelledError:
-            watcher = ex.watcher
-            if watcher is not None and watcher.gone:
+            if link is not None and link.gone:
                 task.uncancel()
                 return ClientGone("client disconnected")
             if self.state.cutting:
@@ -74,13 +79,12 @@ class Pipeline:
                 return ShuttingDown("Nexus shut down before this request finished")
             raise
         finally:
-            if ex.watcher is not None:
-                ex.watcher.stop()
+            if link is not None:
+                link.on_gone = None
 
     async def _run(self, ex: Exchange) -> Reply | Streamed:
         admit(self.state, ex)
         ex.raw = await read_body(ex.scope, ex.receive, self.max_body, self.body_seconds)
-        ex.watcher = Watcher(ex.receive)
         self.planner.plan(ex)
         await wait(ex)
         return await self.forwarder.forward(ex)

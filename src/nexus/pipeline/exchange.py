@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +37,6 @@ class Exchange:
     req: Requirements | None = None
     plan: Plan | None = None
     started: bool = False  # the client has the response head: errors now go in-band
-    watcher: Watcher | None = None
 
     @property
     def authorization(self) -> str | None:
@@ -49,34 +47,3 @@ class Exchange:
     def requirements(self) -> Requirements:
         assert self.req is not None, "plan stage has not run"
         return self.req
-
-
-class Watcher:
-    """Notices the client going away while its request is served, and cancels the
-    request's task so the upstream call (and its backend slot) is released at once.
-
-    ASGI tells an app of a disconnect only through ``receive()``, which must not be read
-    before the body is; so the watch starts once the body is in. One small task per request:
-    the price of not generating for nobody."""
-
-    __slots__ = ("_task", "done", "gone")
-
-    def __init__(self, receive: Receive) -> None:
-        self.gone = False
-        self.done = False
-        target = asyncio.current_task()
-        assert target is not None
-        self._task = asyncio.ensure_future(self._watch(receive, target))
-
-    async def _watch(self, receive: Receive, target: asyncio.Task[Any]) -> None:
-        while not self.done:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                if not self.done:
-                    self.gone = True
-                    target.cancel()
-                return
-
-    def stop(self) -> None:
-        self.done = True
-        self._task.cancel()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from nexus.errors import InvalidRequest
 
@@ -61,26 +61,49 @@ def _model(body: Any) -> str:
     return model
 
 
-def _optional(body: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise InvalidRequest(f"'{key}' must be {what}", param=key)
-    return value
+@dataclass(frozen=True, slots=True)
+class Field:
+    """An optional field's type and range; only fields a request has are checked."""
+
+    kind: type | tuple[type, ...]
+    what: str  # "an integer", ...
+    lo: float | None = None
+    hi: float | None = None
+
+    def check(self, key: str, value: Any) -> None:
+        kind = self.kind
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise InvalidRequest(f"'{key}' must be {self.what}", param=key)
+        lo, hi, number = self.lo, self.hi, cast(float, value)
+        if lo is not None and hi is not None and not lo <= number <= hi:
+            shown = f"{lo} and {hi}" if kind is int else f"{lo:g} and {hi:g}"
+            raise InvalidRequest(f"'{key}' must be between {shown}", param=key)
 
 
-def _int_range(body: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
-    value = _optional(body, key, int, "an integer")
-    if value is not None and not lo <= value <= hi:
-        raise InvalidRequest(f"'{key}' must be between {lo} and {hi}", param=key)
-    return value  # type: ignore[no-any-return]
+CHAT_FIELDS = {
+    "stream": Field(bool, "a boolean"),
+    "stream_options": Field(dict, "an object"),
+    "max_tokens": Field(int, "an integer", 1, 10_000_000),
+    "max_completion_tokens": Field(int, "an integer", 1, 10_000_000),
+    "n": Field(int, "an integer", 1, 128),
+    "temperature": Field((int, float), "a number", 0, 2),
+    "top_p": Field((int, float), "a number", 0, 1),
+    "tools": Field(list, "an array"),
+    "response_format": Field(dict, "an object"),
+}
+EMBEDDING_FIELDS = {
+    "encoding_format": Field(str, "a string"),
+    "dimensions": Field(int, "an integer", 1, 65536),
+}
 
 
-def _number_range(body: dict[str, Any], key: str, lo: float, hi: float) -> None:
-    value = _optional(body, key, (int, float), "a number")
-    if value is not None and not lo <= value <= hi:
-        raise InvalidRequest(f"'{key}' must be between {lo:g} and {hi:g}", param=key)
+def check_fields(body: dict[str, Any], fields: dict[str, Field]) -> None:
+    """Check the optional fields ``body`` has (a set intersection, then one check each:
+    most requests carry two or three of them). None counts as absent."""
+    for key in fields.keys() & body.keys():
+        value = body[key]
+        if value is not None:
+            fields[key].check(key, value)
 
 
 def inspect_chat(body: Any) -> Requirements:
@@ -121,15 +144,13 @@ def inspect_chat(body: Any) -> Requirements:
                 f"messages[{i}].content must be a string, an array or null",
                 param=f"messages[{i}].content",
             )
-    stream = _optional(body, "stream", bool, "a boolean") or False
-    options = _optional(body, "stream_options", dict, "an object") or {}
-    max_tokens = _int_range(body, "max_tokens", 1, 10_000_000)
-    max_completion = _int_range(body, "max_completion_tokens", 1, 10_000_000)
-    _int_range(body, "n", 1, 128)
-    _number_range(body, "temperature", 0, 2)
-    _number_range(body, "top_p", 0, 1)
-    tools = _optional(body, "tools", list, "an array")
-    fmt = _optional(body, "response_format", dict, "an object")
+    check_fields(body, CHAT_FIELDS)
+    stream = body.get("stream") or False
+    options = body.get("stream_options") or {}
+    max_tokens = body.get("max_tokens")
+    max_completion = body.get("max_completion_tokens")
+    tools = body.get("tools")
+    fmt = body.get("response_format")
     if fmt is not None and not isinstance(fmt.get("type"), str):
         raise InvalidRequest("'response_format.type' must be a string", param="response_format")
     return Requirements(
@@ -173,6 +194,5 @@ def inspect_embeddings(body: Any) -> Requirements:
         raise InvalidRequest(
             "'input' must be a non-empty string or a non-empty array", param="input"
         )
-    _optional(body, "encoding_format", str, "a string")
-    _int_range(body, "dimensions", 1, 65536)
+    check_fields(body, EMBEDDING_FIELDS)
     return Requirements(model=model, estimated_tokens=tokens, embeddings=True)
