@@ -166,3 +166,10 @@ class BackendTimeout(BackendError):
     status = 504
     type = "timeout_error"
     code = "backend_timeout"
+
+
+def describe(exc: BaseException) -> str:
+    """A short reason for a failure, in the exception's own words (never request data): what
+    follows "unreachable:", "unavailable (...)" and the like."""
+    text = str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc)
+    return (text or type(exc).__name__)[:200]

@@ -29,11 +29,3 @@ class DemoteZeroconfWarnings(logging.Filter):
         if record.exc_info and record.exc_info[1] is not None:
             log.debug("zeroconf: %s", record.exc_info[1], exc_info=record.exc_info)
         return False
-
-
-def describe(exc: BaseException) -> str:
-    """A start-up failure, short enough for the one WARN line."""
-    if isinstance(exc, TimeoutError):
-        return "zeroconf did not start in time"
-    text = str(exc) or type(exc).__name__
-    return text[:200]

@@ -27,9 +27,10 @@ from nexus.discovery.addresses import plain
 from nexus.discovery.advert import advert_from_info
 from nexus.discovery.hosts import LocalHost
 from nexus.discovery.interfaces import default_interfaces, resolve_interfaces
-from nexus.discovery.logs import DemoteZeroconfWarnings, describe, log
+from nexus.discovery.logs import DemoteZeroconfWarnings, log
 from nexus.discovery.records import normalize_service_type
 from nexus.discovery.tracker import BackendTracker
+from nexus.errors import describe
 from nexus.health import HealthChecker
 from nexus.registry import Registry
 
@@ -112,7 +113,9 @@ class Discovery(BackendTracker):
             self._warn_once(
                 "mDNS discovery unavailable on %s (%s); using static backends only",
                 self._where,
-                describe(exc),
+                "zeroconf did not start in time"
+                if isinstance(exc, TimeoutError)
+                else describe(exc),
             )
             await self._close_zeroconf()
             return

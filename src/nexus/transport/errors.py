@@ -18,6 +18,8 @@ from __future__ import annotations
 import socket
 import ssl
 
+from nexus import errors
+
 
 class UpstreamError(Exception):
     """The exchange with a backend failed."""
@@ -53,12 +55,9 @@ class ConnectTimeout(TimeoutError):
 
 def describe(exc: BaseException) -> str:
     """A short reason for a failed exchange with a backend (never request data)."""
-    if isinstance(exc, UpstreamError | ConnectTimeout):
-        return str(exc)
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    text = str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc)
-    return (text or type(exc).__name__)[:200]
+    if type(exc) is TimeoutError:
+        return "timed out"  # a bare one says nothing by itself
+    return errors.describe(exc)
 
 
 def connect_error(exc: OSError, host: str, port: int) -> ConnectError:
