@@ -8,6 +8,7 @@ Exception tree::
 
     NexusError                      base: status, type, code, param, headers
     ├── InvalidRequest              400  malformed JSON, missing or ill-typed field
+    │   └── RequestRefused          400  two backends refused the request with a 500
     ├── NotFound                    404  unknown route
     ├── MethodNotAllowed            405  known route, other method (with Allow)
     ├── RequestTimeout              408  the client sent its body too slowly
@@ -20,7 +21,8 @@ Exception tree::
     │   └── ShuttingDown            503  draining after SIGTERM
     ├── BackendError                     a backend failed the request (retried elsewhere)
     │   ├── BackendUnreachable      502  connect error, reset, DNS or TLS failure
-    │   ├── BackendBadResponse      502  5xx, or a 200 whose body is not valid JSON
+    │   ├── BackendBadResponse      502  5xx, 3xx, or a 200 whose body is not valid JSON
+    │   │   └── BackendRefused      502  500/501 (the request's fault if the next backend agrees)
     │   └── BackendTimeout          504  no first byte in time, or a stream went idle
     ├── Forbidden                   403  admin API from a non-loopback client without token,
     │                                    or a request from another site (Origin, Host)
@@ -49,6 +51,7 @@ class NexusError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: Mapping[str, str] | None = None,
+        context: Mapping[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -56,6 +59,9 @@ class NexusError(Exception):
         if code is not None:
             self.code = code
         self.headers: dict[str, str] = dict(headers or {})
+        # Structured facts for the client to act on (the backends that could serve, an
+        # ETA...): built from data, never parsed back out of the message.
+        self.context: dict[str, object] = dict(context or {})
 
     def body(self, request_id: str | None = None) -> bytes:
         error: dict[str, object] = {
@@ -64,6 +70,8 @@ class NexusError(Exception):
             "param": self.param,
             "code": self.code,
         }
+        if self.context:
+            error["context"] = self.context
         if request_id:
             error["request_id"] = request_id
         return orjson.dumps({"error": error})
@@ -73,6 +81,11 @@ class InvalidRequest(NexusError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
+
+
+class RequestRefused(InvalidRequest):
+    """Two backends answered this request with the same server error (a validation they
+    do as a 500): the request's fault, not theirs (``context.upstream_status``)."""
 
 
 class NotFound(NexusError):
@@ -160,6 +173,16 @@ class BackendUnreachable(BackendError):
 
 class BackendBadResponse(BackendError):
     code = "backend_error"
+
+
+class BackendRefused(BackendBadResponse):
+    """A backend answered 500/501: maybe its fault, maybe the request's (decided when the
+    next backend answers the same request)."""
+
+    def __init__(self, message: str, *, upstream_status: int, upstream_text: str) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+        self.upstream_text = upstream_text
 
 
 class BackendTimeout(BackendError):

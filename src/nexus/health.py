@@ -132,6 +132,18 @@ class HealthChecker:
             return  # removed while probing
         self.apply(backend, error, models if error is None else None, elapsed)
 
+    def traffic_succeeded(self, backend: Backend) -> None:
+        """A request succeeded on a backend that was not healthy (panic routing): it counts
+        toward recovery as a good probe would, without waiting for the next probe."""
+        if backend.status is BackendStatus.HEALTHY:
+            return
+        backend.consecutive_successes += 1
+        backend.consecutive_failures = 0
+        after = next_status(backend.status, True, backend.consecutive_successes, 0, self.config)
+        if after is not backend.status:
+            self.registry.update_status(backend.id, after, None)
+            log.info("backend %s is %s (a request succeeded on it)", backend.name, after.value)
+
     def apply(
         self, backend: Backend, error: str | None, models: list[Model] | None, elapsed: float
     ) -> None:

@@ -122,6 +122,9 @@ async def test_no_healthy_backend_is_503(tmp_path: Path) -> None:
             tmp_path, [backend_entry(fake, "v", "vllm")], health_check=hc
         ) as nexus:
             fake.health_behavior = Behavior.ERROR_500
+            # Down for chat too: panic routing tries an unhealthy backend before a 503
+            # (test_real_clients.py shows it serving when chat works).
+            fake.chat_behavior = Behavior.ERROR_503
             await wait_status(nexus, "unhealthy")
             status, reply, headers = await nexus.post(
                 "/v1/chat/completions", {"model": "qwen", "messages": MSG}

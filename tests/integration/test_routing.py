@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,7 +14,7 @@ import openai
 import pytest
 
 from tests.fakes import Behavior, FakeLlamaCpp, FakeModel, FakeOllama, FakeVLLM
-from tests.helpers import Nexus, backend_entry, running_nexus
+from tests.helpers import Nexus, backend_entry, running_nexus, wait_until
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -46,26 +47,37 @@ async def test_strategies_over_three_backends(tmp_path: Path, strategy: str, che
 
 
 async def test_smart_spreads_equal_backends_and_prefers_less_loaded(tmp_path: Path) -> None:
-    async with FakeVLLM([FakeModel("m")]) as f1, FakeVLLM([FakeModel("m")]) as f2:
+    # "a" also serves "hold", which "b" does not: requests for it occupy "a" alone.
+    async with FakeVLLM([FakeModel("m"), FakeModel("hold")]) as f1, FakeVLLM([FakeModel("m")]) as f2:
         backends = [backend_entry(f1, "a", "vllm"), backend_entry(f2, "b", "vllm")]
         async with running_nexus(tmp_path, backends) as nexus:
+            # Equal scores rotate. (Whatever the first answer measured, the second request
+            # starts its rotation at the backend no request has reached yet, which counts as
+            # fast: both serve, even on a machine slow enough to split their latencies.)
             seen = await served_by(nexus, 20)
-            assert set(seen) == {"a", "b"}  # equal scores rotate
-            # Occupy "a" with real requests it answers slowly (at once, several land on each
-            # backend); "b" answers its share at once and is idle again.
-            f1.chat_behavior, f1.delay = Behavior.SLOW, 2.0
+            assert set(seen) == {"a", "b"}
+            # Less loaded wins only as far as the score says: one in-flight request weighs
+            # `load` (30), each whole 10 ms of observed latency `latency` (20), and latency
+            # counts up to 100 points. On a busy machine "b"'s latency, measured on the very
+            # requests below, can grow past "a"'s (frozen: "a" finishes nothing meanwhile) by
+            # more than a few in-flight requests are worth. Enough of them outweigh any
+            # latency: then every request must go to the idle backend.
+            weights = nexus.state.config.routing.weights
+            held = math.floor(100 * weights.latency / weights.load) + 1  # 67 by default
+            f1.chat_behavior, f1.delay = Behavior.SLOW, 3.0
             a_backend, b_backend = nexus.state.registry.find("a"), nexus.state.registry.find("b")
             assert a_backend is not None and b_backend is not None
             occupy = [
-                asyncio.create_task(nexus.client.chat.completions.create(model="m", messages=MSG))  # type: ignore[arg-type]
-                for _ in range(4)
+                asyncio.create_task(nexus.client.chat.completions.create(model="hold", messages=MSG))  # type: ignore[arg-type]
+                for _ in range(held)
             ]
-            async with asyncio.timeout(5):
-                while not (a_backend.pending_requests >= 1 and b_backend.pending_requests == 0):
-                    await asyncio.sleep(0.01)
+            await wait_until(
+                lambda: a_backend.pending_requests == held, what=f"{held} requests with 'a'"
+            )
+            assert b_backend.pending_requests == 0
             # While "a" is busy, new requests go to the idle "b".
             assert await served_by(nexus, 10) == {"b": 10}
-            assert a_backend.pending_requests >= 1  # still busy throughout
+            assert a_backend.pending_requests == held  # still busy throughout
             replies = await asyncio.gather(*occupy)
             assert all(r.choices[0].message.content for r in replies)
             assert nexus.pending() == {"a": 0, "b": 0}
@@ -109,9 +121,7 @@ async def test_capable_backend_down_is_503_naming_the_need(tmp_path: Path) -> No
         async with running_nexus(tmp_path, backends, health_check=hc) as nexus:
             await vision_box.stop()
             backend = nexus.state.registry.find("vision")
-            async with asyncio.timeout(5):
-                while backend is not None and backend.routable:
-                    await asyncio.sleep(0.02)
+            await wait_until(lambda: backend is None or not backend.routable, what="not routable")
             image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
             status, body, _ = await nexus.post("/v1/chat/completions", {"model": "llava", "messages": image})
             assert status == 503
@@ -186,9 +196,7 @@ async def test_fallback_when_primary_unhealthy(tmp_path: Path) -> None:
             assert await served_by(nexus, 2, "big") == {"big-box": 2}
             big.health_behavior = Behavior.ERROR_500
             backend = nexus.state.registry.find("big-box")
-            async with asyncio.timeout(5):
-                while backend is not None and backend.routable:
-                    await asyncio.sleep(0.02)
+            await wait_until(lambda: backend is None or not backend.routable, what="not routable")
             resp = await nexus.client.chat.completions.with_raw_response.create(model="big", messages=MSG)  # type: ignore[arg-type]
             assert resp.headers["X-Nexus-Backend"] == "small-box"
             assert resp.headers["X-Nexus-Fallback-Model"] == "small"
@@ -251,12 +259,14 @@ async def test_retries_are_bounded_by_max_retries(tmp_path: Path) -> None:
     fakes = [FakeVLLM([FakeModel("m")]) for _ in range(4)]
     for f in fakes:
         await f.start()
-        f.chat_behavior = Behavior.ERROR_500
+        # 503, not 500: two backends answering one request with a 500 is the request's
+        # fault (test_errors.py::test_a_request_two_backends_refuse_is_refused).
+        f.chat_behavior = Behavior.ERROR_503
     try:
         backends = [backend_entry(f, f"b{i}", "vllm") for i, f in enumerate(fakes)]
         async with running_nexus(tmp_path, backends, routing={"max_retries": 1}) as nexus:
             status, body, _ = await nexus.post("/v1/chat/completions", {"model": "m", "messages": MSG})
-            assert status == 502 and "HTTP 500" in body["error"]["message"]
+            assert status == 502 and "HTTP 503" in body["error"]["message"]
             assert sum(len(f.chat_requests) for f in fakes) == 2
     finally:
         for f in fakes:
@@ -277,11 +287,19 @@ async def test_quality_tracking_deprioritises_and_recovers(
             rates = nexus.state.quality.error_rates("m", time.monotonic())  # what routing reads
             assert rates is not None and rates["flaky"] > 0.1
             flaky.chat_behavior = Behavior.OK
-            await asyncio.sleep(0.1)  # the live-traffic penalty lapses after one interval
+            flaky_backend = nexus.state.registry.find("flaky")
+            assert flaky_backend is not None
+            # The live-traffic penalty lapses after one interval.
+            await wait_until(
+                lambda: flaky_backend.penalized_until <= time.monotonic(), what="penalty lapsed"
+            )
             assert await served_by(nexus, 10) == {"steady": 10}  # still deprioritised
             # Not excluded for good: the error rate decays and flaky gets traffic again.
             monkeypatch.setattr(quality, "ERROR_HALF_LIFE_SECONDS", 0.05)
-            await asyncio.sleep(0.5)
+            await wait_until(
+                lambda: "flaky" not in (nexus.state.quality.error_rates("m", time.monotonic()) or {}),
+                what="flaky's error rate decayed to negligible",
+            )
             seen = await served_by(nexus, 10)
             assert seen["flaky"] >= 3, seen
             stats = (await nexus.get("/v1/stats"))[1]

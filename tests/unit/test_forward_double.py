@@ -76,6 +76,7 @@ class ScriptedTransport:
         *,
         tls: TLS | None = None,
         read_timeout: float | None = None,
+        connect_timeout: float | None = None,
     ) -> ScriptedAnswer:
         self.calls.append((url, headers))
         step = self.script[url]

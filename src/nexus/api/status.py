@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from nexus.asgi.routes import Request, Response, Router
+from nexus.errors import ModelNotFound
 from nexus.registry import Backend, DiscoverySource, Model, Registry
+from nexus.routing.aliases import resolve as resolve_alias
 from nexus.state import AppState
 
 CAPABILITIES = ("chat", "vision", "tools", "json_mode", "embeddings")
@@ -60,20 +63,41 @@ def _merge(model_id: str, served: list[tuple[Backend, Model]]) -> dict[str, Any]
     }
 
 
-def models_listing(registry: Registry) -> dict[str, Any]:
+def models_listing(registry: Registry, aliases: Mapping[str, str]) -> dict[str, Any]:
+    """Every model a healthy backend serves, once, then every configured alias whose target
+    is among them (model pickers read this list: an alias they cannot see is useless)."""
     served: dict[str, list[tuple[Backend, Model]]] = {}
     for backend in registry.get_healthy_backends():
         for model in backend.models.values():
             served.setdefault(model.id, []).append((backend, model))
-    return {"object": "list", "data": [_merge(mid, served[mid]) for mid in sorted(served)]}
+    data = [_merge(mid, served[mid]) for mid in sorted(served)]
+    entries = {entry["id"]: entry for entry in data}
+    for alias in sorted(aliases):
+        target = resolve_alias(alias, aliases, served.__contains__)
+        if alias not in entries and target in entries:
+            data.append({**entries[target], "id": alias, "alias_of": target})
+    return {"object": "list", "data": data}
+
+
+def model_entry(registry: Registry, aliases: Mapping[str, str], model_id: str) -> dict[str, Any]:
+    """``GET /v1/models/{id}``: a served model or an alias of one, as the listing shows it."""
+    for entry in models_listing(registry, aliases)["data"]:
+        if entry["id"] == model_id:
+            return entry  # type: ignore[no-any-return]
+    raise ModelNotFound(f"model '{model_id[:200]}' not found", param="model")
 
 
 def add_routes(router: Router, state: AppState) -> None:
     async def health(request: Request) -> Response:
         return Response.json(health_summary(state.registry, state.uptime_seconds))
 
+    aliases = state.config.routing.aliases
+
     async def models(request: Request) -> Response:
-        return Response.json(models_listing(state.registry))
+        return Response.json(models_listing(state.registry, aliases))
+
+    async def model(request: Request) -> Response:
+        return Response.json(model_entry(state.registry, aliases, request.params["id"]))
 
     async def stats(request: Request) -> Response:
         data = state.metrics.stats(state.quality.stats())
@@ -85,5 +109,6 @@ def add_routes(router: Router, state: AppState) -> None:
 
     router.add("GET", "/health", health)
     router.add("GET", "/v1/models", models)
+    router.add("GET", "/v1/models/{id:path}", model)
     router.add("GET", "/v1/stats", stats)
     router.add("GET", "/metrics", metrics)

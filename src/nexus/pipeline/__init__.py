@@ -16,6 +16,7 @@ answer. See docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from nexus.asgi import Receive, Scope, Send
 from nexus.asgi.io import read_body, respond, respond_error
@@ -32,6 +33,7 @@ from nexus.state import AppState
 from nexus.transport.sse import frame
 
 __all__ = ["Endpoint", "Pipeline"]
+log = logging.getLogger("nexus")
 
 
 class Pipeline:
@@ -51,6 +53,7 @@ class Pipeline:
         assert task is not None
         state.in_flight += 1
         state.requests.add(task)
+        outcome: Outcome = ClientGone("request cancelled")  # unless a stage says otherwise
         try:
             outcome = await self._outcome(ex, task)
             await self._answer(ex, outcome)
@@ -70,6 +73,11 @@ class Pipeline:
             return await self._run(ex)
         except NexusError as exc:
             return exc
+        except Exception:
+            # A bug of ours, not the client's: a 500 in OpenAI's shape, and the traceback
+            # in our log (never in the answer).
+            log.exception("unhandled error serving %s", ex.endpoint.path)
+            return NexusError("internal error in Nexus", code="internal_error")
         except asyncio.CancelledError:
             if link is not None and link.gone:
                 task.uncancel()

@@ -14,6 +14,7 @@ or writes (``stream_idle_timeout_seconds``).
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -23,7 +24,14 @@ from nexus.asgi import Headers
 from nexus.asgi.io import BASE_HEADERS
 from nexus.backends import auth, traffic
 from nexus.config import Config
-from nexus.errors import BackendBadResponse, BackendError, NexusError
+from nexus.errors import (
+    BackendBadResponse,
+    BackendError,
+    BackendRefused,
+    NexusError,
+    NoHealthyBackend,
+    RequestRefused,
+)
 from nexus.health import HealthChecker
 from nexus.pipeline.exchange import Exchange
 from nexus.pipeline.record import Reply, Streamed
@@ -36,6 +44,8 @@ from nexus.routing.router import Route, Router
 from nexus.transport import Answer, Transport
 
 MAX_ERROR_BODY = 64 * 1024
+PANIC_CONNECT_SECONDS = 0.5
+REFUSING_STATUSES = (500, 501)  # what a server answers when it rejects what it was asked
 
 
 class Forwarder:
@@ -57,6 +67,7 @@ class Forwarder:
         self.ttfb = server.request_timeout_seconds
         self.idle = server.stream_idle_timeout_seconds
         self.max_event = server.max_stream_event_bytes
+        self.panic_connect = min(PANIC_CONNECT_SECONDS, server.connect_timeout_seconds)
         self.attempts_per_model = 1 + config.routing.max_retries
         self.penalty = config.health_check.interval_seconds
 
@@ -68,16 +79,28 @@ class Forwarder:
         # A 429 is kept, not answered, while another backend may serve: if none can, the
         # client gets it (with its Retry-After) rather than a vaguer error.
         rate_limited: Reply | None = None
+        # A backend's 500 may be the request's fault (llama-cpp-python validates json_schema
+        # with a 500): it is blamed on the backend only once another backend has answered
+        # the same request; if that one refuses it too, the request is refused.
+        suspect: tuple[Route, BackendRefused] | None = None
         while True:
             try:
                 route = self.router.select(plan, req, self.attempts_per_model)
             except NexusError as exc:
+                if suspect is not None:
+                    self.blame(*suspect)
                 if rate_limited is not None:
                     return rate_limited
-                raise (last or exc) from None
+                raise exhausted(exc, last, record) from None
             note_route(record, route, plan.models)
             try:
                 result = await self._attempt(ex, route)
+            except BackendRefused as exc:
+                record.failures.append(f"{route.backend.name}: {exc.message}")
+                if suspect is not None:
+                    raise refused(suspect[1], route, exc) from None
+                suspect, last = (route, exc), exc
+                continue
             except BackendError as exc:
                 self.failed(route, exc, record)
                 last = exc
@@ -85,6 +108,10 @@ class Forwarder:
             if isinstance(result, Reply) and result.status == 429:
                 rate_limited = result
                 continue
+            if suspect is not None:
+                self.blame(*suspect)
+            if route.panic and not (isinstance(result, Streamed) and result.error):
+                self.health.traffic_succeeded(route.backend)
             return result
 
     # -- one attempt ----------------------------------------------------------------------
@@ -98,7 +125,14 @@ class Forwarder:
         try:
             try:
                 answer = await self.transport.request(
-                    backend.url, "POST", ex.endpoint.path, payload, headers, tls=backend.tls
+                    backend.url,
+                    "POST",
+                    ex.endpoint.path,
+                    payload,
+                    headers,
+                    tls=backend.tls,
+                    # An unhealthy backend tried in panic: a dead one must cost little.
+                    connect_timeout=self.panic_connect if route.panic else None,
                 )
             except Exception as exc:
                 ex.record.upstream_seconds += time.perf_counter() - sent
@@ -145,6 +179,13 @@ class Forwarder:
         status, name = answer.status, route.backend.name
         if status >= 300:
             text = await self._read(ex.record, answer, route, sent, MAX_ERROR_BODY)
+            if status in REFUSING_STATUSES:
+                message = upstream_message(text) or upstream_text(text)
+                raise BackendRefused(
+                    f"backend '{name}' answered HTTP {status}{message}",
+                    upstream_status=status,
+                    upstream_text=message.removeprefix(": "),
+                )
             if status >= 500 or status < 400:
                 why = " (redirects are not followed)" if status < 400 else ""
                 raise BackendBadResponse(
@@ -238,9 +279,13 @@ class Forwarder:
         return headers
 
     def failed(self, route: Route, error: NexusError, record: RequestRecord) -> None:
-        """An attempt failed: penalise the backend now and ask for a probe soon."""
+        """An attempt failed: note why, and blame the backend."""
+        record.failures.append(f"{route.backend.name}: {error.message}")
+        self.blame(route, error)
+
+    def blame(self, route: Route, error: NexusError) -> None:
+        """Penalise the backend now (routing avoids it) and ask for a probe soon."""
         backend = route.backend
-        record.failures.append(f"{backend.name}: {error.message}")
         self.registry.penalize(backend, self.penalty, error.message)
         self.quality.failure(route.model, backend.name)
         self.health.check_soon(backend)
@@ -257,6 +302,37 @@ def note_route(record: RequestRecord, route: Route, models: list[str]) -> None:
     record.route_reason = route.reason
     if route.fallback:
         record.fallback_chain = models[: models.index(route.model) + 1]
+
+
+def exhausted(
+    router_error: NexusError, last: NexusError | None, record: RequestRecord
+) -> NexusError:
+    """The answer when no backend is left to try: the router's reason if none was tried,
+    else what went wrong, naming every backend tried and why."""
+    if last is None:
+        return router_error
+    failures = "; ".join(record.failures)
+    if record.route_reason == "panic":
+        error: NexusError = NoHealthyBackend(f"{router_error.message}; tried anyway: {failures}")
+    elif len(record.failures) > 1:
+        error = copy.copy(last)
+        error.message = f"every backend tried failed: {failures}"
+    else:
+        error = last
+    error.headers["X-Nexus-Backend"] = record.backend
+    return error
+
+
+def refused(first: BackendRefused, route: Route, second: BackendRefused) -> RequestRefused:
+    """Two backends refused the same request with a 500: the request's fault."""
+    status = second.upstream_status
+    text = second.upstream_text or first.upstream_text
+    return RequestRefused(
+        f"the request was refused by two backends (the last, '{route.backend.name}', "
+        f"answered HTTP {status}){': ' + text if text else ''}",
+        context={"upstream_status": status},
+        headers={"X-Nexus-Backend": route.backend.name},
+    )
 
 
 def header_safe(text: str) -> bytes:

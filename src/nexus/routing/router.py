@@ -27,6 +27,7 @@ log = logging.getLogger("nexus.routing")
 
 MAX_MODELS_IN_HINT = 20
 HEALTHY = BackendStatus.HEALTHY
+DRAINING = BackendStatus.DRAINING
 MDNS = DiscoverySource.MDNS
 
 
@@ -36,6 +37,7 @@ class Route:
     model: str  # the model name the backend is asked for
     reason: str
     fallback: bool = False
+    panic: bool = False  # an unhealthy backend, tried because no healthy one can serve
 
 
 @dataclass(slots=True)
@@ -44,6 +46,7 @@ class Plan:
     models: list[str]  # models[0] is the (alias-resolved) primary, the rest fallbacks
     tried: set[tuple[str, str]] = field(default_factory=set)  # (backend id, model)
     excluded: dict[str, str] = field(default_factory=dict)
+    panic: bool = False  # no healthy backend could serve: unhealthy ones are being tried
 
 
 def smart_score(backend: Backend, weights: WeightsConfig, error_rate: float = 0.0) -> float:
@@ -114,7 +117,25 @@ class Router:
         return Plan(requested=requested, models=models)
 
     def select(self, plan: Plan, req: Requirements, attempts_per_model: int) -> Route:
-        """The next backend to try for ``plan``, or a NexusError explaining why none can."""
+        """The next backend to try for ``plan``, or a NexusError explaining why none can.
+
+        Panic routing (as Envoy does it): when no healthy backend can serve any model of the
+        plan and none was tried, the unhealthy ones that serve it are tried, once each,
+        before giving up. Health checks lag behind a backend that just came back; a request
+        that finds it up is better than a 503 until the recovery threshold passes."""
+        if not plan.panic:
+            route = self._next(plan, req, attempts_per_model)
+            if route is not None or plan.tried:
+                if route is None:
+                    raise self._no_route(plan, req)
+                return route
+            plan.panic = True
+        route = self._next(plan, req, attempts_per_model)
+        if route is None:
+            raise self._no_route(plan, req)
+        return route
+
+    def _next(self, plan: Plan, req: Requirements, attempts_per_model: int) -> Route | None:
         now = time.monotonic()
         tried = plan.tried
         for index, model in enumerate(plan.models):
@@ -138,10 +159,12 @@ class Router:
                     model,
                     self._why(plan, plan.models[0]),
                 )
-                return Route(backend, model, "fallback", fallback=True)
+                return Route(backend, model, "fallback", fallback=True, panic=plan.panic)
+            if plan.panic:
+                return Route(backend, model, "panic", panic=True)
             reason = "failover" if used else self._reason(req, len(candidates))
             return Route(backend, model, reason)
-        raise self._no_route(plan, req)
+        return None
 
     # -- strategies ---------------------------------------------------------------------
 
@@ -183,11 +206,13 @@ class Router:
         tried = plan.tried
         tokens = req.estimated_tokens
         plain = req.is_plain_chat
+        panic = plan.panic
         for backend in holders:
             if tried and (backend.id, model) in tried:
                 continue
-            if backend.status is not HEALTHY:  # Backend.routable, without a property call
-                plan.excluded.setdefault(backend.name, backend.status.value)
+            status = backend.status
+            if status is not HEALTHY and (not panic or status is DRAINING):
+                plan.excluded.setdefault(backend.name, status.value)
                 continue
             served = backend.models[model]
             if plain and served.supports_chat and tokens <= (served.context_length or tokens):
@@ -229,6 +254,12 @@ class Router:
                     f"not reachable: {reasons}"
                 )
             available = self.registry.healthy_model_ids() or self.registry.model_ids()
+            servable = set(available)
+            available += [
+                alias
+                for alias in sorted(self.config.aliases)
+                if aliases.resolve(alias, self.config.aliases, self.registry.has_model) in servable
+            ]
             hint = ", ".join(available[:MAX_MODELS_IN_HINT]) or "none"
             if len(available) > MAX_MODELS_IN_HINT:
                 hint += f", ... ({len(available)} in all)"

@@ -58,6 +58,7 @@ class Transport(Protocol):
         *,
         tls: TLS | None = None,
         read_timeout: float | None = None,
+        connect_timeout: float | None = None,
     ) -> Answer: ...
 
     def close(self) -> None: ...

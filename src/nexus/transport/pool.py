@@ -113,6 +113,7 @@ class Pool:
         *,
         tls: TLS | None = None,
         read_timeout: float | None = None,
+        connect_timeout: float | None = None,
     ) -> Response:
         """Send ``METHOD url+path`` and return the response once its head has arrived."""
         origin = self._origins.get((url, tls))
@@ -127,7 +128,8 @@ class Pool:
             except Disconnected as exc:
                 if exc.answered:
                     raise
-        return await self._exchange(await self._connect(origin), data, seconds)
+        conn = await self._connect(origin, connect_timeout or self.connect_timeout)
+        return await self._exchange(conn, data, seconds)
 
     async def post(self, url: str, path: str, body: bytes, headers: dict[str, str]) -> Response:
         return await self.request(url, "POST", path, body, headers)
@@ -186,12 +188,12 @@ class Pool:
             conn.close()
         return None
 
-    async def _connect(self, origin: Origin) -> Connection:
+    async def _connect(self, origin: Origin, seconds: float) -> Connection:
         loop = asyncio.get_running_loop()
         host, port = origin.host, origin.port
         context = self._context(origin.settings) if origin.tls else None
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout(seconds):
                 sock = await _race(loop, host, port)
                 _, conn = await loop.create_connection(
                     lambda: Connection(origin.key),
@@ -200,9 +202,7 @@ class Pool:
                     server_hostname=host if context is not None else None,
                 )
         except TimeoutError:
-            raise ConnectTimeout(
-                f"no connection to {host}:{port} within {self.connect_timeout:g}s"
-            ) from None
+            raise ConnectTimeout(f"no connection to {host}:{port} within {seconds:g}s") from None
         except OSError as exc:  # ssl errors are OSErrors too
             raise connect_error(exc, host, port) from None
         return conn
