@@ -8,8 +8,9 @@ probed once, so tests start from a settled registry.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,39 @@ from nexus.registry import BackendStatus
 from nexus.server import Server
 from nexus.state import AppState
 from tests.fakes import FakeBackend
+
+
+async def wait_until(
+    predicate: Callable[[], Any | Awaitable[Any]],
+    *,
+    timeout: float = 5.0,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> Any:
+    """Poll ``predicate`` (sync, or returning an awaitable) until it returns a truthy value,
+    and return that value. After ``timeout`` seconds: AssertionError naming ``what`` and the
+    last value seen. Use it instead of a fixed sleep before an assert: wait for the asserted
+    condition itself, however long the machine takes, up to the bound."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Any = None
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            remaining = max(deadline - loop.time(), interval)
+            try:
+                async with asyncio.timeout(remaining):
+                    value = await value
+            except TimeoutError:
+                raise AssertionError(
+                    f"timed out after {timeout} s waiting for {what} (one check hung)"
+                ) from None
+        last = value
+        if value:
+            return value
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
+        await asyncio.sleep(interval)
 
 
 def to_toml(data: Mapping[str, Any], prefix: str = "") -> str:
@@ -83,9 +117,12 @@ class Nexus:
 
     async def settle(self, timeout: float = 5.0) -> None:
         """Wait until no backend is in the Unknown state any more."""
-        async with asyncio.timeout(timeout):
-            while any(b.status is BackendStatus.UNKNOWN for b in self.state.registry):
-                await asyncio.sleep(0.01)
+        await wait_until(
+            lambda: all(b.status is not BackendStatus.UNKNOWN for b in self.state.registry),
+            timeout=timeout,
+            interval=0.01,
+            what="every backend probed once",
+        )
 
     def pending(self) -> dict[str, int]:
         return {b.name: b.pending_requests for b in self.state.registry}
@@ -152,8 +189,30 @@ class NexusProcess:
         except TimeoutError:
             self.proc.kill()
             code = await self.proc.wait()
-        self._reader.cancel()
+        # Its last lines may still be in the pipe: read them to the end before returning.
+        try:
+            async with asyncio.timeout(5):
+                await asyncio.shield(self._reader)
+        except TimeoutError:
+            self._reader.cancel()
         return code
+
+    async def health(self) -> Any:
+        async with aiohttp.ClientSession() as session, session.get(self.url + "/health") as r:
+            return await r.json()
+
+    async def wait_healthy(self, backends: int | None = None, timeout: float = 10.0) -> Any:
+        """Until /health says every backend (``backends`` of them, if given) is healthy: the
+        first probes are in."""
+
+        async def healthy() -> Any:
+            summary = await self.health()
+            done = summary["status"] == "healthy" and (
+                backends is None or summary["backends"]["total"] == backends
+            )
+            return summary if done else None
+
+        return await wait_until(healthy, timeout=timeout, interval=0.05, what="/health healthy")
 
 
 async def nexus_cli(*args: str, env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
