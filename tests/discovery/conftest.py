@@ -9,18 +9,17 @@ loopback multicast) never mistake each other's adverts for their own.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from nexus.registry import Backend, BackendStatus
-from tests.helpers import Nexus
+from tests.helpers import Nexus, wait_until
 
 LOOPBACK = "127.0.0.1"
 
@@ -86,24 +85,12 @@ def by_service(nexus: Nexus, service: str) -> Backend | None:
     return None
 
 
-async def wait_for(
-    predicate: Callable[[], Any], timeout: float = 8.0, what: str = "condition"
-) -> Any:
-    async with asyncio.timeout(timeout):
-        while True:
-            value = predicate()
-            if value:
-                return value
-            await asyncio.sleep(0.02)
-    raise AssertionError(what)  # pragma: no cover - unreachable
-
-
 async def wait_healthy(nexus: Nexus, service: str, timeout: float = 8.0) -> Backend:
     def healthy() -> Backend | None:
         backend = by_service(nexus, service)
         return backend if backend and backend.status is BackendStatus.HEALTHY else None
 
-    backend: Backend = await wait_for(healthy, timeout, f"{service} healthy")
+    backend: Backend = await wait_until(healthy, timeout=timeout, what=f"{service} healthy")
     return backend
 
 
@@ -120,5 +107,7 @@ async def wait_log(
                 return record
         return None
 
-    record: logging.LogRecord = await wait_for(found, timeout, f"log line {fragments}")
+    record: logging.LogRecord = await wait_until(
+        found, timeout=timeout, what=f"log line {fragments}"
+    )
     return record

@@ -15,9 +15,9 @@ from aiohttp import web
 
 from nexus.registry import BackendStatus, DiscoverySource
 from tests.fakes import FakeModel, FakeOllama, FakeVLLM
-from tests.helpers import running_nexus
+from tests.helpers import running_nexus, wait_until
 
-from .conftest import Advertiser, by_service, discovery_section, wait_for, wait_healthy, wait_log
+from .conftest import Advertiser, by_service, discovery_section, wait_healthy, wait_log
 
 LLM = "_llm._tcp.local."
 OLLAMA = "_ollama._tcp.local."
@@ -99,11 +99,11 @@ async def test_grace_period_then_removal(tmp_path: Path, advertiser: Advertiser)
 
         lost_at = time.monotonic()
         await advertiser.unregister(info)
-        await wait_for(lambda: backend.status is BackendStatus.UNKNOWN, 5, "unknown")
+        await wait_until(lambda: backend.status is BackendStatus.UNKNOWN, timeout=5, what="unknown")
         assert nexus.state.registry.get_backend(backend.id) is backend  # kept during grace
         assert not nexus.state.registry.get_healthy_backends()  # and not routed to
 
-        await wait_for(lambda: by_service(nexus, name) is None, 5, "removed")
+        await wait_until(lambda: by_service(nexus, name) is None, timeout=5, what="removed")
         assert time.monotonic() - lost_at >= 0.9
         assert nexus.state.registry.get_backend(backend.id) is None
 
@@ -120,7 +120,7 @@ async def test_reappearance_keeps_the_same_backend(tmp_path: Path, advertiser: A
         first_id, probes = backend.id, len(fake.requests)
 
         await advertiser.unregister(info)
-        await wait_for(lambda: backend.status is BackendStatus.UNKNOWN, 5, "unknown")
+        await wait_until(lambda: backend.status is BackendStatus.UNKNOWN, timeout=5, what="unknown")
         await advertiser.register("back", fake.port, txt={"version": "2"})
         again = await wait_healthy(nexus, name)
 
@@ -205,7 +205,7 @@ async def test_manual_backend_at_the_same_address_replaces_the_discovered_one(
             ]
 
         if not same_url:
-            await wait_for(lambda: by_service(nexus, name) is None, 5, "discovered one retired")
+            await wait_until(lambda: by_service(nexus, name) is None, timeout=5, what="discovered one retired")
         assert by_service(nexus, name) is None
         assert nexus.state.registry.get_backend(discovered.id) is None
         assert ours() == [("by-hand", DiscoverySource.MANUAL)]
@@ -372,7 +372,7 @@ async def test_start_returns_at_once_and_stop_is_clean(tmp_path: Path) -> None:
     started = time.perf_counter()
     await discovery.start()
     assert time.perf_counter() - started < 0.05
-    await wait_for(lambda: discovery.available, 5, "browsing")
+    await wait_until(lambda: discovery.available, timeout=5, what="browsing")
     await discovery.stop()
     assert not discovery.available
 
@@ -384,7 +384,7 @@ async def test_served_app_sends_and_listens_on_loopback_only(tmp_path: Path) -> 
     async with running_nexus(tmp_path, [], discovery=discovery_section()) as nexus:
         discovery = nexus.state.discovery
         assert discovery is not None
-        await wait_for(lambda: discovery.available, 5, "browsing")
+        await wait_until(lambda: discovery.available, timeout=5, what="browsing")
         assert discovery._aiozc is not None
         engine = discovery._aiozc.zeroconf.engine
         assert engine.senders
@@ -446,8 +446,10 @@ async def test_hostile_instance_names_are_made_safe(tmp_path: Path, advertiser: 
         # zeroconf will not announce control characters (tests/discovery/test_parsing.py
         # covers those); quotes, "=", non-ASCII and spaces it will.
         await advertiser.register('evil name="x" backend=ünï', fake.port, OLLAMA)
-        backend = await wait_for(
-            lambda: next((b for b in nexus.state.registry if b.name.startswith("evil")), None)
+        backend = await wait_until(
+            lambda: next((b for b in nexus.state.registry if b.name.startswith("evil")), None),
+            timeout=8,
+            what="the advertised backend",
         )
         assert len(backend.name) <= 64 and all(c.isprintable() for c in backend.name)
         assert all(c.isascii() and c not in '"=' for c in backend.name), backend.name

@@ -21,7 +21,7 @@ from tests.fakes import (
     FakeOpenAI,
     FakeVLLM,
 )
-from tests.helpers import Nexus, backend_entry, running_nexus
+from tests.helpers import Nexus, backend_entry, running_nexus, wait_until
 
 FAST = {"interval_seconds": 0.1, "failure_threshold": 1, "recovery_threshold": 1}
 
@@ -46,7 +46,10 @@ async def test_ollama_capabilities_and_context_from_api_show(tmp_path: Path) -> 
             embed = model(nexus, "o", "nomic-embed-text")
             assert embed.supports_embeddings is True and embed.supports_chat is False
             # /api/show is asked once per model digest, not every cycle.
-            await asyncio.sleep(0.5)
+            await wait_until(
+                lambda: sum(1 for r in fake.requests if r.path == "/api/tags") >= 3,
+                what="three probe cycles",
+            )
             assert fake.show_calls == {"llama3:8b": 1, "llava:7b": 1, "nomic-embed-text": 1}
             assert sum(1 for r in fake.requests if r.path == "/api/tags") >= 3
 
@@ -81,9 +84,7 @@ async def test_llamacpp_loading_is_unhealthy_then_recovers(tmp_path: Path) -> No
             assert backend is not None and backend.status is BackendStatus.UNHEALTHY
             assert "503" in (backend.last_error or "")
             fake.loading = False
-            async with asyncio.timeout(5):
-                while backend.status is not BackendStatus.HEALTHY:
-                    await asyncio.sleep(0.02)
+            await wait_until(lambda: backend.status is BackendStatus.HEALTHY, what="healthy")
 
 
 async def test_lmstudio_types_and_context(tmp_path: Path) -> None:
@@ -114,15 +115,11 @@ async def test_invalid_json_probe_is_a_failure_and_transitions_are_logged(
             backend = nexus.state.registry.find("v")
             assert backend is not None
             fake.health_behavior = Behavior.INVALID_JSON
-            async with asyncio.timeout(5):
-                while backend.status is not BackendStatus.UNHEALTHY:
-                    await asyncio.sleep(0.02)
+            await wait_until(lambda: backend.status is BackendStatus.UNHEALTHY, what="unhealthy")
             assert "invalid JSON" in (backend.last_error or "")
             assert backend.models  # last known models are kept (so the model is "known")
             fake.health_behavior = Behavior.OK
-            async with asyncio.timeout(5):
-                while backend.status is not BackendStatus.HEALTHY:
-                    await asyncio.sleep(0.02)
+            await wait_until(lambda: backend.status is BackendStatus.HEALTHY, what="healthy")
     messages = [r.getMessage() for r in caplog.records if r.name == "nexus.health"]
     assert any("is unhealthy" in m and "invalid JSON" in m for m in messages)
     assert any("is healthy" in m for m in messages)
@@ -159,22 +156,21 @@ async def test_probe_timeout_counts_unless_the_backend_is_busy(tmp_path: Path) -
             busy = asyncio.create_task(
                 nexus.post("/v1/chat/completions", {"model": "qwen", "messages": [{"role": "user", "content": "hi"}]})
             )
-            async with asyncio.timeout(5):
-                while backend.pending_requests != 1:
-                    await asyncio.sleep(0.01)
+            await wait_until(lambda: backend.pending_requests == 1, what="one request in flight")
             fake.health_behavior = Behavior.HANG
-            await asyncio.sleep(0.8)
-            assert backend.status is BackendStatus.HEALTHY
+            # Three probes time out (0.2 s each) while the request is in flight...
+            probes = sum(1 for r in fake.requests if r.path == "/v1/models")
+            await wait_until(
+                lambda: sum(1 for r in fake.requests if r.path == "/v1/models") >= probes + 4,
+                what="three probes timed out",
+            )
+            assert backend.status is BackendStatus.HEALTHY  # ...and none counted
             assert backend.pending_requests == 1  # (still generating all along)
             busy.cancel()  # the client leaves: Nexus is idle again
             with contextlib.suppress(asyncio.CancelledError):
                 await busy
-            async with asyncio.timeout(5):
-                while backend.pending_requests:
-                    await asyncio.sleep(0.01)
-            async with asyncio.timeout(5):
-                while backend.status is not BackendStatus.UNHEALTHY:
-                    await asyncio.sleep(0.02)
+            await wait_until(lambda: backend.pending_requests == 0, what="no request in flight")
+            await wait_until(lambda: backend.status is BackendStatus.UNHEALTHY, what="unhealthy")
             assert "timed out" in (backend.last_error or "")
 
 
@@ -188,15 +184,24 @@ async def test_health_status_and_concurrent_probes(tmp_path: Path) -> None:
             assert (await nexus.get("/health"))[1]["status"] == "healthy"
             slow.health_behavior = Behavior.HANG
             before = sum(1 for r in quick.requests if r.path == "/v1/models")
-            await asyncio.sleep(0.6)
-            assert sum(1 for r in quick.requests if r.path == "/v1/models") >= before + 3
-            async with asyncio.timeout(5):
-                while (await nexus.get("/health"))[1]["status"] != "degraded":
-                    await asyncio.sleep(0.05)
+            slow_before = sum(1 for r in slow.requests if r.path == "/v1/models")
+            await wait_until(
+                lambda: sum(1 for r in quick.requests if r.path == "/v1/models") >= before + 3,
+                what="three probes of the quick backend",
+            )
+            # ...all within the hanging probe's 1 s timeout: no second probe of "slow" yet.
+            assert sum(1 for r in slow.requests if r.path == "/v1/models") <= slow_before + 1
+            await wait_until(
+                lambda: status_is(nexus, "degraded"), interval=0.05, what="/health degraded"
+            )
             health = (await nexus.get("/health"))[1]
             assert health["backends"] == {"total": 2, "healthy": 1, "unhealthy": 1}
             assert health["models"] == 1
             await quick.stop()
-            async with asyncio.timeout(5):
-                while (await nexus.get("/health"))[1]["status"] != "unhealthy":
-                    await asyncio.sleep(0.05)
+            await wait_until(
+                lambda: status_is(nexus, "unhealthy"), interval=0.05, what="/health unhealthy"
+            )
+
+
+async def status_is(nexus: Nexus, status: str) -> bool:
+    return bool((await nexus.get("/health"))[1]["status"] == status)

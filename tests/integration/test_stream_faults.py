@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.fakes import Behavior, FakeModel, FakeVLLM
-from tests.helpers import backend_entry, running_nexus
+from tests.helpers import backend_entry, running_nexus, wait_until
 
 BODY = {"model": "qwen", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -46,7 +46,10 @@ async def test_stall_mid_stream_ends_with_one_error_event(tmp_path: Path) -> Non
             assert len(events) == 3 and b"[DONE]" not in events
             error = json.loads(events[-1])["error"]
             assert error["code"] == "backend_timeout" and "stalled" in error["message"]
-            await asyncio.sleep(0.1)
+            await wait_until(
+                lambda: nexus.pending() == {"v": 0} and fake.active_streams == 0,
+                what="counters released and the upstream stream closed",
+            )
             assert nexus.pending() == {"v": 0}
             assert fake.active_streams == 0  # the upstream stream was closed, not leaked
 
@@ -71,9 +74,12 @@ async def test_client_disconnect_cancels_upstream_and_releases_counters(tmp_path
             async for _ in stream:
                 break  # got the first chunk; now walk away
             await stream.close()
-            async with asyncio.timeout(5):
-                while fake.active_streams or nexus.state.in_flight or any(nexus.pending().values()):
-                    await asyncio.sleep(0.02)
+            await wait_until(
+                lambda: not (
+                    fake.active_streams or nexus.state.in_flight or any(nexus.pending().values())
+                ),
+                what="the stream and the counters released",
+            )
             assert fake.cancelled_streams == 1
             assert nexus.pending() == {"v": 0} and nexus.state.in_flight == 0
 
@@ -91,12 +97,11 @@ async def test_client_disconnect_before_first_byte_cancels_upstream(tmp_path: Pa
                 task = asyncio.create_task(
                     s.post(nexus.url + "/v1/chat/completions", json={**BODY, "stream": False})
                 )
-                async with asyncio.timeout(5):
-                    while not fake.chat_requests:
-                        await asyncio.sleep(0.01)
+                await wait_until(lambda: fake.chat_requests, what="the request at the backend")
                 task.cancel()
-            async with asyncio.timeout(5):
-                while (
+            await wait_until(
+                lambda: not (
                     nexus.state.in_flight or any(nexus.pending().values()) or fake.active_requests
-                ):
-                    await asyncio.sleep(0.02)
+                ),
+                what="the request released everywhere",
+            )

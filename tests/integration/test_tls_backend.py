@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import ssl
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import trustme
 from openai import AsyncOpenAI
 
 from tests.fakes import FakeModel, FakeVLLM
-from tests.helpers import backend_entry, spawn_nexus, write_config
+from tests.helpers import backend_entry, spawn_nexus, wait_until, write_config
 
 
 def tls_fake(tmp_path: Path) -> tuple[FakeVLLM, Path]:
@@ -37,12 +38,11 @@ async def chat_status(url: str) -> tuple[int, str]:
 
 
 async def wait_for_model(url: str, model: str) -> None:
-    async with aiohttp.ClientSession() as session, asyncio.timeout(10):
-        while True:
-            async with session.get(url + "/v1/models") as resp:
-                if model in {m["id"] for m in (await resp.json())["data"]}:
-                    return
-            await asyncio.sleep(0.1)
+    async def listed() -> bool:
+        async with aiohttp.ClientSession() as session, session.get(url + "/v1/models") as resp:
+            return model in {m["id"] for m in (await resp.json())["data"]}
+
+    await wait_until(listed, timeout=10, interval=0.1, what=f"{model} in /v1/models")
 
 
 async def test_https_backend_answers_chat_and_streams(tmp_path: Path) -> None:
@@ -69,13 +69,13 @@ async def test_untrusted_certificate_is_a_named_tls_error(tmp_path: Path) -> Non
     async with fake:
         config = write_config(tmp_path, [backend_entry(fake, "secure", "vllm")])
         async with spawn_nexus(config) as nexus, aiohttp.ClientSession() as session:
-            async with asyncio.timeout(10):
-                while True:
-                    async with session.get(nexus.url + "/admin/backends") as resp:
-                        backend = (await resp.json())["backends"][0]
-                    if backend.get("last_error"):
-                        break
-                    await asyncio.sleep(0.1)
+
+            async def failed() -> dict[str, Any] | None:
+                async with session.get(nexus.url + "/admin/backends") as resp:
+                    backend: dict[str, Any] = (await resp.json())["backends"][0]
+                return backend if backend.get("last_error") else None
+
+            backend = await wait_until(failed, timeout=10, interval=0.1, what="a probe error")
     assert "TLS error" in backend["last_error"] and "certificate" in backend["last_error"]
     assert not [r for r in fake.requests if r.path == "/v1/chat/completions"]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 
 from nexus.config import BackendConfig
 from nexus.registry import BackendStatus
-from tests.helpers import Nexus, merge, running_nexus
+from tests.helpers import Nexus, merge, running_nexus, wait_until
 from tests.interop.conftest import (
     MODEL_ALIAS,
     N_CTX,
@@ -47,17 +46,17 @@ async def nexus_for(
 ) -> AsyncIterator[Nexus]:
     merged = merge(SECTIONS, sections)
     async with running_nexus(tmp_path, backends, **merged) as nexus:
-        await wait_for(lambda: all(b.routable for b in nexus.state.registry), 15, nexus)
+        await wait_backends(nexus, lambda: all(b.routable for b in nexus.state.registry), "all routable")
         yield nexus
 
 
-async def wait_for(predicate: Any, timeout: float, nexus: Nexus, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            states = {b.name: (b.status.value, b.last_error) for b in nexus.state.registry}
-            raise AssertionError(f"timed out after {timeout:g}s waiting {what}: {states}")
-        await asyncio.sleep(0.05)
+async def wait_backends(nexus: Nexus, predicate: Any, what: str, timeout: float = 15) -> None:
+    """``wait_until``, naming every backend's state if the wait times out."""
+    try:
+        await wait_until(predicate, timeout=timeout, interval=0.05, what=what)
+    except AssertionError as exc:
+        states = {b.name: (b.status.value, b.last_error) for b in nexus.state.registry}
+        raise AssertionError(f"{exc}: {states}") from None
 
 
 def status_of(nexus: Nexus, name: str) -> BackendStatus:
@@ -340,9 +339,10 @@ async def test_health_state_follows_kill_and_restart(
     health = {"interval_seconds": 0.5, "failure_threshold": 1, "timeout_seconds": 10}
     async with nexus_for(tmp_path, backend_entries(llama_servers), health_check=health) as nexus:
         await asyncio.to_thread(victim.kill)
-        await wait_for(
+        await wait_backends(
+            nexus,
             lambda: status_of(nexus, victim.name) is BackendStatus.UNHEALTHY,
-            15, nexus, "for the killed server to turn unhealthy",
+            "the killed server to turn unhealthy",
         )
         assert status_of(nexus, survivor.name) is BackendStatus.HEALTHY
         _, summary, _ = await nexus.get("/health")
@@ -357,9 +357,10 @@ async def test_health_state_follows_kill_and_restart(
 
         victim.start()  # same port
         await asyncio.to_thread(victim.wait_ready)
-        await wait_for(
+        await wait_backends(
+            nexus,
             lambda: status_of(nexus, victim.name) is BackendStatus.HEALTHY,
-            15, nexus, "for the restarted server to turn healthy again",
+            "the restarted server to turn healthy again",
         )
         _, summary, _ = await nexus.get("/health")
         assert summary["status"] == "healthy"

@@ -10,10 +10,9 @@ refuse to send the bad request itself.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +30,7 @@ from pydantic import BaseModel
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.gemini import FakeGemini, decode_bytes
 from tests.fakes.models import Behavior, FakeModel
+from tests.helpers import wait_until
 
 pytestmark = [
     pytest.mark.timeout(20),
@@ -172,14 +172,6 @@ def genai_client(
 
 def user(text: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": text}]
-
-
-async def wait_for(cond: Callable[[], bool], limit: float = 3.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not cond():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -460,7 +452,7 @@ async def test_anthropic_cut_stream_and_hang(claude: FakeAnthropic) -> None:
     async with anthropic_client(claude, timeout=0.3) as sdk:
         with pytest.raises(anthropic.APITimeoutError):
             await sdk.messages.create(model=CLAUDE, max_tokens=10, messages=user("hi"))
-    await wait_for(lambda: claude.active_requests == 0)  # the fake saw the client leave
+    await wait_until(lambda: claude.active_requests == 0, what="claude.active_requests == 0")  # the fake saw the client leave
 
 
 async def test_anthropic_slow_and_stalled_streams(claude: FakeAnthropic) -> None:
@@ -482,7 +474,7 @@ async def test_anthropic_slow_and_stalled_streams(claude: FakeAnthropic) -> None
                 async for piece in stream.text_stream:
                     pieces.append(piece)
     assert pieces == ["Echo: a "]  # the first of five pieces of eleven words
-    await wait_for(lambda: claude.cancelled_streams == 1)  # the stalled handler saw it go
+    await wait_until(lambda: claude.cancelled_streams == 1, what="claude.cancelled_streams == 1")  # the stalled handler saw it go
 
 
 async def test_anthropic_invalid_json_is_not_parsed(
@@ -877,7 +869,7 @@ async def test_gemini_stalled_stream_times_out(gemini: FakeGemini) -> None:
     finally:
         await sdk.aio.aclose()
     assert texts == ["Echo: a "]
-    await wait_for(lambda: gemini.cancelled_streams == 1)
+    await wait_until(lambda: gemini.cancelled_streams == 1, what="gemini.cancelled_streams == 1")
     assert len(gemini.requests) == 1
 
 

@@ -20,6 +20,7 @@ from tests.fakes import (
     FakeOpenAI,
     FakeVLLM,
 )
+from tests.helpers import wait_until
 
 ALL_KINDS: list[type[FakeBackend]] = [FakeOllama, FakeVLLM, FakeLlamaCpp, FakeLMStudio, FakeOpenAI]
 CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
@@ -37,14 +38,6 @@ def models() -> list[FakeModel]:
         FakeModel("m1", context_length=4096, vision=True),
         FakeModel("emb", embedding=True, tools=False),
     ]
-
-
-async def wait_for(cond: Callable[[], bool], limit: float = 3.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not cond():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 def parse_sse(raw: bytes, sep: bytes = b"\n\n") -> list[str]:
@@ -252,7 +245,7 @@ async def test_cut_stream(session: aiohttp.ClientSession) -> None:
                 async for data in resp.content.iter_any():
                     got += data
         assert len(parse_sse(got)) == 2 and b"[DONE]" not in got
-        await wait_for(lambda: fake.active_streams == 0)
+        await wait_until(lambda: fake.active_streams == 0, what="fake.active_streams == 0")
         assert fake.cancelled_streams == 0
 
 
@@ -264,7 +257,7 @@ async def test_stall_stream_client_goes_away(session: aiohttp.ClientSession) -> 
         assert first.startswith(b"data: ")
         assert fake.active_streams == 1
         resp.close()  # drop the connection
-        await wait_for(lambda: fake.active_streams == 0)
+        await wait_until(lambda: fake.active_streams == 0, what="fake.active_streams == 0")
         assert fake.cancelled_streams == 1
 
 
@@ -276,9 +269,9 @@ async def test_hang_and_stop_closes_connections(session: aiohttp.ClientSession) 
         await session.post(
             fake.url + "/v1/chat/completions", json=CHAT, timeout=aiohttp.ClientTimeout(total=0.3)
         )
-    await wait_for(lambda: fake.active_requests == 0)
+    await wait_until(lambda: fake.active_requests == 0, what="fake.active_requests == 0")
     pending = asyncio.create_task(session.post(fake.url + "/v1/chat/completions", json=CHAT))
-    await wait_for(lambda: fake.active_requests == 1)
+    await wait_until(lambda: fake.active_requests == 1, what="fake.active_requests == 1")
     await asyncio.wait_for(fake.stop(), 2)
     with pytest.raises(aiohttp.ClientError):
         await pending
@@ -325,7 +318,7 @@ async def test_truncated_and_headers_then_stall(session: aiohttp.ClientSession) 
             assert resp.status == 200 and resp.content_type == "text/event-stream"
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(resp.content.read(1), 0.3)
-        await wait_for(lambda: fake.active_streams == 0)
+        await wait_until(lambda: fake.active_streams == 0, what="fake.active_streams == 0")
 
 
 async def test_slow(session: aiohttp.ClientSession) -> None:
