@@ -13,7 +13,7 @@ import pytest
 
 from tests.dashboard.conftest import XSS_MODEL, XSS_NAME, Fleet, chat, receive_until
 from tests.fakes import FakeModel, FakeOllama
-from tests.helpers import backend_entry, running_nexus
+from tests.helpers import backend_entry, running_nexus, wait_until
 
 
 async def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, Any]:
@@ -142,9 +142,10 @@ async def test_ws_status_change_notice(fleet: Fleet) -> None:
     async with aiohttp.ClientSession() as session, session.ws_connect(nexus.url + "/ws") as ws:
         await ws.receive_json(timeout=5)
         hub = nexus.server.app.dashboard.hub
-        async with asyncio.timeout(5):  # the broadcaster has seen both healthy once
-            while [v["status"] for v in hub.backends.values()] != ["healthy"] * 2:
-                await asyncio.sleep(0.02)
+        await wait_until(
+            lambda: [v["status"] for v in hub.backends.values()] == ["healthy"] * 2,
+            what="the broadcaster has seen both healthy once",
+        )
         await fleet.vllm.stop()
         notices: list[dict[str, Any]] = []
         changed: list[dict[str, Any]] = []
@@ -183,9 +184,7 @@ async def test_many_viewers_never_delay_requests(fleet: Fleet) -> None:
                     got[i].update(e["seq"] for e in msg.json().get("history", []))
 
         tasks = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(readers)]
-        async with asyncio.timeout(5):
-            while len(hub.viewers) < 50:
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: len(hub.viewers) >= 50, what="50 viewers")
         # Some viewers drop dead without a close frame.
         for ws in sockets[45:]:
             transport = ws._response.connection.transport  # type: ignore[union-attr]
@@ -196,18 +195,19 @@ async def test_many_viewers_never_delay_requests(fleet: Fleet) -> None:
         )
         elapsed = time.perf_counter() - started
         assert elapsed < 15  # they all completed (generous: this is no benchmark)
-        async with asyncio.timeout(10):
-            while not all(len(g) >= 40 for g in got):
-                await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: all(len(g) >= 40 for g in got),
+            timeout=10,
+            interval=0.05,
+            what="every reader saw the 40 requests",
+        )
         assert hub.seq == 40
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for ws in sockets[:45]:
             await ws.close()
-    async with asyncio.timeout(5):
-        while hub.viewers:
-            await asyncio.sleep(0.02)
+    await wait_until(lambda: not hub.viewers, what="every viewer gone")
 
 
 async def test_shutdown_closes_viewers_promptly(tmp_path: Any) -> None:

@@ -16,6 +16,7 @@ from tests.helpers import (
     nexus_cli,
     spawn_nexus,
     spawn_nexus_without_config,
+    wait_until,
     write_config,
 )
 
@@ -71,7 +72,7 @@ async def test_admin_commands_show_the_running_server(tmp_path: Path) -> None:
                                          backend_entry(vllm, "gpu-server", "vllm")])
         async with spawn_nexus(config) as nexus:
             env = {"NEXUS_URL": nexus.url}
-            await asyncio.sleep(0.3)  # first probes
+            await nexus.wait_healthy(backends=2)  # first probes
             code, out, _ = await nexus_cli("backends", env=env)
             assert code == 0
             assert "local-ollama" in out and "gpu-server" in out and "vLLM" in out and "Healthy" in out
@@ -119,13 +120,17 @@ async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
         config = write_config(tmp_path, [backend_entry(fake, "v", "vllm")],
                               server={"host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 60})
         async with spawn_nexus(config) as nexus:
-            await asyncio.sleep(0.3)
+            await nexus.wait_healthy(backends=1)
             async with aiohttp.ClientSession() as s:
                 task = asyncio.create_task(s.post(nexus.url + "/v1/chat/completions",
                                                   json={"model": "qwen", "messages": [{"role": "user", "content": "x"}]}))
-                await asyncio.sleep(0.3)
+                await wait_until(lambda: fake.chat_requests, what="the request at the backend")
                 nexus.proc.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.3)
+                await wait_until(
+                    lambda: any("shutting down" in line for line in nexus.lines),
+                    what="the first signal handled",
+                )
+                await asyncio.sleep(0.3)  # a while later: still
                 assert nexus.proc.returncode is None  # draining, waiting on the hung request
                 nexus.proc.send_signal(signal.SIGINT)
                 async with asyncio.timeout(5):
@@ -146,7 +151,7 @@ async def test_zero_config_first_run_finds_local_ollama(tmp_path: Path, monkeypa
         monkeypatch.chdir(tmp_path)
         env = {"NEXUS_HOST": "127.0.0.1", "NEXUS_PORT": "0", "NEXUS_DISCOVERY": "false"}
         async with spawn_nexus_without_config(tmp_path, env) as nexus:
-            await asyncio.sleep(0.5)
+            await nexus.wait_healthy(backends=1)
             code, out, _ = await nexus_cli("backends", "--json", env={"NEXUS_URL": nexus.url})
             assert code == 0
             (backend,) = json.loads(out)

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.fakes import Behavior, FakeModel, FakeVLLM
-from tests.helpers import Nexus, backend_entry, running_nexus
+from tests.helpers import Nexus, backend_entry, running_nexus, wait_until
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -134,9 +134,10 @@ async def test_no_healthy_backend_is_503(tmp_path: Path) -> None:
 
 
 async def wait_status(nexus: Nexus, status: str) -> None:
-    async with asyncio.timeout(5):
-        while {b.status.value for b in nexus.state.registry} != {status}:
-            await asyncio.sleep(0.02)
+    await wait_until(
+        lambda: {b.status.value for b in nexus.state.registry} == {status},
+        what=f"every backend {status}",
+    )
 
 
 async def test_unreachable_backend_is_502(tmp_path: Path) -> None:
@@ -211,9 +212,7 @@ async def test_max_concurrent_requests_gives_fast_503(tmp_path: Path) -> None:
         ) as nexus:
             body = {"model": "qwen", "messages": MSG}
             slow = [asyncio.create_task(nexus.post("/v1/chat/completions", body)) for _ in range(2)]
-            async with asyncio.timeout(5):
-                while nexus.state.in_flight < 2:
-                    await asyncio.sleep(0.01)
+            await wait_until(lambda: nexus.state.in_flight >= 2, what="two requests in flight")
             status, reply, headers = await nexus.post("/v1/chat/completions", body)
             assert status == 503 and headers["Retry-After"]
             assert assert_openai_error(reply)["code"] == "overloaded"

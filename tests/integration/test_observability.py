@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from pathlib import Path
@@ -126,7 +125,7 @@ async def run_and_collect(tmp_path: Path, logging_cfg: dict[str, object], *args:
                                          backend_entry(b, "second", "vllm", priority=2)],
                               logging=logging_cfg)
         async with spawn_nexus(config, *args) as nexus:
-            await asyncio.sleep(0.3)
+            await nexus.wait_healthy(backends=2)
             secret = [{"role": "user", "content": SECRET}]
             async with aiohttp.ClientSession() as s:
                 for stream in (False, True):
@@ -136,8 +135,7 @@ async def run_and_collect(tmp_path: Path, logging_cfg: dict[str, object], *args:
                                                "Authorization": "Bearer sk-very-secret"}) as r:
                         assert r.status == 200
                         await r.read()
-            await asyncio.sleep(0.2)
-            await nexus.stop()
+            await nexus.stop()  # flushes the log; stop() reads stderr to its end
             return list(nexus.lines)
 
 

@@ -25,6 +25,7 @@ from nexus.transport.errors import (
 )
 from nexus.transport.http1 import HIGH_WATER
 from nexus.transport.pool import Pool, parse_origin
+from tests.helpers import wait_until
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -184,7 +185,8 @@ async def test_stream_released_after_its_last_event_keeps_the_connection() -> No
         for _ in range(2):
             resp = await pool.post(script.url, "/v1/chat/completions", b"{}", {})
             assert await resp.read_chunk(2.0) == b"data: [DONE]\n\n"
-            await asyncio.sleep(0.2)  # the terminator is in our buffer, unread
+            # The terminator arrives and waits in our buffer, unread.
+            await wait_until(lambda r=resp: r.conn.complete, what="the chunked terminator")
             resp.release()
     assert script.connections == 1
     pool.close()
@@ -344,10 +346,7 @@ async def test_slow_reader_pauses_the_backend_socket_and_loses_nothing() -> None
     pool = Pool(2.0, 2.0)
     async with scripted(flood) as script:
         resp = await pool.post(script.url, "/v1/chat/completions", b"{}", {})
-        for _ in range(200):  # let the backend fill our buffer
-            await asyncio.sleep(0.01)
-            if resp.conn.paused:
-                break
+        await wait_until(lambda: resp.conn.paused, what="the backend filling our buffer")
         assert resp.conn.paused
         assert len(resp.conn.buf) <= 2 * HIGH_WATER  # bounded, not the whole body
         body = b""
@@ -379,9 +378,8 @@ async def test_connections_idle_too_long_are_closed(monkeypatch: pytest.MonkeyPa
         assert burst.connections == 3 and len(burst.open) == 3
         await asyncio.sleep(0.3)
         await post(pool, other.url)  # giving a connection back sweeps the pool
-        async with asyncio.timeout(2):
-            while burst.open:  # each handler ends when Nexus closes its connection
-                await asyncio.sleep(0.01)
+        # Each handler ends when Nexus closes its connection.
+        await wait_until(lambda: not burst.open, what="the idle connections closed")
         assert len(other.open) == 1  # the fresh one stays
     pool.close()
 

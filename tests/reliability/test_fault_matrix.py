@@ -12,7 +12,7 @@ import pytest
 from multidict import CIMultiDict
 
 from tests.fakes import Behavior, FakeModel, FakeVLLM
-from tests.helpers import Nexus, backend_entry, running_nexus
+from tests.helpers import Nexus, backend_entry, running_nexus, wait_until
 
 MSG = [{"role": "user", "content": "hi"}]
 SERVER = {"request_timeout_seconds": 0.6, "stream_idle_timeout_seconds": 0.6}
@@ -65,9 +65,10 @@ def entry(fake: FakeVLLM, name: str, fault: str, priority: int) -> dict[str, Any
 
 
 async def settle_counters(nexus: Nexus) -> None:
-    async with asyncio.timeout(5):
-        while nexus.state.in_flight or any(nexus.pending().values()):
-            await asyncio.sleep(0.02)
+    await wait_until(
+        lambda: not (nexus.state.in_flight or any(nexus.pending().values())),
+        what="no request in flight",
+    )
 
 
 async def still_serving(nexus: Nexus, good: FakeVLLM | None) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.fakes import Behavior, FakeModel, FakeVLLM
-from tests.helpers import backend_entry, running_nexus, spawn_nexus, write_config
+from tests.helpers import backend_entry, running_nexus, spawn_nexus, wait_until, write_config
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -48,7 +48,7 @@ async def test_sigterm_under_load_drains_everything_and_exits_zero(tmp_path: Pat
         config = write_config(tmp_path, [backend_entry(fake, "v", "vllm")],
                               server={"host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 15})
         async with spawn_nexus(config) as nexus:
-            await asyncio.sleep(0.3)
+            await nexus.wait_healthy(backends=1)
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
 
                 async def one(stream: bool) -> tuple[int, bytes]:
@@ -56,9 +56,12 @@ async def test_sigterm_under_load_drains_everything_and_exits_zero(tmp_path: Pat
                         return r.status, await r.read()
 
                 in_flight = [asyncio.create_task(one(i % 2 == 0)) for i in range(40)]
-                await asyncio.sleep(0.4)  # all 40 are with the backend now
+                await wait_until(lambda: len(fake.chat_requests) == 40, what="all 40 at the backend")
                 nexus.proc.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.1)
+                await wait_until(
+                    lambda: any("shutting down" in line for line in nexus.lines),
+                    what="the signal handled",
+                )
                 async with s.post(nexus.url + "/v1/chat/completions", json=BODY) as late:
                     assert late.status == 503 and late.headers["Retry-After"]
                     assert (await late.json())["error"]["code"] == "shutting_down"
@@ -80,13 +83,8 @@ async def test_streams_cut_by_the_grace_period_get_an_error_event_and_their_own_
                               server={"host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 0.5},
                               logging={"format": "json"})
         async with spawn_nexus(config) as nexus:
+            await nexus.wait_healthy(backends=1)  # the backend's first probe is in
             async with aiohttp.ClientSession() as s:
-                async with asyncio.timeout(10):
-                    while True:  # until the backend's first probe is in
-                        async with s.get(nexus.url + "/health") as h:
-                            if (await h.json())["status"] == "healthy":
-                                break
-                        await asyncio.sleep(0.05)
                 async with s.post(nexus.url + "/v1/chat/completions", json={**BODY, "stream": True}) as r:
                     assert r.status == 200
                     first = await r.content.readuntil(b"\n\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 from aiohttp import web
 
 from tests.fakes import FakeModel, FakeVLLM
-from tests.helpers import backend_entry, running_nexus
+from tests.helpers import backend_entry, running_nexus, wait_until
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -108,9 +108,13 @@ async def test_reader_that_never_reads_is_dropped_and_upstream_released(tmp_path
             sock.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                       b"Content-Length: %d\r\n\r\n" % len(payload) + payload)
             # Never read. Nexus must give up on us and close the upstream stream.
-            async with asyncio.timeout(20):
-                while not upstream.ended_by_peer or nexus.state.in_flight or any(nexus.pending().values()):
-                    await asyncio.sleep(0.05)
+            await wait_until(
+                lambda: upstream.ended_by_peer
+                and not (nexus.state.in_flight or any(nexus.pending().values())),
+                timeout=20,
+                interval=0.05,
+                what="the reader dropped and the upstream stream closed",
+            )
             assert upstream.active == 0
             text = nexus.state.metrics.exposition().decode()
             assert 'nexus_errors_total{type="client_disconnected"} 1.0' in text
