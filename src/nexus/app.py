@@ -50,6 +50,7 @@ def initial_backends(config: Config) -> list[Backend]:
             priority=b.priority,
             api_key_env=b.api_key_env,
             context_length=b.context_length or None,
+            max_concurrent=b.max_concurrent or None,
             tls=TLS(verify=b.tls_verify, ca_file=b.ca_file),
             discovery_source=DiscoverySource.STATIC,
         )

@@ -155,6 +155,13 @@ class BackendConfig:
         "(llama-cpp-python reports none; Ollama reports the trained one). 0: as probed.",
         min=0,
     )
+    max_concurrent: int = setting(
+        0,
+        "Requests this backend serves at once (its slots); beyond that it is busy and gets "
+        "no more while another backend has room. 0: what it reports (llama.cpp /props "
+        "total_slots), else unlimited.",
+        min=0,
+    )
     tls_verify: bool = setting(
         True,
         "Check the backend's https certificate. Turn off only for a self-signed box you "

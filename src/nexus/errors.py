@@ -52,9 +52,13 @@ class NexusError(Exception):
         code: str | None = None,
         headers: Mapping[str, str] | None = None,
         context: Mapping[str, object] | None = None,
+        logged: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        # What the request log and the dashboard keep: the message without any text quoted
+        # from a backend (a backend's validation error may echo the prompt it was sent).
+        self.logged = message if logged is None else logged
         self.param = param
         if code is not None:
             self.code = code
@@ -179,8 +183,10 @@ class BackendRefused(BackendBadResponse):
     """A backend answered 500/501: maybe its fault, maybe the request's (decided when the
     next backend answers the same request)."""
 
-    def __init__(self, message: str, *, upstream_status: int, upstream_text: str) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, upstream_status: int, upstream_text: str, logged: str
+    ) -> None:
+        super().__init__(message, logged=logged)
         self.upstream_status = upstream_status
         self.upstream_text = upstream_text
 

@@ -109,7 +109,9 @@ class HealthChecker:
         adapter = self.adapters.get(backend.type) or self.adapters["generic"]
         started = time.perf_counter()
         try:
-            models = await adapter.probe(self.client, backend)
+            listing = await adapter.probe(self.client, backend)
+            models = listing.models
+            backend.reported_slots = listing.slots
             if backend.context_length:
                 # replace, never mutate: adapters may cache and share Model objects
                 models = [

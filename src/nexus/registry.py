@@ -136,6 +136,8 @@ class Backend:
     api_key_env: str = ""
     context_length: int | None = None  # configured: overrides the probed one
     tls: TLS | None = None  # certificate policy for https (None: verify with system CAs)
+    max_concurrent: int | None = None  # configured capacity (requests served at once)
+    reported_slots: int | None = None  # what its last probe said (llama.cpp total_slots)
     id: str = ""
     status: BackendStatus = BackendStatus.UNKNOWN
     last_health_check: float | None = None
@@ -160,6 +162,17 @@ class Backend:
     def routable(self) -> bool:
         return self.status is BackendStatus.HEALTHY
 
+    @property
+    def capacity(self) -> int | None:
+        """Requests it serves at once: configured, else reported, else unknown (None)."""
+        return self.max_concurrent or self.reported_slots
+
+    @property
+    def busy(self) -> bool:
+        """At capacity: another request would only wait in the backend's own queue."""
+        capacity = self.max_concurrent or self.reported_slots
+        return capacity is not None and self.pending_requests >= capacity
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -172,6 +185,7 @@ class Backend:
             "last_health_check": self.last_health_check,
             "last_error": self.last_error,
             "pending_requests": self.pending_requests,
+            "capacity": self.capacity,
             "total_requests": self.total_requests,
             "failed_requests": self.failed_requests,
             "avg_latency_ms": round(self.avg_latency_ms, 3),

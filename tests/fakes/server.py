@@ -66,6 +66,7 @@ class FakeServer:
         self.health_behavior: Behavior = Behavior.OK
         self.cut_after: int = 2
         self.delay: float = 0.5
+        self.error_message: str | None = None  # what ERROR_* answers say (default: generic)
         self.requests: list[ReceivedRequest] = []
         self.active_streams = 0
         self.cancelled_streams = 0
@@ -226,7 +227,8 @@ class FakeServer:
             return web.Response(body=b"{not json", content_type="application/json")
         status = behavior.error_status or 500
         headers = {"Retry-After": "7"} if status == 429 else None
-        resp = self.error_response(status, f"fake {self.kind} error {status}", native=native)
+        message = self.error_message or f"fake {self.kind} error {status}"
+        resp = self.error_response(status, message, native=native)
         if headers:
             resp.headers.update(headers)
         return resp

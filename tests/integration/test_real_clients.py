@@ -5,6 +5,7 @@ llama.cpp servers."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -159,3 +160,69 @@ async def test_unknown_endpoints_are_named_logged_and_counted(
         assert 'nexus_unknown_endpoint_total{method="GET"} 1.0' in text
         assert 'nexus_unknown_endpoint_total{method="POST"} 1.0' in text
         assert "secret" not in text and not any("secret" in r.getMessage() for r in caplog.records)
+
+
+async def test_single_slot_backends_share_a_burst_whatever_their_priorities(tmp_path: Path) -> None:
+    # Two llama.cpp servers with one slot each (/props total_slots = 1): four concurrent
+    # chats used to all go to the preferred one and wait in its single slot.
+    from tests.fakes import FakeLlamaCpp
+
+    async with FakeLlamaCpp([FakeModel("m")]) as first, FakeLlamaCpp([FakeModel("m")]) as second:
+        for fake in (first, second):
+            fake.chat_behavior, fake.delay = Behavior.SLOW, 0.5
+        backends = [
+            backend_entry(first, "first", "llamacpp", priority=10),
+            backend_entry(second, "second", "llamacpp", priority=20),
+        ]
+        async with running_nexus(tmp_path, backends) as nexus:
+            assert nexus.state.registry.find("first").capacity == 1  # type: ignore[union-attr]
+            replies = await asyncio.gather(
+                *(
+                    nexus.client.chat.completions.with_raw_response.create(model="m", messages=MSG)  # type: ignore[arg-type]
+                    for _ in range(4)
+                )
+            )
+            served = sorted(r.headers["X-Nexus-Backend"] for r in replies)
+            assert served == ["first", "first", "second", "second"]
+
+
+async def test_configured_max_concurrent_wins_over_what_is_reported(tmp_path: Path) -> None:
+    async with FakeVLLM([FakeModel("m")]) as small, FakeVLLM([FakeModel("m")]) as big:
+        for fake in (small, big):
+            fake.chat_behavior, fake.delay = Behavior.SLOW, 0.5
+        backends = [
+            backend_entry(small, "small", "vllm", priority=1, max_concurrent=1),
+            backend_entry(big, "big", "vllm", priority=90),
+        ]
+        async with running_nexus(tmp_path, backends) as nexus:
+            replies = await asyncio.gather(
+                *(
+                    nexus.client.chat.completions.with_raw_response.create(model="m", messages=MSG)  # type: ignore[arg-type]
+                    for _ in range(3)
+                )
+            )
+            served = sorted(r.headers["X-Nexus-Backend"] for r in replies)
+            assert served == ["big", "big", "small"]
+
+
+async def test_a_backend_error_that_echoes_the_prompt_reaches_the_client_but_not_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # llama-cpp-python's validation errors quote the input they refused.
+    caplog.set_level(logging.INFO, logger="nexus")
+    async with FakeVLLM([FakeModel("m")]) as one, FakeVLLM([FakeModel("m")]) as two:
+        for fake in (one, two):
+            fake.chat_behavior = Behavior.ERROR_500
+            fake.error_message = "invalid input: SECRET-PROMPT-TEXT"
+        backends = [backend_entry(one, "one", "vllm"), backend_entry(two, "two", "vllm")]
+        async with running_nexus(tmp_path, backends) as nexus:
+            status, body, _ = await nexus.post(
+                "/v1/chat/completions", {"model": "m", "messages": MSG}
+            )
+            assert status == 400 and "SECRET-PROMPT-TEXT" in body["error"]["message"]
+            nexus.state.recorder.flush()
+            snapshot = nexus.server.app.dashboard.hub.snapshot()
+    logged = [r.getMessage() + str(getattr(r, "request", "")) for r in caplog.records]
+    assert any(r.name == "nexus.request" for r in caplog.records)
+    assert not any("SECRET-PROMPT-TEXT" in line for line in logged)
+    assert "SECRET-PROMPT-TEXT" not in str(snapshot)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nexus.backends.base import Adapter, ProbeClient, ProbeError
+from nexus.backends.base import Adapter, Listing, ProbeClient, ProbeError
 from nexus.backends.ollama import OllamaAdapter
 from nexus.backends.openai_compat import LlamaCppAdapter, LMStudioAdapter, OpenAICompatAdapter
 from nexus.registry import Backend
@@ -46,6 +46,7 @@ async def detect_type(client: ProbeClient, backend: Backend) -> str:
 __all__ = [
     "Adapter",
     "Backend",
+    "Listing",
     "ProbeClient",
     "ProbeError",
     "detect_type",

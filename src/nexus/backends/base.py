@@ -9,6 +9,7 @@ listings reveal (context length, capabilities). A probe returns the models or ra
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -22,8 +23,17 @@ class ProbeError(Exception):
     """A probe failed; ``str(exc)`` names why (DNS, refused, TLS, timeout, HTTP status...)."""
 
 
+@dataclass(slots=True)
+class Listing:
+    """What a probe learned: the models served, and how many requests the backend says it
+    serves at once (llama.cpp's slots), when it says."""
+
+    models: list[Model]
+    slots: int | None = None
+
+
 class Adapter(Protocol):
-    async def probe(self, client: ProbeClient, backend: Backend) -> list[Model]:
+    async def probe(self, client: ProbeClient, backend: Backend) -> Listing:
         """Ask the backend what it serves. Raises ProbeError when it is not usable."""
         ...
 

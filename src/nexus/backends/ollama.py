@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from nexus.backends.base import ProbeClient, ProbeError, as_int, require_list
+from nexus.backends.base import Listing, ProbeClient, ProbeError, as_int, require_list
 from nexus.registry import Backend, Model
 
 
@@ -18,11 +18,11 @@ class OllamaAdapter:
         # (model name, digest) -> Model, shared by every Ollama backend: same digest, same model.
         self._show_cache: dict[tuple[str, str], Model] = {}
 
-    async def probe(self, client: ProbeClient, backend: Backend) -> list[Model]:
+    async def probe(self, client: ProbeClient, backend: Backend) -> Listing:
         tags = await client.fetch(backend, "GET", "/api/tags")
         entries = [e for e in require_list(tags, "models", "/api/tags") if isinstance(e, dict)]
         shows = await asyncio.gather(*(self._model(client, backend, entry) for entry in entries))
-        return [m for m in shows if m is not None]
+        return Listing([m for m in shows if m is not None])
 
     async def _model(
         self, client: ProbeClient, backend: Backend, entry: dict[str, Any]

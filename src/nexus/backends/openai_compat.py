@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nexus.backends.base import ProbeClient, ProbeError, as_int, require_list
+from nexus.backends.base import Listing, ProbeClient, ProbeError, as_int, require_list
 from nexus.registry import Backend, Model
 
 CONTEXT_KEYS = ("max_model_len", "context_length", "context_window", "max_context_length")
@@ -38,8 +38,8 @@ def parse_openai_models(payload: Any, default_context: int | None = None) -> lis
 class OpenAICompatAdapter:
     """vLLM, exo, generic: everything is in ``/v1/models``."""
 
-    async def probe(self, client: ProbeClient, backend: Backend) -> list[Model]:
-        return parse_openai_models(await client.fetch(backend, "GET", "/v1/models"))
+    async def probe(self, client: ProbeClient, backend: Backend) -> Listing:
+        return Listing(parse_openai_models(await client.fetch(backend, "GET", "/v1/models")))
 
 
 class LlamaCppAdapter:
@@ -47,15 +47,18 @@ class LlamaCppAdapter:
 
     ``/health`` answers 503 while the model loads; llama-cpp-python has no ``/health`` at
     all (404), so a 404 there falls through to ``/v1/models``. ``/props`` gives the context
-    the server actually runs with, which beats the training context in ``/v1/models``.
+    the server actually runs with, which beats the training context in ``/v1/models``, and
+    ``total_slots``: how many requests it generates for at once (more wait in its queue).
     """
 
-    async def probe(self, client: ProbeClient, backend: Backend) -> list[Model]:
+    async def probe(self, client: ProbeClient, backend: Backend) -> Listing:
         await client.fetch(backend, "GET", "/health", allow_404=True)
         props = await client.fetch(backend, "GET", "/props", allow_404=True)
         n_ctx: int | None = None
         vision: bool | None = None
+        slots: int | None = None
         if isinstance(props, dict):
+            slots = as_int(props.get("total_slots"))
             settings = props.get("default_generation_settings")
             if isinstance(settings, dict):
                 n_ctx = as_int(settings.get("n_ctx"))
@@ -66,13 +69,13 @@ class LlamaCppAdapter:
         models = parse_openai_models(await client.fetch(backend, "GET", "/v1/models"), n_ctx)
         for model in models:
             model.supports_vision = vision
-        return models
+        return Listing(models, slots)
 
 
 class LMStudioAdapter:
     """LM Studio's ``/api/v0/models`` tells type (llm, vlm, embeddings) and context."""
 
-    async def probe(self, client: ProbeClient, backend: Backend) -> list[Model]:
+    async def probe(self, client: ProbeClient, backend: Backend) -> Listing:
         payload = await client.fetch(backend, "GET", "/api/v0/models", allow_404=True)
         if payload is None:
             return await OpenAICompatAdapter().probe(client, backend)
@@ -93,7 +96,7 @@ class LMStudioAdapter:
                     supports_embeddings=embeddings if kind else None,
                 )
             )
-        return models
+        return Listing(models)
 
 
 __all__ = ["LMStudioAdapter", "LlamaCppAdapter", "OpenAICompatAdapter", "ProbeError"]

@@ -96,7 +96,7 @@ class Forwarder:
             try:
                 result = await self._attempt(ex, route)
             except BackendRefused as exc:
-                record.failures.append(f"{route.backend.name}: {exc.message}")
+                record.failures.append(f"{route.backend.name}: {exc.logged}")
                 if suspect is not None:
                     raise refused(suspect[1], route, exc) from None
                 suspect, last = (route, exc), exc
@@ -179,18 +179,18 @@ class Forwarder:
         status, name = answer.status, route.backend.name
         if status >= 300:
             text = await self._read(ex.record, answer, route, sent, MAX_ERROR_BODY)
+            core = f"backend '{name}' answered HTTP {status}"
             if status in REFUSING_STATUSES:
-                message = upstream_message(text) or upstream_text(text)
+                quoted = upstream_message(text) or upstream_text(text)
                 raise BackendRefused(
-                    f"backend '{name}' answered HTTP {status}{message}",
+                    core + quoted,
                     upstream_status=status,
-                    upstream_text=message.removeprefix(": "),
+                    upstream_text=quoted.removeprefix(": "),
+                    logged=core,
                 )
             if status >= 500 or status < 400:
-                why = " (redirects are not followed)" if status < 400 else ""
-                raise BackendBadResponse(
-                    f"backend '{name}' answered HTTP {status}{why}{upstream_message(text)}"
-                )
+                core += " (redirects are not followed)" if status < 400 else ""
+                raise BackendBadResponse(core + upstream_message(text), logged=core)
             return self._client_error(ex, route, answer, text)
         if ex.requirements.stream and answer.content_type == "text/event-stream":
             return await self._stream(ex, route, answer, sent)
@@ -280,13 +280,13 @@ class Forwarder:
 
     def failed(self, route: Route, error: NexusError, record: RequestRecord) -> None:
         """An attempt failed: note why, and blame the backend."""
-        record.failures.append(f"{route.backend.name}: {error.message}")
+        record.failures.append(f"{route.backend.name}: {error.logged}")
         self.blame(route, error)
 
     def blame(self, route: Route, error: NexusError) -> None:
         """Penalise the backend now (routing avoids it) and ask for a probe soon."""
         backend = route.backend
-        self.registry.penalize(backend, self.penalty, error.message)
+        self.registry.penalize(backend, self.penalty, error.logged)
         self.quality.failure(route.model, backend.name)
         self.health.check_soon(backend)
 
@@ -316,7 +316,7 @@ def exhausted(
         error: NexusError = NoHealthyBackend(f"{router_error.message}; tried anyway: {failures}")
     elif len(record.failures) > 1:
         error = copy.copy(last)
-        error.message = f"every backend tried failed: {failures}"
+        error.message = error.logged = f"every backend tried failed: {failures}"
     else:
         error = last
     error.headers["X-Nexus-Backend"] = record.backend
@@ -327,11 +327,15 @@ def refused(first: BackendRefused, route: Route, second: BackendRefused) -> Requ
     """Two backends refused the same request with a 500: the request's fault."""
     status = second.upstream_status
     text = second.upstream_text or first.upstream_text
-    return RequestRefused(
+    core = (
         f"the request was refused by two backends (the last, '{route.backend.name}', "
-        f"answered HTTP {status}){': ' + text if text else ''}",
+        f"answered HTTP {status})"
+    )
+    return RequestRefused(
+        core + (f": {text}" if text else ""),
         context={"upstream_status": status},
         headers={"X-Nexus-Backend": route.backend.name},
+        logged=core,
     )
 
 

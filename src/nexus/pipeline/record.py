@@ -56,4 +56,4 @@ def settle(record: RequestRecord, outcome: Outcome) -> None:
 
 def _error(record: RequestRecord, error: NexusError) -> None:
     record.error_type = error.code or error.type
-    record.error = error.message
+    record.error = error.logged

@@ -70,6 +70,19 @@ def smart_score(backend: Backend, weights: WeightsConfig, error_rate: float = 0.
     return score
 
 
+def with_room(pool: list[Backend]) -> list[Backend]:
+    """The backends that can start the request now. A backend at capacity would only queue
+    it behind its own slots, so one with room serves it, whatever their priorities; when
+    all are full, those with the shortest queue (requests beyond capacity) share it."""
+    overflow = [
+        b.pending_requests - c if (c := b.max_concurrent or b.reported_slots) else -1 for b in pool
+    ]
+    least = min(overflow)
+    if least < 0:
+        return [b for b, over in zip(pool, overflow, strict=True) if over < 0]
+    return [b for b, over in zip(pool, overflow, strict=True) if over == least]
+
+
 def unmet(model: Model, req: Requirements) -> str | None:
     """Why ``model`` cannot serve ``req``, or None. Unknown capabilities (None) pass."""
     if req.embeddings:
@@ -146,11 +159,13 @@ class Router:
             candidates = self._candidates(plan, model, holders, req)
             if not candidates:
                 continue
-            fresh = [b for b in candidates if b.penalized_until <= now] or candidates
-            # Any LAN device can announce itself by mDNS: a discovered backend serves a
-            # model only when no configured one can (docs/security.md).
-            trusted = [b for b in fresh if b.discovery_source is not MDNS]
-            backend = self._pick(trusted or fresh, model)
+            pool = [b for b in candidates if b.penalized_until <= now] or candidates
+            if len(pool) > 1:
+                pool = with_room(pool)
+                # Any LAN device can announce itself by mDNS: a discovered backend serves a
+                # model only when no configured one can (docs/security.md).
+                pool = [b for b in pool if b.discovery_source is not MDNS] or pool
+            backend = self._pick(pool, model)
             plan.tried.add((backend.id, model))
             if index > 0:
                 log.warning(
