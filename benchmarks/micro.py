@@ -101,8 +101,12 @@ def metrics(ops: int = 5000, batches: int = 7) -> dict[str, Any]:
 
 
 def sse_events(count: int = 100) -> list[bytes]:
-    base = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1,
-            "model": "bench-model"}
+    base = {
+        "id": "chatcmpl-x",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "bench-model",
+    }
     out = []
     for i in range(count):
         choice = {"index": 0, "delta": {"content": f" tok{i}"}, "finish_reason": None}

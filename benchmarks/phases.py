@@ -31,8 +31,16 @@ def _target(value: Any) -> Any:
 
 async def latency(targets: list[Target], cfg: Settings) -> dict[str, Any]:
     raw = await run_json(
-        [*LOADGEN, _spec(mode="latency", targets=targets, n=cfg.latency_n,
-                         warmup=cfg.latency_warmup, body=cfg.chat_body)],
+        [
+            *LOADGEN,
+            _spec(
+                mode="latency",
+                targets=targets,
+                n=cfg.latency_n,
+                warmup=cfg.latency_warmup,
+                body=cfg.chat_body,
+            ),
+        ],
         timeout=600,
     )
     per = {}
@@ -60,8 +68,14 @@ async def _one_throughput(
 ) -> dict[str, Any]:
     if use_wrk:
         return await wrk.throughput(target, cfg.chat_body, conns, seconds)
-    spec = _spec(mode="throughput", target=target, conns=conns, duration=seconds,
-                 warmup=0.3, body=cfg.chat_body)
+    spec = _spec(
+        mode="throughput",
+        target=target,
+        conns=conns,
+        duration=seconds,
+        warmup=0.3,
+        body=cfg.chat_body,
+    )
     result: dict[str, Any] = await run_json([*LOADGEN, spec], timeout=seconds + 60)
     return result
 
@@ -97,8 +111,11 @@ async def throughput(
                 runs[conns][target.name].append(
                     await _measured(target, cfg, conns, use_wrk, pids.get(target.name))
                 )
-    out: dict[str, Any] = {"driver": "wrk" if use_wrk else "python",
-                           "seconds": cfg.throughput_seconds, "reps": cfg.throughput_reps}
+    out: dict[str, Any] = {
+        "driver": "wrk" if use_wrk else "python",
+        "seconds": cfg.throughput_seconds,
+        "reps": cfg.throughput_reps,
+    }
     for conns, per in runs.items():
         out[str(conns)] = {
             name: {
@@ -107,8 +124,10 @@ async def throughput(
                 "cpu_us_per_request": _median_of(rs, "cpu_us_per_request"),
                 "p50_us": statistics.median(r["p50_us"] or 0 for r in rs),
                 "p99_us": statistics.median(r["p99_us"] or 0 for r in rs),
-                "errors": {"count": sum(r["errors"]["count"] for r in rs),
-                           "samples": [s for r in rs for s in r["errors"]["samples"]][:5]},
+                "errors": {
+                    "count": sum(r["errors"]["count"] for r in rs),
+                    "samples": [s for r in rs for s in r["errors"]["samples"]][:5],
+                },
             }
             for name, rs in per.items()
         }
@@ -122,9 +141,17 @@ def _median_of(runs: list[dict[str, Any]], key: str) -> float | None:
 
 async def streaming(targets: list[Target], cfg: Settings, model: str, n: int) -> dict[str, Any]:
     raw = await run_json(
-        [*LOADGEN, _spec(mode="stream", targets=targets, n=n,
-                         warmup=cfg.stream_warmup, chunks=cfg.stream_chunks,
-                         body=cfg.stream_body(model))],
+        [
+            *LOADGEN,
+            _spec(
+                mode="stream",
+                targets=targets,
+                n=n,
+                warmup=cfg.stream_warmup,
+                chunks=cfg.stream_chunks,
+                body=cfg.stream_body(model),
+            ),
+        ],
         timeout=600,
     )
     per = {}
@@ -132,8 +159,10 @@ async def streaming(targets: list[Target], cfg: Settings, model: str, n: int) ->
         first, last = report.summary(data["ttfc_us"]), report.summary(data["ttlc_us"])
         per[name] = {
             "n": first["n"],
-            "ttfc_p50_us": first["p50_us"], "ttfc_p99_us": first["p99_us"],
-            "ttlc_p50_us": last["p50_us"], "ttlc_p99_us": last["p99_us"],
+            "ttfc_p50_us": first["p50_us"],
+            "ttfc_p99_us": first["p99_us"],
+            "ttlc_p50_us": last["p50_us"],
+            "ttlc_p99_us": last["p99_us"],
             "errors": data["errors"],
         }
     added = {}
@@ -154,12 +183,22 @@ async def hold(target: Target, proc: Proc, cfg: Settings) -> dict[str, Any]:
     """``hold_conns`` slow streams open at once through ``target``; peak RSS of ``proc``."""
     import sys
 
-    spec = _spec(mode="hold", target=target, conns=cfg.hold_conns, chunks=cfg.hold_chunks,
-                 body=cfg.slow_body, timeout=cfg.hold_chunks * cfg.slow_delay + 30)
+    spec = _spec(
+        mode="hold",
+        target=target,
+        conns=cfg.hold_conns,
+        chunks=cfg.hold_chunks,
+        body=cfg.slow_body,
+        timeout=cfg.hold_chunks * cfg.slow_delay + 30,
+    )
     child = await asyncio.create_subprocess_exec(
-        sys.executable, *LOADGEN, spec,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=child_env(),
+        sys.executable,
+        *LOADGEN,
+        spec,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=child_env(),
     )
     communicate = asyncio.ensure_future(child.communicate())
     peak = 0.0

@@ -18,7 +18,6 @@ def _body(**extra: Any) -> str:
     return orjson.dumps({"model": "bench-model", "messages": MESSAGES, **extra}).decode()
 
 
-
 @dataclass(frozen=True, slots=True)
 class Settings:
     latency_n: int  # sequential requests per target (after warm-up)
@@ -53,23 +52,43 @@ class Settings:
     @classmethod
     def full(cls) -> Settings:
         return cls(
-            latency_n=3000, latency_warmup=300,
-            throughput_conns=(32, 100), throughput_seconds=3.0, throughput_warmup=1.0,
+            latency_n=3000,
+            latency_warmup=300,
+            throughput_conns=(32, 100),
+            throughput_seconds=3.0,
+            throughput_warmup=1.0,
             throughput_reps=3,
-            stream_n=100, burst_n=300, stream_warmup=10, stream_chunks=100,
+            stream_n=100,
+            burst_n=300,
+            stream_warmup=10,
+            stream_chunks=100,
             paced_delay_ms=1.0,
-            hold_conns=1000, hold_chunks=10, slow_delay=1.0, hold_floor=True,
-            startup_samples=3, idle_settle=2.0,
+            hold_conns=1000,
+            hold_chunks=10,
+            slow_delay=1.0,
+            hold_floor=True,
+            startup_samples=3,
+            idle_settle=2.0,
         )
 
     @classmethod
     def quick(cls) -> Settings:
         return cls(
-            latency_n=200, latency_warmup=30,
-            throughput_conns=(32, 100), throughput_seconds=1.0, throughput_warmup=0.3,
+            latency_n=200,
+            latency_warmup=30,
+            throughput_conns=(32, 100),
+            throughput_seconds=1.0,
+            throughput_warmup=0.3,
             throughput_reps=1,
-            stream_n=10, burst_n=20, stream_warmup=3, stream_chunks=100,
+            stream_n=10,
+            burst_n=20,
+            stream_warmup=3,
+            stream_chunks=100,
             paced_delay_ms=1.0,
-            hold_conns=200, hold_chunks=3, slow_delay=0.5, hold_floor=False,
-            startup_samples=1, idle_settle=0.5,
+            hold_conns=200,
+            hold_chunks=3,
+            slow_delay=0.5,
+            hold_floor=False,
+            startup_samples=1,
+            idle_settle=0.5,
         )

@@ -150,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = asyncio.run(soak(args.requests, args.concurrency, args.flap_seconds, args.seed))
     report: dict[str, Any] = {
-        **asdict(result), "server_errors": result.server_errors,
-        "rss_growth_mb": round(result.rss_growth_mb, 2), "passed": result.passed(),
+        **asdict(result),
+        "server_errors": result.server_errors,
+        "rss_growth_mb": round(result.rss_growth_mb, 2),
+        "passed": result.passed(),
         "requests_per_second": (
             round(result.requests / result.seconds, 1) if result.seconds else None
         ),

@@ -35,9 +35,11 @@ MAX_CHUNKS = 10_000
 
 
 def _response(status: str, body: bytes, ctype: bytes = b"application/json") -> bytes:
-    return (
-        b"HTTP/1.1 %b\r\nContent-Type: %b\r\nContent-Length: %d\r\n\r\n%b"
-        % (status.encode(), ctype, len(body), body)
+    return b"HTTP/1.1 %b\r\nContent-Type: %b\r\nContent-Length: %d\r\n\r\n%b" % (
+        status.encode(),
+        ctype,
+        len(body),
+        body,
     )
 
 
@@ -45,8 +47,13 @@ MODELS_BODY = orjson.dumps(
     {
         "object": "list",
         "data": [
-            {"id": m, "object": "model", "created": CREATED, "owned_by": "bench",
-             "max_model_len": CONTEXT}
+            {
+                "id": m,
+                "object": "model",
+                "created": CREATED,
+                "owned_by": "bench",
+                "max_model_len": CONTEXT,
+            }
             for m in MODELS
         ],
     }

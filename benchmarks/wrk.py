@@ -68,8 +68,16 @@ async def throughput(target: Target, body: str, conns: int, duration: float) -> 
     with tempfile.TemporaryDirectory(prefix="nexus-wrk-") as tmp:
         script = _script(body, target, Path(tmp))
         proc = await asyncio.create_subprocess_exec(
-            "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "10s",
-            "-s", str(script), url,
+            "wrk",
+            "-t1",
+            f"-c{conns}",
+            f"-d{seconds}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            url,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )

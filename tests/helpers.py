@@ -221,8 +221,12 @@ async def nexus_cli(*args: str, env: Mapping[str, str] | None = None) -> tuple[i
     import sys
 
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nexus", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "nexus",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )
     async with asyncio.timeout(30):
@@ -254,9 +258,15 @@ async def _spawn(
 
     environ = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nexus", "serve", *args,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        env={**environ, **(env or {})}, cwd=cwd,
+        sys.executable,
+        "-m",
+        "nexus",
+        "serve",
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**environ, **(env or {})},
+        cwd=cwd,
     )
     assert proc.stderr is not None
     lines: list[str] = []

@@ -12,17 +12,39 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("meta", "targets", "startup", "latency", "throughput", "streaming", "memory",
-            "micro", "checks", "errors_total")
+SECTIONS = (
+    "meta",
+    "targets",
+    "startup",
+    "latency",
+    "throughput",
+    "streaming",
+    "memory",
+    "micro",
+    "checks",
+    "errors_total",
+)
 
 
 @pytest.mark.timeout(120)
 def test_quick_benchmark_runs_clean(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--loadgen", "python",
-         "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=110, check=False,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--quick",
+            "--loadgen",
+            "python",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
@@ -32,8 +54,9 @@ def test_quick_benchmark_runs_clean(tmp_path: Path) -> None:
     assert set(results["targets"]) == {"direct", "floor", "nexus"}
     assert results["latency"]["nexus_headers_ok"]
     for name in results["targets"]:
-        assert results["latency"]["per_target"][name]["n"] == results["meta"]["settings"][
-            "latency_n"]
+        assert (
+            results["latency"]["per_target"][name]["n"] == results["meta"]["settings"]["latency_n"]
+        )
         for kind in ("paced", "burst"):
             assert results["streaming"][kind]["per_target"][name]["n"] > 0
         for conns in ("32", "100"):

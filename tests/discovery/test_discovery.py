@@ -205,7 +205,9 @@ async def test_manual_backend_at_the_same_address_replaces_the_discovered_one(
             ]
 
         if not same_url:
-            await wait_until(lambda: by_service(nexus, name) is None, timeout=5, what="discovered one retired")
+            await wait_until(
+                lambda: by_service(nexus, name) is None, timeout=5, what="discovered one retired"
+            )
         assert by_service(nexus, name) is None
         assert nexus.state.registry.get_backend(discovered.id) is None
         assert ours() == [("by-hand", DiscoverySource.MANUAL)]
@@ -406,8 +408,11 @@ async def test_discovered_backend_ranks_below_configured_and_never_gets_client_c
     async with (
         FakeOllama([FakeModel("llama3:8b")]) as configured,
         FakeOllama([FakeModel("llama3:8b")]) as stranger,
-        running_nexus(tmp_path, [{"name": "mine", "url": configured.url, "type": "ollama",
-                                  "priority": 90}], discovery=discovery_section()) as nexus,
+        running_nexus(
+            tmp_path,
+            [{"name": "mine", "url": configured.url, "type": "ollama", "priority": 90}],
+            discovery=discovery_section(),
+        ) as nexus,
     ):
         await advertiser.register("stranger", stranger.port, OLLAMA)
         await wait_healthy(nexus, full(advertiser, "stranger"))
@@ -428,7 +433,9 @@ async def test_discovery_allow_list_keeps_other_devices_out(
     caplog.set_level(logging.INFO, logger="nexus")
     async with (
         FakeOllama([FakeModel("llama3:8b")]) as fake,
-        running_nexus(tmp_path, [], discovery=discovery_section(allow=["10.9.8.0/24", "gpu-box"])) as nexus,
+        running_nexus(
+            tmp_path, [], discovery=discovery_section(allow=["10.9.8.0/24", "gpu-box"])
+        ) as nexus,
     ):
         await advertiser.register("intruder", fake.port, OLLAMA)
         await wait_log(caplog, "not added", "not in discovery.allow")

@@ -51,8 +51,10 @@ async def test_config_init_then_serve_accepts_it(tmp_path: Path) -> None:
     for default, local in (
         ("port = 8000", "port = 0"),
         ('host = "0.0.0.0"', 'host = "127.0.0.1"'),
-        ("[discovery]\n# Find backends on the LAN with mDNS.\nenabled = true",
-         "[discovery]\nenabled = false"),
+        (
+            "[discovery]\n# Find backends on the LAN with mDNS.\nenabled = true",
+            "[discovery]\nenabled = false",
+        ),
     ):
         assert text.count(default) == 1, default
         text = text.replace(default, local)
@@ -68,14 +70,21 @@ async def test_admin_commands_show_the_running_server(tmp_path: Path) -> None:
         FakeVLLM([FakeModel("qwen", context_length=32768)]) as vllm,
         FakeLlamaCpp([FakeModel("smol")]) as extra,
     ):
-        config = write_config(tmp_path, [backend_entry(ollama, "local-ollama", "ollama", priority=1),
-                                         backend_entry(vllm, "gpu-server", "vllm")])
+        config = write_config(
+            tmp_path,
+            [
+                backend_entry(ollama, "local-ollama", "ollama", priority=1),
+                backend_entry(vllm, "gpu-server", "vllm"),
+            ],
+        )
         async with spawn_nexus(config) as nexus:
             env = {"NEXUS_URL": nexus.url}
             await nexus.wait_healthy(backends=2)  # first probes
             code, out, _ = await nexus_cli("backends", env=env)
             assert code == 0
-            assert "local-ollama" in out and "gpu-server" in out and "vLLM" in out and "Healthy" in out
+            assert (
+                "local-ollama" in out and "gpu-server" in out and "vLLM" in out and "Healthy" in out
+            )
             code, out, _ = await nexus_cli("backends", "--json", env=env)
             assert code == 0, out
             data = json.loads(out)
@@ -84,7 +93,9 @@ async def test_admin_commands_show_the_running_server(tmp_path: Path) -> None:
             assert code == 0, out
             assert json.loads(out) == []
 
-            code, out, err = await nexus_cli("backends", "add", extra.url, "--name", "laptop", env=env)
+            code, out, err = await nexus_cli(
+                "backends", "add", extra.url, "--name", "laptop", env=env
+            )
             assert code == 0, err
             assert "llama.cpp" in out and "healthy" in out  # type detected by probing
             code, out, _ = await nexus_cli("models", "--json", env=env)
@@ -95,7 +106,11 @@ async def test_admin_commands_show_the_running_server(tmp_path: Path) -> None:
             assert "qwen" in out and "32768" in out and "llama3:8b" not in out
             code, out, _ = await nexus_cli("health", env=env)
             assert code == 0, out
-            assert "Status: Healthy" in out and "Backends: 3/3 healthy" in out and "Models: 4 available" in out
+            assert (
+                "Status: Healthy" in out
+                and "Backends: 3/3 healthy" in out
+                and "Models: 4 available" in out
+            )
             code, out, _ = await nexus_cli("health", "--json", env=env)
             assert code == 0, out
             assert json.loads(out)["backends"]["total"] == 3
@@ -117,13 +132,20 @@ async def test_admin_commands_when_server_is_down() -> None:
 async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
     async with FakeVLLM([FakeModel("qwen")]) as fake:
         fake.chat_behavior = Behavior.HANG
-        config = write_config(tmp_path, [backend_entry(fake, "v", "vllm")],
-                              server={"host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 60})
+        config = write_config(
+            tmp_path,
+            [backend_entry(fake, "v", "vllm")],
+            server={"host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 60},
+        )
         async with spawn_nexus(config) as nexus:
             await nexus.wait_healthy(backends=1)
             async with aiohttp.ClientSession() as s:
-                task = asyncio.create_task(s.post(nexus.url + "/v1/chat/completions",
-                                                  json={"model": "qwen", "messages": [{"role": "user", "content": "x"}]}))
+                task = asyncio.create_task(
+                    s.post(
+                        nexus.url + "/v1/chat/completions",
+                        json={"model": "qwen", "messages": [{"role": "user", "content": "x"}]},
+                    )
+                )
                 await wait_until(lambda: fake.chat_requests, what="the request at the backend")
                 nexus.proc.send_signal(signal.SIGTERM)
                 await wait_until(
@@ -139,7 +161,9 @@ async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
                 task.cancel()
 
 
-async def test_zero_config_first_run_finds_local_ollama(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_zero_config_first_run_finds_local_ollama(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # No config file at all: defaults, plus Ollama's default address as a static backend.
     # Discovery is off here only because a test must never multicast beyond loopback.
     ollama = FakeOllama([FakeModel("llama3:8b")])
@@ -156,7 +180,10 @@ async def test_zero_config_first_run_finds_local_ollama(tmp_path: Path, monkeypa
             assert code == 0
             (backend,) = json.loads(out)
             assert (backend["name"], backend["url"], backend["status"]) == (
-                "local-ollama", "http://localhost:11434", "healthy")
+                "local-ollama",
+                "http://localhost:11434",
+                "healthy",
+            )
             log = "\n".join(nexus.lines)
             assert "no config file" in log and "dashboard: http://127.0.0.1:" in log
     finally:

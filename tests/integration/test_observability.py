@@ -14,9 +14,21 @@ from tests.helpers import Nexus, backend_entry, running_nexus, spawn_nexus, writ
 
 MSG = [{"role": "user", "content": "hi"}]
 SECRET = "the-password-is-swordfish"
-REQUIRED = {"timestamp", "request_id", "model", "backend", "backend_type", "status", "latency_ms",
-            "tokens_prompt", "tokens_completion", "stream", "route_reason", "retry_count",
-            "fallback_chain"}
+REQUIRED = {
+    "timestamp",
+    "request_id",
+    "model",
+    "backend",
+    "backend_type",
+    "status",
+    "latency_ms",
+    "tokens_prompt",
+    "tokens_completion",
+    "stream",
+    "route_reason",
+    "retry_count",
+    "fallback_chain",
+}
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -39,7 +51,9 @@ async def test_metrics_move_with_real_requests(tmp_path: Path) -> None:
     async with FakeVLLM([FakeModel("qwen")]) as fake:
         async with running_nexus(tmp_path, [backend_entry(fake, "gpu", "vllm")]) as nexus:
             await nexus.client.chat.completions.create(model="qwen", messages=MSG)  # type: ignore[arg-type]
-            stream = await nexus.client.chat.completions.create(model="qwen", messages=MSG, stream=True)  # type: ignore[arg-type]
+            stream = await nexus.client.chat.completions.create(
+                model="qwen", messages=MSG, stream=True
+            )  # type: ignore[arg-type]
             [c async for c in stream]
             fake.chat_behavior = Behavior.ERROR_500
             await nexus.post("/v1/chat/completions", {"model": "qwen", "messages": MSG})
@@ -49,22 +63,48 @@ async def test_metrics_move_with_real_requests(tmp_path: Path) -> None:
             await nexus.post("/v1/chat/completions", {"model": "made-up-2", "messages": MSG})
             await nexus.post("/v1/chat/completions", {"model": "qwen"})
             text = await scrape(nexus)
-            assert sample(text, "nexus_requests_total", model="qwen", backend="gpu", status="200") == 2
-            assert sample(text, "nexus_requests_total", model="qwen", backend="gpu", status="502") == 1
-            assert sample(text, "nexus_requests_total", model="qwen", backend="gpu", status="429") == 1
-            assert sample(text, "nexus_requests_total", model="unknown", backend="none", status="404") == 2
-            assert sample(text, "nexus_requests_total", model="unknown", backend="none", status="400") == 1
+            assert (
+                sample(text, "nexus_requests_total", model="qwen", backend="gpu", status="200") == 2
+            )
+            assert (
+                sample(text, "nexus_requests_total", model="qwen", backend="gpu", status="502") == 1
+            )
+            assert (
+                sample(text, "nexus_requests_total", model="qwen", backend="gpu", status="429") == 1
+            )
+            assert (
+                sample(text, "nexus_requests_total", model="unknown", backend="none", status="404")
+                == 2
+            )
+            assert (
+                sample(text, "nexus_requests_total", model="unknown", backend="none", status="400")
+                == 1
+            )
             assert "made-up" not in text  # client-invented names never become series
             assert sample(text, "nexus_errors_total", type="backend_error") == 1
             assert sample(text, "nexus_errors_total", type="model_not_found") == 2
             assert sample(text, "nexus_errors_total", type="invalid_request") == 1
-            assert sample(text, "nexus_request_duration_seconds_count", model="qwen", backend="gpu") == 4
+            assert (
+                sample(text, "nexus_request_duration_seconds_count", model="qwen", backend="gpu")
+                == 4
+            )
             assert 'le="300.0"' in text and 'le="0.1"' in text
-            assert sample(text, "nexus_time_to_first_token_seconds_count", model="qwen", backend="gpu") == 1
-            assert sample(text, "nexus_tokens_total", model="qwen", backend="gpu", type="completion") == 24
-            assert sample(text, "nexus_tokens_total", model="qwen", backend="gpu", type="prompt") > 0
+            assert (
+                sample(text, "nexus_time_to_first_token_seconds_count", model="qwen", backend="gpu")
+                == 1
+            )
+            assert (
+                sample(text, "nexus_tokens_total", model="qwen", backend="gpu", type="completion")
+                == 24
+            )
+            assert (
+                sample(text, "nexus_tokens_total", model="qwen", backend="gpu", type="prompt") > 0
+            )
             assert sample(text, "nexus_overhead_seconds_count") == 7
-            assert sample(text, "nexus_backends_total") == 1 and sample(text, "nexus_backends_healthy") == 1
+            assert (
+                sample(text, "nexus_backends_total") == 1
+                and sample(text, "nexus_backends_healthy") == 1
+            )
             assert sample(text, "nexus_models_available") == 1
             assert sample(text, "nexus_pending_requests", backend="gpu") == 0
             assert sample(text, "nexus_health_check_duration_seconds_count", backend="gpu") >= 1
@@ -74,7 +114,9 @@ async def test_metrics_move_with_real_requests(tmp_path: Path) -> None:
 async def test_fallback_metric(tmp_path: Path) -> None:
     async with FakeVLLM([FakeModel("small")]) as fake:
         routing = {"fallbacks": {"big": ["small"]}}
-        async with running_nexus(tmp_path, [backend_entry(fake, "gpu", "vllm")], routing=routing) as nexus:
+        async with running_nexus(
+            tmp_path, [backend_entry(fake, "gpu", "vllm")], routing=routing
+        ) as nexus:
             await nexus.client.chat.completions.create(model="big", messages=MSG)  # type: ignore[arg-type]
             text = await scrape(nexus)
             assert sample(text, "nexus_fallbacks_total", from_model="big", to_model="small") == 1
@@ -91,9 +133,15 @@ async def test_stats_match_the_requests_made(tmp_path: Path) -> None:
             assert status == 200
             assert stats["requests"] == {"total": 7, "success": 6, "errors": 1, "in_flight": 0}
             assert stats["backends"]["a"]["requests"] + stats["backends"]["b"]["requests"] == 6
-            assert stats["backends"]["a"]["pending"] == 0 and stats["backends"]["a"]["status"] == "healthy"
+            assert (
+                stats["backends"]["a"]["pending"] == 0
+                and stats["backends"]["a"]["status"] == "healthy"
+            )
             assert stats["backends"]["a"]["avg_latency_ms"] > 0
-            assert stats["models"]["qwen"]["requests"] == 6 and stats["models"]["qwen"]["avg_duration_ms"] > 0
+            assert (
+                stats["models"]["qwen"]["requests"] == 6
+                and stats["models"]["qwen"]["avg_duration_ms"] > 0
+            )
             assert stats["uptime_seconds"] > 0
             assert stats["quality"]["qwen"]["a"]["1h"]["requests"] >= 1
             # Two backends serve qwen: /v1/models still lists it once, naming both.
@@ -106,33 +154,55 @@ async def test_request_id_is_taken_or_generated(tmp_path: Path) -> None:
     async with FakeVLLM([FakeModel("qwen")]) as fake:
         async with running_nexus(tmp_path, [backend_entry(fake, "gpu", "vllm")]) as nexus:
             body = {"model": "qwen", "messages": MSG}
-            _, _, headers = await nexus.post("/v1/chat/completions", body, headers={"X-Request-Id": "abc-123"})
+            _, _, headers = await nexus.post(
+                "/v1/chat/completions", body, headers={"X-Request-Id": "abc-123"}
+            )
             assert headers["X-Request-Id"] == "abc-123"
             assert fake.chat_requests[-1].headers["X-Request-Id"] == "abc-123"
-            _, _, headers = await nexus.post("/v1/chat/completions", body, headers={"X-Request-Id": "bad id <script>"})
+            _, _, headers = await nexus.post(
+                "/v1/chat/completions", body, headers={"X-Request-Id": "bad id <script>"}
+            )
             generated = headers["X-Request-Id"]
-            assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", generated)
+            assert re.fullmatch(
+                r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", generated
+            )
             _, _, again = await nexus.post("/v1/chat/completions", body)
             assert again["X-Request-Id"] != generated
-            status, reply, headers = await nexus.post("/v1/chat/completions", {"model": "x"}, headers={"X-Request-Id": "r-9"})
-            assert status == 400 and reply["error"]["request_id"] == "r-9" == headers["X-Request-Id"]
+            status, reply, headers = await nexus.post(
+                "/v1/chat/completions", {"model": "x"}, headers={"X-Request-Id": "r-9"}
+            )
+            assert (
+                status == 400 and reply["error"]["request_id"] == "r-9" == headers["X-Request-Id"]
+            )
 
 
 async def run_and_collect(tmp_path: Path, logging_cfg: dict[str, object], *args: str) -> list[str]:
-    async with FakeVLLM([FakeModel("qwen")], stream_chunks=4) as a, FakeVLLM([FakeModel("qwen")]) as b:
+    async with (
+        FakeVLLM([FakeModel("qwen")], stream_chunks=4) as a,
+        FakeVLLM([FakeModel("qwen")]) as b,
+    ):
         a.chat_behavior = Behavior.ERROR_503  # the first attempt fails over: one record still
-        config = write_config(tmp_path, [backend_entry(a, "first", "vllm", priority=1),
-                                         backend_entry(b, "second", "vllm", priority=2)],
-                              logging=logging_cfg)
+        config = write_config(
+            tmp_path,
+            [
+                backend_entry(a, "first", "vllm", priority=1),
+                backend_entry(b, "second", "vllm", priority=2),
+            ],
+            logging=logging_cfg,
+        )
         async with spawn_nexus(config, *args) as nexus:
             await nexus.wait_healthy(backends=2)
             secret = [{"role": "user", "content": SECRET}]
             async with aiohttp.ClientSession() as s:
                 for stream in (False, True):
-                    async with s.post(nexus.url + "/v1/chat/completions",
-                                      json={"model": "qwen", "messages": secret, "stream": stream},
-                                      headers={"X-Request-Id": f"req-{int(stream)}",
-                                               "Authorization": "Bearer sk-very-secret"}) as r:
+                    async with s.post(
+                        nexus.url + "/v1/chat/completions",
+                        json={"model": "qwen", "messages": secret, "stream": stream},
+                        headers={
+                            "X-Request-Id": f"req-{int(stream)}",
+                            "Authorization": "Bearer sk-very-secret",
+                        },
+                    ) as r:
                         assert r.status == 200
                         await r.read()
             await nexus.stop()  # flushes the log; stop() reads stderr to its end
@@ -165,7 +235,9 @@ async def test_pretty_logs_and_content_opt_in(tmp_path: Path) -> None:
     assert all("request_id=req-" in line and "status=200" in line for line in request_lines)
     assert SECRET not in "\n".join(lines)
     (tmp_path / "opt").mkdir()
-    lines = await run_and_collect(tmp_path / "opt", {"format": "pretty", "log_content": True, "level": "debug"})
+    lines = await run_and_collect(
+        tmp_path / "opt", {"format": "pretty", "log_content": True, "level": "debug"}
+    )
     text = "\n".join(lines)
     assert "log_content is on" in text
     content = [line for line in lines if SECRET in line]
@@ -175,6 +247,8 @@ async def test_pretty_logs_and_content_opt_in(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("level", ["info", "warn"])
 async def test_component_levels(tmp_path: Path, level: str) -> None:
-    lines = await run_and_collect(tmp_path, {"format": "json", "level": "info", "components": {"request": level}})
+    lines = await run_and_collect(
+        tmp_path, {"format": "json", "level": "info", "components": {"request": level}}
+    )
     count = sum(1 for line in lines if '"nexus.request"' in line)
     assert count == (2 if level == "info" else 0)

@@ -33,16 +33,28 @@ def model(nexus: Nexus, backend: str, model_id: str):  # type: ignore[no-untyped
 
 
 async def test_ollama_capabilities_and_context_from_api_show(tmp_path: Path) -> None:
-    models = [FakeModel("llama3:8b", context_length=8192),
-              FakeModel("llava:7b", vision=True, tools=False, context_length=4096),
-              FakeModel("nomic-embed-text", embedding=True, context_length=2048)]
+    models = [
+        FakeModel("llama3:8b", context_length=8192),
+        FakeModel("llava:7b", vision=True, tools=False, context_length=4096),
+        FakeModel("nomic-embed-text", embedding=True, context_length=2048),
+    ]
     async with FakeOllama(models) as fake:
-        async with running_nexus(tmp_path, [backend_entry(fake, "o", "ollama")], health_check=FAST) as nexus:
+        async with running_nexus(
+            tmp_path, [backend_entry(fake, "o", "ollama")], health_check=FAST
+        ) as nexus:
             llama = model(nexus, "o", "llama3:8b")
-            assert (llama.context_length, llama.supports_tools, llama.supports_vision) == (8192, True, False)
+            assert (llama.context_length, llama.supports_tools, llama.supports_vision) == (
+                8192,
+                True,
+                False,
+            )
             assert llama.supports_json_mode is True and llama.supports_chat is True
             llava = model(nexus, "o", "llava:7b")
-            assert (llava.supports_vision, llava.supports_tools, llava.context_length) == (True, False, 4096)
+            assert (llava.supports_vision, llava.supports_tools, llava.context_length) == (
+                True,
+                False,
+                4096,
+            )
             embed = model(nexus, "o", "nomic-embed-text")
             assert embed.supports_embeddings is True and embed.supports_chat is False
             # /api/show is asked once per model digest, not every cycle.
@@ -67,8 +79,9 @@ async def test_vllm_context_from_max_model_len(tmp_path: Path) -> None:
 async def test_llamacpp_with_and_without_health_and_props(
     tmp_path: Path, has_health: bool, has_props: bool
 ) -> None:
-    async with FakeLlamaCpp([FakeModel("smol", context_length=2048)], has_health=has_health,
-                            has_props=has_props) as fake:
+    async with FakeLlamaCpp(
+        [FakeModel("smol", context_length=2048)], has_health=has_health, has_props=has_props
+    ) as fake:
         async with running_nexus(tmp_path, [backend_entry(fake, "l", "llamacpp")]) as nexus:
             backend = nexus.state.registry.find("l")
             assert backend is not None and backend.status is BackendStatus.HEALTHY
@@ -79,7 +92,9 @@ async def test_llamacpp_with_and_without_health_and_props(
 async def test_llamacpp_loading_is_unhealthy_then_recovers(tmp_path: Path) -> None:
     async with FakeLlamaCpp([FakeModel("smol")]) as fake:
         fake.loading = True
-        async with running_nexus(tmp_path, [backend_entry(fake, "l", "llamacpp")], health_check=FAST) as nexus:
+        async with running_nexus(
+            tmp_path, [backend_entry(fake, "l", "llamacpp")], health_check=FAST
+        ) as nexus:
             backend = nexus.state.registry.find("l")
             assert backend is not None and backend.status is BackendStatus.UNHEALTHY
             assert "503" in (backend.last_error or "")
@@ -88,8 +103,10 @@ async def test_llamacpp_loading_is_unhealthy_then_recovers(tmp_path: Path) -> No
 
 
 async def test_lmstudio_types_and_context(tmp_path: Path) -> None:
-    models = [FakeModel("qwen-vl", vision=True, context_length=16384),
-              FakeModel("text-embedding-nomic", embedding=True)]
+    models = [
+        FakeModel("qwen-vl", vision=True, context_length=16384),
+        FakeModel("text-embedding-nomic", embedding=True),
+    ]
     async with FakeLMStudio(models) as fake:
         async with running_nexus(tmp_path, [backend_entry(fake, "lm", "lmstudio")]) as nexus:
             vl = model(nexus, "lm", "qwen-vl")
@@ -111,7 +128,9 @@ async def test_invalid_json_probe_is_a_failure_and_transitions_are_logged(
 ) -> None:
     caplog.set_level(logging.INFO, logger="nexus.health")
     async with FakeVLLM([FakeModel("qwen")]) as fake:
-        async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")], health_check=FAST) as nexus:
+        async with running_nexus(
+            tmp_path, [backend_entry(fake, "v", "vllm")], health_check=FAST
+        ) as nexus:
             backend = nexus.state.registry.find("v")
             assert backend is not None
             fake.health_behavior = Behavior.INVALID_JSON
@@ -148,13 +167,18 @@ def test_dns_failure_is_named() -> None:
 async def test_probe_timeout_counts_unless_the_backend_is_busy(tmp_path: Path) -> None:
     async with FakeVLLM([FakeModel("qwen")]) as fake:
         hc = {"interval_seconds": 0.1, "timeout_seconds": 0.2, "failure_threshold": 1}
-        async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")], health_check=hc) as nexus:
+        async with running_nexus(
+            tmp_path, [backend_entry(fake, "v", "vllm")], health_check=hc
+        ) as nexus:
             backend = nexus.state.registry.find("v")
             assert backend is not None
             # Generating: a real request in flight, so a slow probe is expected, not a failure.
             fake.chat_behavior = Behavior.HANG
             busy = asyncio.create_task(
-                nexus.post("/v1/chat/completions", {"model": "qwen", "messages": [{"role": "user", "content": "hi"}]})
+                nexus.post(
+                    "/v1/chat/completions",
+                    {"model": "qwen", "messages": [{"role": "user", "content": "hi"}]},
+                )
             )
             await wait_until(lambda: backend.pending_requests == 1, what="one request in flight")
             fake.health_behavior = Behavior.HANG

@@ -239,17 +239,28 @@ async def test_gzip_encoded_answers_are_decoded(tmp_path: Path) -> None:
 
     from aiohttp import web
 
-    answer = {"id": "c1", "object": "chat.completion", "model": "z", "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": "zipped"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    answer = {
+        "id": "c1",
+        "object": "chat.completion",
+        "model": "z",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "zipped"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
 
     async def models(_: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "z", "object": "model"}]})
 
     async def chat(_: web.Request) -> web.Response:
         body = gzip.compress(json.dumps(answer).encode())
-        return web.Response(body=body, headers={"Content-Encoding": "gzip",
-                                                 "Content-Type": "application/json"})
+        return web.Response(
+            body=body, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        )
 
     app = web.Application()
     app.router.add_get("/v1/models", models)
@@ -260,8 +271,12 @@ async def test_gzip_encoded_answers_are_decoded(tmp_path: Path) -> None:
     await site.start()
     try:
         url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        async with running_nexus(tmp_path, [{"name": "gz", "url": url, "type": "generic"}]) as nexus:
-            reply = await nexus.client.chat.completions.create(model="z", messages=[{"role": "user", "content": "x"}])
+        async with running_nexus(
+            tmp_path, [{"name": "gz", "url": url, "type": "generic"}]
+        ) as nexus:
+            reply = await nexus.client.chat.completions.create(
+                model="z", messages=[{"role": "user", "content": "x"}]
+            )
             assert reply.choices[0].message.content == "zipped"
     finally:
         await runner.cleanup()

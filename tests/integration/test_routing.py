@@ -23,7 +23,9 @@ async def served_by(nexus: Nexus, n: int, model: str = "m", **extra: Any) -> Cou
     seen: Counter[str] = Counter()
     for _ in range(n):
         resp = await nexus.client.chat.completions.with_raw_response.create(
-            model=model, messages=MSG, **extra  # type: ignore[arg-type]
+            model=model,
+            messages=MSG,
+            **extra,  # type: ignore[arg-type]
         )
         seen[resp.headers["X-Nexus-Backend"]] += 1
     return seen
@@ -39,8 +41,15 @@ async def served_by(nexus: Nexus, n: int, model: str = "m", **extra: Any) -> Cou
     ],
 )
 async def test_strategies_over_three_backends(tmp_path: Path, strategy: str, check: Any) -> None:
-    async with FakeVLLM([FakeModel("m")]) as f1, FakeVLLM([FakeModel("m")]) as f2, FakeVLLM([FakeModel("m")]) as f3:
-        backends = [backend_entry(f, f"b{i}", "vllm", priority=i * 10) for i, f in enumerate((f1, f2, f3), 1)]
+    async with (
+        FakeVLLM([FakeModel("m")]) as f1,
+        FakeVLLM([FakeModel("m")]) as f2,
+        FakeVLLM([FakeModel("m")]) as f3,
+    ):
+        backends = [
+            backend_entry(f, f"b{i}", "vllm", priority=i * 10)
+            for i, f in enumerate((f1, f2, f3), 1)
+        ]
         async with running_nexus(tmp_path, backends, routing={"strategy": strategy}) as nexus:
             seen = await served_by(nexus, 30)
             assert check(seen), seen
@@ -48,7 +57,10 @@ async def test_strategies_over_three_backends(tmp_path: Path, strategy: str, che
 
 async def test_smart_spreads_equal_backends_and_prefers_less_loaded(tmp_path: Path) -> None:
     # "a" also serves "hold", which "b" does not: requests for it occupy "a" alone.
-    async with FakeVLLM([FakeModel("m"), FakeModel("hold")]) as f1, FakeVLLM([FakeModel("m")]) as f2:
+    async with (
+        FakeVLLM([FakeModel("m"), FakeModel("hold")]) as f1,
+        FakeVLLM([FakeModel("m")]) as f2,
+    ):
         backends = [backend_entry(f1, "a", "vllm"), backend_entry(f2, "b", "vllm")]
         async with running_nexus(tmp_path, backends) as nexus:
             # Equal scores rotate. (Whatever the first answer measured, the second request
@@ -68,7 +80,9 @@ async def test_smart_spreads_equal_backends_and_prefers_less_loaded(tmp_path: Pa
             a_backend, b_backend = nexus.state.registry.find("a"), nexus.state.registry.find("b")
             assert a_backend is not None and b_backend is not None
             occupy = [
-                asyncio.create_task(nexus.client.chat.completions.create(model="hold", messages=MSG))  # type: ignore[arg-type]
+                asyncio.create_task(
+                    nexus.client.chat.completions.create(model="hold", messages=MSG)
+                )  # type: ignore[arg-type]
                 for _ in range(held)
             ]
             await wait_until(
@@ -85,30 +99,53 @@ async def test_smart_spreads_equal_backends_and_prefers_less_loaded(tmp_path: Pa
 
 async def test_capabilities_route_only_to_capable_backends(tmp_path: Path) -> None:
     async with (
-        FakeOllama([FakeModel("llava", vision=True, tools=False, context_length=4096)]) as vision_box,
-        FakeOllama([FakeModel("llava", vision=False, tools=True, context_length=32768)]) as text_box,
+        FakeOllama(
+            [FakeModel("llava", vision=True, tools=False, context_length=4096)]
+        ) as vision_box,
+        FakeOllama(
+            [FakeModel("llava", vision=False, tools=True, context_length=32768)]
+        ) as text_box,
     ):
-        backends = [backend_entry(vision_box, "vision", "ollama"), backend_entry(text_box, "text", "ollama")]
+        backends = [
+            backend_entry(vision_box, "vision", "ollama"),
+            backend_entry(text_box, "text", "ollama"),
+        ]
         async with running_nexus(tmp_path, backends) as nexus:
-            image = [{"role": "user", "content": [
-                {"type": "text", "text": "what is this?"},
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]
+            image = [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "what is this?"},
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                    ],
+                }
+            ]
             for _ in range(5):
-                resp = await nexus.client.chat.completions.with_raw_response.create(model="llava", messages=image)  # type: ignore[arg-type]
+                resp = await nexus.client.chat.completions.with_raw_response.create(
+                    model="llava", messages=image
+                )  # type: ignore[arg-type]
                 assert resp.headers["X-Nexus-Backend"] == "vision"
                 assert resp.headers["X-Nexus-Route-Reason"] == "capability-match"
-            tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+            tools = [
+                {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+            ]
             assert await served_by(nexus, 5, "llava", tools=tools) == {"text": 5}
             long_prompt = [{"role": "user", "content": "word " * 6000}]  # ~7500 tokens > 4096
             for _ in range(5):
-                resp = await nexus.client.chat.completions.with_raw_response.create(model="llava", messages=long_prompt)  # type: ignore[arg-type]
+                resp = await nexus.client.chat.completions.with_raw_response.create(
+                    model="llava", messages=long_prompt
+                )  # type: ignore[arg-type]
                 assert resp.headers["X-Nexus-Backend"] == "text"
             # Nobody can do both: 400 naming the unmet needs and why each backend was excluded.
             with pytest.raises(openai.BadRequestError) as info:
-                await nexus.client.chat.completions.create(model="llava", messages=image, tools=tools)  # type: ignore[arg-type]
+                await nexus.client.chat.completions.create(
+                    model="llava", messages=image, tools=tools
+                )  # type: ignore[arg-type]
             message = info.value.body["message"]  # type: ignore[index]
             assert "vision" in message and "tools" in message
-            assert "vision: llava: no tool calling" in message and "text: llava: no vision" in message
+            assert (
+                "vision: llava: no tool calling" in message and "text: llava: no vision" in message
+            )
 
 
 async def test_capable_backend_down_is_503_naming_the_need(tmp_path: Path) -> None:
@@ -116,25 +153,41 @@ async def test_capable_backend_down_is_503_naming_the_need(tmp_path: Path) -> No
         FakeOllama([FakeModel("llava", vision=True)]) as vision_box,
         FakeOllama([FakeModel("llava", vision=False)]) as text_box,
     ):
-        backends = [backend_entry(vision_box, "vision", "ollama"), backend_entry(text_box, "text", "ollama")]
+        backends = [
+            backend_entry(vision_box, "vision", "ollama"),
+            backend_entry(text_box, "text", "ollama"),
+        ]
         hc = {"interval_seconds": 0.1, "failure_threshold": 1}
         async with running_nexus(tmp_path, backends, health_check=hc) as nexus:
             await vision_box.stop()
             backend = nexus.state.registry.find("vision")
             await wait_until(lambda: backend is None or not backend.routable, what="not routable")
-            image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
-            status, body, _ = await nexus.post("/v1/chat/completions", {"model": "llava", "messages": image})
+            image = [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+            ]
+            status, body, _ = await nexus.post(
+                "/v1/chat/completions", {"model": "llava", "messages": image}
+            )
             assert status == 503
-            assert "vision" in body["error"]["message"] and "vision: unhealthy" in body["error"]["message"]
+            assert (
+                "vision" in body["error"]["message"]
+                and "vision: unhealthy" in body["error"]["message"]
+            )
 
 
-@pytest.mark.parametrize(("fake_cls", "kind"), [(FakeOllama, "ollama"), (FakeVLLM, "vllm"), (FakeLlamaCpp, "llamacpp")])
-async def test_json_mode_is_routable_to_ollama_vllm_llamacpp(tmp_path: Path, fake_cls: Any, kind: str) -> None:
+@pytest.mark.parametrize(
+    ("fake_cls", "kind"), [(FakeOllama, "ollama"), (FakeVLLM, "vllm"), (FakeLlamaCpp, "llamacpp")]
+)
+async def test_json_mode_is_routable_to_ollama_vllm_llamacpp(
+    tmp_path: Path, fake_cls: Any, kind: str
+) -> None:
     async with fake_cls([FakeModel("m")]) as fake:
         async with running_nexus(tmp_path, [backend_entry(fake, kind, kind)]) as nexus:
             assert nexus.state.registry.find(kind).models["m"].supports_json_mode is True  # type: ignore[union-attr]
             reply = await nexus.client.chat.completions.create(
-                model="m", messages=MSG, response_format={"type": "json_object"}  # type: ignore[arg-type]
+                model="m",
+                messages=MSG,
+                response_format={"type": "json_object"},  # type: ignore[arg-type]
             )
             assert reply.choices[0].message.content
             assert fake.chat_requests[-1].json["response_format"] == {"type": "json_object"}
@@ -146,11 +199,15 @@ async def test_alias_chain_direct_match_and_requested_name_in_replies(
     caplog.set_level(logging.DEBUG, logger="nexus.routing")
     async with FakeOllama([FakeModel("llama3:70b"), FakeModel("gpt-3.5-turbo")]) as fake:
         aliases = {"gpt-4": "llama-70b", "llama-70b": "llama3:70b", "gpt-3.5-turbo": "llama3:70b"}
-        async with running_nexus(tmp_path, [backend_entry(fake, "o", "ollama")], routing={"aliases": aliases}) as nexus:
+        async with running_nexus(
+            tmp_path, [backend_entry(fake, "o", "ollama")], routing={"aliases": aliases}
+        ) as nexus:
             reply = await nexus.client.chat.completions.create(model="gpt-4", messages=MSG)  # type: ignore[arg-type]
             assert reply.model == "gpt-4"
             assert fake.chat_requests[-1].json["model"] == "llama3:70b"
-            stream = await nexus.client.chat.completions.create(model="gpt-4", messages=MSG, stream=True)  # type: ignore[arg-type]
+            stream = await nexus.client.chat.completions.create(
+                model="gpt-4", messages=MSG, stream=True
+            )  # type: ignore[arg-type]
             models = {c.model async for c in stream}
             assert models == {"gpt-4"}
             debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
@@ -166,30 +223,44 @@ async def test_fallback_chain_header_model_and_warning(
     caplog.set_level(logging.WARNING, logger="nexus.routing")
     async with FakeOllama([FakeModel("mixtral:8x7b")]) as fake:
         routing = {"fallbacks": {"llama3:70b": ["qwen2:72b", "mixtral:8x7b"]}}
-        async with running_nexus(tmp_path, [backend_entry(fake, "o", "ollama")], routing=routing) as nexus:
+        async with running_nexus(
+            tmp_path, [backend_entry(fake, "o", "ollama")], routing=routing
+        ) as nexus:
             # llama3:70b is served by nobody at the moment: the chain still applies.
-            resp = await nexus.client.chat.completions.with_raw_response.create(model="llama3:70b", messages=MSG)  # type: ignore[arg-type]
+            resp = await nexus.client.chat.completions.with_raw_response.create(
+                model="llama3:70b", messages=MSG
+            )  # type: ignore[arg-type]
             assert resp.headers["X-Nexus-Fallback-Model"] == "mixtral:8x7b"
             assert resp.headers["X-Nexus-Route-Reason"] == "fallback"
             assert resp.parse().model == "llama3:70b"
             stream = await nexus.client.chat.completions.with_raw_response.create(
-                model="llama3:70b", messages=MSG, stream=True  # type: ignore[arg-type]
+                model="llama3:70b",
+                messages=MSG,
+                stream=True,  # type: ignore[arg-type]
             )
             assert stream.headers["X-Nexus-Fallback-Model"] == "mixtral:8x7b"
             assert {c.model async for c in stream.parse()} == {"llama3:70b"}
             warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-            assert any("llama3:70b" in w and "mixtral:8x7b" in w and "no backend serves" in w for w in warning)
+            assert any(
+                "llama3:70b" in w and "mixtral:8x7b" in w and "no backend serves" in w
+                for w in warning
+            )
             # Exhausted chain: the only candidate (still healthy, probes are 30 s apart) refuses
             # the connection, and no model of the chain has another backend: 502.
             await fake.stop()
-            status, body, _ = await nexus.post("/v1/chat/completions", {"model": "llama3:70b", "messages": MSG})
+            status, body, _ = await nexus.post(
+                "/v1/chat/completions", {"model": "llama3:70b", "messages": MSG}
+            )
             assert status == 502, body
             assert "connection refused" in body["error"]["message"]
 
 
 async def test_fallback_when_primary_unhealthy(tmp_path: Path) -> None:
     async with FakeOllama([FakeModel("big")]) as big, FakeOllama([FakeModel("small")]) as small:
-        backends = [backend_entry(big, "big-box", "ollama"), backend_entry(small, "small-box", "ollama")]
+        backends = [
+            backend_entry(big, "big-box", "ollama"),
+            backend_entry(small, "small-box", "ollama"),
+        ]
         routing = {"fallbacks": {"big": ["small"]}}
         hc = {"interval_seconds": 0.1, "failure_threshold": 1}
         async with running_nexus(tmp_path, backends, routing=routing, health_check=hc) as nexus:
@@ -197,17 +268,32 @@ async def test_fallback_when_primary_unhealthy(tmp_path: Path) -> None:
             big.health_behavior = Behavior.ERROR_500
             backend = nexus.state.registry.find("big-box")
             await wait_until(lambda: backend is None or not backend.routable, what="not routable")
-            resp = await nexus.client.chat.completions.with_raw_response.create(model="big", messages=MSG)  # type: ignore[arg-type]
+            resp = await nexus.client.chat.completions.with_raw_response.create(
+                model="big", messages=MSG
+            )  # type: ignore[arg-type]
             assert resp.headers["X-Nexus-Backend"] == "small-box"
             assert resp.headers["X-Nexus-Fallback-Model"] == "small"
 
 
-@pytest.mark.parametrize("fault", ["refuse", Behavior.HANG, Behavior.ERROR_500, Behavior.ERROR_503,
-                                   Behavior.INVALID_JSON, Behavior.CUT_STREAM, Behavior.HEADERS_THEN_STALL])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "refuse",
+        Behavior.HANG,
+        Behavior.ERROR_500,
+        Behavior.ERROR_503,
+        Behavior.INVALID_JSON,
+        Behavior.CUT_STREAM,
+        Behavior.HEADERS_THEN_STALL,
+    ],
+)
 @pytest.mark.parametrize("stream", [False, True])
 async def test_failover_to_second_backend(tmp_path: Path, fault: Any, stream: bool) -> None:
     async with FakeVLLM([FakeModel("m")]) as bad, FakeVLLM([FakeModel("m")]) as good:
-        backends = [backend_entry(bad, "bad", "vllm", priority=1), backend_entry(good, "good", "vllm", priority=2)]
+        backends = [
+            backend_entry(bad, "bad", "vllm", priority=1),
+            backend_entry(good, "good", "vllm", priority=2),
+        ]
         server = {"request_timeout_seconds": 1, "stream_idle_timeout_seconds": 1}
         async with running_nexus(tmp_path, backends, server=server) as nexus:
             if fault == "refuse":
@@ -215,7 +301,9 @@ async def test_failover_to_second_backend(tmp_path: Path, fault: Any, stream: bo
             else:
                 bad.chat_behavior, bad.cut_after = fault, 0
             started = time.monotonic()
-            resp = await nexus.client.chat.completions.with_raw_response.create(model="m", messages=MSG, stream=stream)  # type: ignore[call-overload]
+            resp = await nexus.client.chat.completions.with_raw_response.create(
+                model="m", messages=MSG, stream=stream
+            )  # type: ignore[call-overload]
             assert resp.headers["X-Nexus-Backend"] == "good"
             assert resp.headers["X-Nexus-Route-Reason"] == "failover"
             reply = resp.parse()
@@ -233,25 +321,34 @@ async def test_failover_to_second_backend(tmp_path: Path, fault: Any, stream: bo
             bad_backend = nexus.state.registry.find("bad")
             assert bad_backend is not None and bad_backend.penalized_until > 0
             # Penalised at once: the next request goes straight to the good backend.
-            resp = await nexus.client.chat.completions.with_raw_response.create(model="m", messages=MSG)  # type: ignore[arg-type]
+            resp = await nexus.client.chat.completions.with_raw_response.create(
+                model="m", messages=MSG
+            )  # type: ignore[arg-type]
             assert resp.headers["X-Nexus-Backend"] == "good"
             assert resp.headers["X-Nexus-Route-Reason"] != "failover"
 
 
 async def test_no_retry_on_400_and_429_tries_another(tmp_path: Path) -> None:
     async with FakeVLLM([FakeModel("m")]) as first, FakeVLLM([FakeModel("m")]) as second:
-        backends = [backend_entry(first, "first", "vllm", priority=1), backend_entry(second, "second", "vllm", priority=2)]
+        backends = [
+            backend_entry(first, "first", "vllm", priority=1),
+            backend_entry(second, "second", "vllm", priority=2),
+        ]
         async with running_nexus(tmp_path, backends) as nexus:
             first.chat_behavior = Behavior.ERROR_400
             with pytest.raises(openai.BadRequestError):
                 await nexus.client.chat.completions.create(model="m", messages=MSG)  # type: ignore[arg-type]
             assert len(second.chat_requests) == 0
             first.chat_behavior = Behavior.ERROR_429
-            resp = await nexus.client.chat.completions.with_raw_response.create(model="m", messages=MSG)  # type: ignore[arg-type]
+            resp = await nexus.client.chat.completions.with_raw_response.create(
+                model="m", messages=MSG
+            )  # type: ignore[arg-type]
             assert resp.headers["X-Nexus-Backend"] == "second"
             second.chat_behavior = Behavior.ERROR_429
             first.chat_behavior = Behavior.ERROR_429
-            status, _, headers = await nexus.post("/v1/chat/completions", {"model": "m", "messages": MSG})
+            status, _, headers = await nexus.post(
+                "/v1/chat/completions", {"model": "m", "messages": MSG}
+            )
             assert status == 429 and headers["Retry-After"] == "7"
 
 
@@ -265,7 +362,9 @@ async def test_retries_are_bounded_by_max_retries(tmp_path: Path) -> None:
     try:
         backends = [backend_entry(f, f"b{i}", "vllm") for i, f in enumerate(fakes)]
         async with running_nexus(tmp_path, backends, routing={"max_retries": 1}) as nexus:
-            status, body, _ = await nexus.post("/v1/chat/completions", {"model": "m", "messages": MSG})
+            status, body, _ = await nexus.post(
+                "/v1/chat/completions", {"model": "m", "messages": MSG}
+            )
             assert status == 502 and "HTTP 503" in body["error"]["message"]
             assert sum(len(f.chat_requests) for f in fakes) == 2
     finally:
@@ -280,7 +379,9 @@ async def test_quality_tracking_deprioritises_and_recovers(
 
     async with FakeVLLM([FakeModel("m")]) as flaky, FakeVLLM([FakeModel("m")]) as steady:
         backends = [backend_entry(flaky, "flaky", "vllm"), backend_entry(steady, "steady", "vllm")]
-        async with running_nexus(tmp_path, backends, health_check={"interval_seconds": 0.05}) as nexus:
+        async with running_nexus(
+            tmp_path, backends, health_check={"interval_seconds": 0.05}
+        ) as nexus:
             flaky.chat_behavior = Behavior.ERROR_500
             seen = await served_by(nexus, 10)  # every answer comes from steady (failover)
             assert seen == {"steady": 10}
@@ -297,7 +398,9 @@ async def test_quality_tracking_deprioritises_and_recovers(
             # Not excluded for good: the error rate decays and flaky gets traffic again.
             monkeypatch.setattr(quality, "ERROR_HALF_LIFE_SECONDS", 0.05)
             await wait_until(
-                lambda: "flaky" not in (nexus.state.quality.error_rates("m", time.monotonic()) or {}),
+                lambda: (
+                    "flaky" not in (nexus.state.quality.error_rates("m", time.monotonic()) or {})
+                ),
                 what="flaky's error rate decayed to negligible",
             )
             seen = await served_by(nexus, 10)
@@ -314,17 +417,25 @@ async def test_429_is_relayed_when_no_other_backend_can_serve(tmp_path: Path) ->
         FakeOllama([FakeModel("llava", vision=False)]) as text_box,
     ):
         # The vision box is preferred, so every request meets its 429 first.
-        backends = [backend_entry(vision_box, "vision", "ollama", priority=1),
-                    backend_entry(text_box, "text", "ollama", priority=2)]
+        backends = [
+            backend_entry(vision_box, "vision", "ollama", priority=1),
+            backend_entry(text_box, "text", "ollama", priority=2),
+        ]
         async with running_nexus(tmp_path, backends) as nexus:
             vision_box.chat_behavior = Behavior.ERROR_429
-            image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+            image = [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+            ]
             # The text box is healthy but cannot see: the vision box's 429 is the answer.
-            status, body, headers = await nexus.post("/v1/chat/completions", {"model": "llava", "messages": image})
+            status, body, headers = await nexus.post(
+                "/v1/chat/completions", {"model": "llava", "messages": image}
+            )
             assert status == 429 and headers["Retry-After"] == "7" and body["error"]
             assert text_box.chat_requests == []
             # A 429 followed by a good answer elsewhere is a success, not an error.
-            status, _, headers = await nexus.post("/v1/chat/completions", {"model": "llava", "messages": MSG})
+            status, _, headers = await nexus.post(
+                "/v1/chat/completions", {"model": "llava", "messages": MSG}
+            )
             assert status == 200 and headers["X-Nexus-Backend"] == "text"
             assert len(vision_box.chat_requests) == 2
             stats = (await nexus.get("/v1/stats"))[1]

@@ -75,8 +75,12 @@ async def test_client_disconnect_cancels_upstream_and_releases_counters(tmp_path
                 break  # got the first chunk; now walk away
             await stream.close()
             await wait_until(
-                lambda: not (
-                    fake.active_streams or nexus.state.in_flight or any(nexus.pending().values())
+                lambda: (
+                    not (
+                        fake.active_streams
+                        or nexus.state.in_flight
+                        or any(nexus.pending().values())
+                    )
                 ),
                 what="the stream and the counters released",
             )
@@ -100,8 +104,12 @@ async def test_client_disconnect_before_first_byte_cancels_upstream(tmp_path: Pa
                 await wait_until(lambda: fake.chat_requests, what="the request at the backend")
                 task.cancel()
             await wait_until(
-                lambda: not (
-                    nexus.state.in_flight or any(nexus.pending().values()) or fake.active_requests
+                lambda: (
+                    not (
+                        nexus.state.in_flight
+                        or any(nexus.pending().values())
+                        or fake.active_requests
+                    )
                 ),
                 what="the request released everywhere",
             )

@@ -57,7 +57,9 @@ async def test_https_backend_answers_chat_and_streams(tmp_path: Path) -> None:
             for _ in range(3):
                 reply = await client.chat.completions.create(model="qwen", messages=messages)  # type: ignore[arg-type]
                 assert reply.choices[0].message.content
-            stream = await client.chat.completions.create(model="qwen", messages=messages, stream=True)  # type: ignore[arg-type]
+            stream = await client.chat.completions.create(
+                model="qwen", messages=messages, stream=True
+            )  # type: ignore[arg-type]
             text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
             assert text
     chats = [r for r in fake.requests if r.path == "/v1/chat/completions"]

@@ -147,8 +147,10 @@ async def test_streamed_chunks_arrive_one_by_one() -> None:
 
     async def stream(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
         await script.request(r)
-        w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n6\r\ndata:1\r\n")
+        w.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n6\r\ndata:1\r\n"
+        )
         await w.drain()
         await release.wait()
         w.write(b"6\r\ndata:2\r\n0\r\n\r\n")
@@ -172,8 +174,9 @@ async def test_stream_released_after_its_last_event_keeps_the_connection() -> No
     async def stream(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
         for _ in range(2):
             await script.request(r)
-            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                    b"e\r\ndata: [DONE]\n\n\r\n")
+            w.write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\ne\r\ndata: [DONE]\n\n\r\n"
+            )
             await w.drain()
             await asyncio.sleep(0.05)
             w.write(b"0\r\n\r\n")
@@ -194,8 +197,9 @@ async def test_stream_released_after_its_last_event_keeps_the_connection() -> No
 
 async def test_gzip_body_is_decoded() -> None:
     body = gzip.compress(b'{"answer": "' + b"x" * 5000 + b'"}')
-    wire = (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
-            % len(body)) + body
+    wire = (
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body)
+    ) + body
     pool = Pool(2.0, 2.0)
     async with server_answering(wire) as server:
         status, raw = await post(pool, server.url)
@@ -205,7 +209,7 @@ async def test_gzip_body_is_decoded() -> None:
 
 
 async def test_body_framed_by_close_is_read_to_the_end_and_not_reused() -> None:
-    wire = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"closed\": true}"
+    wire = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"closed": true}'
     pool = Pool(2.0, 2.0)
     async with server_answering(wire, then_close=True) as server:
         assert await post(pool, server.url) == (200, b'{"closed": true}')
@@ -250,10 +254,14 @@ async def test_no_content_answer_has_no_body() -> None:
         (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "invalid Content-Length"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "malformed chunked"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXY", "malformed chunked"),
-        (b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{}",
-         "unsupported Content-Encoding: br"),
-        (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\nnope",
-         "does not decompress"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{}",
+            "unsupported Content-Encoding: br",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\nnope",
+            "does not decompress",
+        ),
         (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000, "larger than 64 KiB"),
     ],
 )
@@ -266,7 +274,7 @@ async def test_malformed_answers_are_errors_that_name_the_problem(wire: bytes, r
 
 
 async def test_truncated_body_is_a_disconnect() -> None:
-    wire = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial"
+    wire = b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial'
     pool = Pool(2.0, 2.0)
     async with server_answering(wire, then_close=True) as server:
         with pytest.raises(Disconnected, match="mid-body"):
@@ -353,7 +361,10 @@ async def test_slow_reader_pauses_the_backend_socket_and_loses_nothing() -> None
         while piece := await resp.read_chunk(2.0):
             body += piece
         assert len(body) == size
-        assert body[:1024] == b"\x00" * 1024 and body[-1024:] == bytes([(size // 1024 - 1) % 256]) * 1024
+        assert (
+            body[:1024] == b"\x00" * 1024
+            and body[-1024:] == bytes([(size // 1024 - 1) % 256]) * 1024
+        )
         resp.release()
     pool.close()
 

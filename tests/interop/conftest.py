@@ -132,17 +132,28 @@ class LlamaServer:
 
     def command(self) -> list[str]:
         return [
-            str(self.runtime.python), "-m", "llama_cpp.server",
-            "--model", str(self.runtime.model),
-            "--model_alias", MODEL_ALIAS,
-            "--host", "127.0.0.1",
-            "--port", str(self.port),
-            "--n_threads", "1",
-            "--n_threads_batch", "1",
-            "--n_ctx", str(N_CTX),
+            str(self.runtime.python),
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(self.runtime.model),
+            "--model_alias",
+            MODEL_ALIAS,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--n_threads",
+            "1",
+            "--n_threads_batch",
+            "1",
+            "--n_ctx",
+            str(N_CTX),
             # Otherwise every new request (health probes included) aborts a running stream.
-            "--interrupt_requests", "false",
-            "--verbose", "false",
+            "--interrupt_requests",
+            "false",
+            "--verbose",
+            "false",
         ]
 
     def start(self) -> None:

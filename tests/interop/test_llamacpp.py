@@ -46,7 +46,9 @@ async def nexus_for(
 ) -> AsyncIterator[Nexus]:
     merged = merge(SECTIONS, sections)
     async with running_nexus(tmp_path, backends, **merged) as nexus:
-        await wait_backends(nexus, lambda: all(b.routable for b in nexus.state.registry), "all routable")
+        await wait_backends(
+            nexus, lambda: all(b.routable for b in nexus.state.registry), "all routable"
+        )
         yield nexus
 
 
@@ -172,7 +174,9 @@ async def test_request_ids_do_not_break_llama_cpp_python(nexus: Nexus) -> None:
     body = {"model": MODEL_ALIAS, "messages": MESSAGES, "max_tokens": 4}
     for client_id in (None, "abc-123", "6f1c1e9a-3c4e-4d7a-9d6b-2a1f0c9e8b7d"):
         headers = {"X-Request-Id": client_id} if client_id else None
-        status, reply, resp_headers = await nexus.post("/v1/chat/completions", body, headers=headers)
+        status, reply, resp_headers = await nexus.post(
+            "/v1/chat/completions", body, headers=headers
+        )
         assert status == 200, (client_id, reply, dict(resp_headers))
         if client_id:
             assert resp_headers["X-Request-Id"] == client_id
@@ -243,8 +247,13 @@ async def test_chat_streaming_usage_when_requested(
         # Is that the server's doing? Ask it directly, with the very same request.
         _, _, direct = await raw_stream(
             llama_servers[0].url,
-            {"model": MODEL_ALIAS, "messages": MESSAGES, "max_tokens": 16, "stream": True,
-             "stream_options": {"include_usage": True}},
+            {
+                "model": MODEL_ALIAS,
+                "messages": MESSAGES,
+                "max_tokens": 16,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
         )
         assert direct[-1] == "[DONE]"
         assert not any(json.loads(d).get("usage") for d in direct[:-1]), "Nexus lost usage"

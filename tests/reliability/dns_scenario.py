@@ -28,10 +28,14 @@ async def main() -> dict[str, object]:
                 assert ghost is not None
                 found["ghost_status"] = ghost.status.value
                 found["ghost_error"] = ghost.last_error
-                status, body, headers = await nexus.post("/v1/chat/completions", {"model": "m", "messages": MSG})
+                status, body, headers = await nexus.post(
+                    "/v1/chat/completions", {"model": "m", "messages": MSG}
+                )
                 found["with_alternative"] = [status, headers.get("X-Nexus-Backend")]
         async with running_nexus(Path(tmp) / "b", [GHOST]) as nexus:
-            status, body, _ = await nexus.post("/v1/chat/completions", {"model": "m", "messages": MSG})
+            status, body, _ = await nexus.post(
+                "/v1/chat/completions", {"model": "m", "messages": MSG}
+            )
             found["without_alternative"] = [status, body["error"]["message"]]
     return found
 

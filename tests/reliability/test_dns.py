@@ -15,13 +15,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"),
-                    reason="needs root, unshare and ip to make a private network namespace")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"),
+    reason="needs root, unshare and ip to make a private network namespace",
+)
 async def test_unresolvable_backend_is_named_and_routed_around() -> None:
     script = f"ip link set lo up && exec {sys.executable} -m tests.reliability.dns_scenario"
     proc = await asyncio.create_subprocess_exec(
-        "unshare", "--net", "sh", "-c", script, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "unshare",
+        "--net",
+        "sh",
+        "-c",
+        script,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     async with asyncio.timeout(60):
         out, err = await proc.communicate()

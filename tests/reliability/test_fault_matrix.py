@@ -51,7 +51,10 @@ def apply(fault: str, fake: FakeVLLM) -> None:
 
 async def call(nexus: Nexus, stream: bool, fault: str) -> tuple[int, Any, CIMultiDict[str]]:
     body = {"model": "m", "messages": MSG, "stream": stream}
-    async with aiohttp.ClientSession() as s, s.post(nexus.url + "/v1/chat/completions", json=body) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(nexus.url + "/v1/chat/completions", json=body) as r,
+    ):
         raw = await r.read()
         if r.content_type == "text/event-stream":
             events = [e[6:] for e in raw.split(b"\n\n") if e]
@@ -103,7 +106,9 @@ async def test_without_alternative(tmp_path: Path, fault: str, stream: bool) -> 
                 assert set(body) == {"error"} and body["error"]["message"]
                 if status == 429:
                     assert headers["Retry-After"] == "7"
-            assert "Traceback" not in json.dumps(body if isinstance(body, dict) else [e.decode() for e in body])
+            assert "Traceback" not in json.dumps(
+                body if isinstance(body, dict) else [e.decode() for e in body]
+            )
             await settle_counters(nexus)
             await still_serving(nexus, None if fault in ("refuse", "tls") else fake)
 
@@ -137,8 +142,10 @@ async def test_with_alternative(tmp_path: Path, fault: str, stream: bool) -> Non
 
 async def test_flapping_backend_with_alternative(tmp_path: Path) -> None:
     async with FakeVLLM([FakeModel("m")]) as flappy, FakeVLLM([FakeModel("m")]) as steady:
-        backends = [backend_entry(flappy, "flappy", "vllm", priority=1),
-                    backend_entry(steady, "steady", "vllm", priority=2)]
+        backends = [
+            backend_entry(flappy, "flappy", "vllm", priority=1),
+            backend_entry(steady, "steady", "vllm", priority=2),
+        ]
         hc = {"interval_seconds": 0.1, "failure_threshold": 1, "recovery_threshold": 1}
         async with running_nexus(tmp_path, backends, health_check=hc, server=SERVER) as nexus:
             port = flappy.port
@@ -156,7 +163,9 @@ async def test_flapping_backend_with_alternative(tmp_path: Path) -> None:
                 for stream in (False, True):
                     status, _, headers = await call(nexus, stream, "flap")
                     assert status == 200
-                    served[headers["X-Nexus-Backend"]] = served.get(headers["X-Nexus-Backend"], 0) + 1
+                    served[headers["X-Nexus-Backend"]] = (
+                        served.get(headers["X-Nexus-Backend"], 0) + 1
+                    )
             await flapping
             assert served.get("steady", 0) > 0
             await settle_counters(nexus)
@@ -165,7 +174,9 @@ async def test_flapping_backend_with_alternative(tmp_path: Path) -> None:
 async def test_flapping_backend_alone_never_hangs_or_500s(tmp_path: Path) -> None:
     async with FakeVLLM([FakeModel("m")]) as flappy:
         hc = {"interval_seconds": 0.1, "failure_threshold": 1, "recovery_threshold": 1}
-        async with running_nexus(tmp_path, [backend_entry(flappy, "flappy", "vllm")], health_check=hc, server=SERVER) as nexus:
+        async with running_nexus(
+            tmp_path, [backend_entry(flappy, "flappy", "vllm")], health_check=hc, server=SERVER
+        ) as nexus:
             port = flappy.port
             statuses: set[int] = set()
             for _ in range(5):

@@ -20,31 +20,57 @@ from tests.fakes import FakeModel, FakeVLLM
 from tests.helpers import backend_entry, running_nexus
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**40), 2**40)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 content = st.one_of(
-    json_values, st.text(max_size=50),
-    st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "x"])},
-                                   optional={"text": json_values, "image_url": json_values}), max_size=3),
+    json_values,
+    st.text(max_size=50),
+    st.lists(
+        st.fixed_dictionaries(
+            {"type": st.sampled_from(["text", "image_url", "x"])},
+            optional={"text": json_values, "image_url": json_values},
+        ),
+        max_size=3,
+    ),
 )
 message = st.fixed_dictionaries(
-    {}, optional={"role": st.one_of(st.sampled_from(["user", "assistant", "system", "tool"]), json_values),
-                  "content": content, "tool_calls": json_values, "tool_call_id": json_values, "name": json_values},
-)
-chat_body = st.fixed_dictionaries(
     {},
     optional={
-        "model": st.one_of(st.sampled_from(["m", "missing"]), json_values),
-        "messages": st.one_of(st.lists(message, max_size=4), json_values),
-        "stream": st.one_of(st.booleans(), json_values),
-        "max_tokens": json_values, "n": json_values, "temperature": json_values, "top_p": json_values,
-        "tools": json_values, "response_format": json_values, "stream_options": json_values,
-        "logprobs": json_values, "seed": json_values,
+        "role": st.one_of(st.sampled_from(["user", "assistant", "system", "tool"]), json_values),
+        "content": content,
+        "tool_calls": json_values,
+        "tool_call_id": json_values,
+        "name": json_values,
     },
-) | json_values
+)
+chat_body = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "model": st.one_of(st.sampled_from(["m", "missing"]), json_values),
+            "messages": st.one_of(st.lists(message, max_size=4), json_values),
+            "stream": st.one_of(st.booleans(), json_values),
+            "max_tokens": json_values,
+            "n": json_values,
+            "temperature": json_values,
+            "top_p": json_values,
+            "tools": json_values,
+            "response_format": json_values,
+            "stream_options": json_values,
+            "logprobs": json_values,
+            "seed": json_values,
+        },
+    )
+    | json_values
+)
 
 
 class ThreadedNexus:
@@ -108,14 +134,29 @@ def test_fuzz_chat_and_embeddings(server: ThreadedNexus) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     seen: dict[int, int] = {}
 
-    @settings(max_examples=2500, deadline=None, derandomize=True,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                     HealthCheck.function_scoped_fixture])
-    @given(chat_body, st.sampled_from(["/v1/chat/completions", "/v1/chat/completions", "/v1/embeddings"]))
+    @settings(
+        max_examples=2500,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.function_scoped_fixture,
+        ],
+    )
+    @given(
+        chat_body,
+        st.sampled_from(["/v1/chat/completions", "/v1/chat/completions", "/v1/embeddings"]),
+    )
     # Well-formed requests too, explicitly: the run must reach the backend, not only the 400s,
     # whatever the generator's luck on a given machine.
-    @example({"model": "m", "messages": [{"role": "user", "content": "hi"}]}, "/v1/chat/completions")
-    @example({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}, "/v1/chat/completions")
+    @example(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, "/v1/chat/completions"
+    )
+    @example(
+        {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        "/v1/chat/completions",
+    )
     @example({"model": "m", "messages": ["hi", "there"]}, "/v1/embeddings")
     def fuzz(body: Any, path: str) -> None:
         if isinstance(body, dict) and path.endswith("embeddings") and "messages" in body:

@@ -25,14 +25,20 @@ async def test_no_secret_or_content_anywhere(
     caplog.set_level(1, logger="nexus")
     monkeypatch.setenv("LAB_KEY", BACKEND_KEY)
     async with FakeVLLM([FakeModel("m")]) as keyed, FakeVLLM([FakeModel("m")]) as plain:
-        backends = [backend_entry(keyed, "keyed", "openai", api_key_env="LAB_KEY"),
-                    backend_entry(plain, "plain", "vllm")]
+        backends = [
+            backend_entry(keyed, "keyed", "openai", api_key_env="LAB_KEY"),
+            backend_entry(plain, "plain", "vllm"),
+        ]
         async with running_nexus(tmp_path, backends, logging={"level": "trace"}) as nexus:
             headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
             seen: list[str] = []
             async with aiohttp.ClientSession(headers=headers) as s:
                 for stream in (False, True):
-                    body = {"model": "m", "stream": stream, "messages": [{"role": "user", "content": CONTENT}]}
+                    body = {
+                        "model": "m",
+                        "stream": stream,
+                        "messages": [{"role": "user", "content": CONTENT}],
+                    }
                     for _ in range(2):
                         async with s.post(nexus.url + "/v1/chat/completions", json=body) as r:
                             assert r.status == 200
@@ -40,9 +46,18 @@ async def test_no_secret_or_content_anywhere(
                 keyed.chat_behavior = plain.chat_behavior = Behavior.ERROR_500
                 async with s.post(nexus.url + "/v1/chat/completions", json=body) as r:
                     seen.append(await r.text() + str(dict(r.headers)))
-                async with s.post(nexus.url + "/v1/chat/completions", json={"model": CONTENT, "messages": []}) as r:
+                async with s.post(
+                    nexus.url + "/v1/chat/completions", json={"model": CONTENT, "messages": []}
+                ) as r:
                     seen.append(await r.text())
-                for path in ("/metrics", "/v1/stats", "/health", "/v1/models", "/admin/backends", "/"):
+                for path in (
+                    "/metrics",
+                    "/v1/stats",
+                    "/health",
+                    "/v1/models",
+                    "/admin/backends",
+                    "/",
+                ):
                     async with s.get(nexus.url + path) as r:
                         seen.append(await r.text() + str(dict(r.headers)))
             # The backend with a key got its key, not the client's; the other got the client's.
@@ -53,25 +68,46 @@ async def test_no_secret_or_content_anywhere(
     everything = logs + "\n".join(seen)
     for secret in (CLIENT_KEY, BACKEND_KEY, CONTENT):
         assert secret not in everything, secret
-    assert "Traceback" not in everything and "aiohttp/" not in everything and "Python/" not in everything
+    assert (
+        "Traceback" not in everything
+        and "aiohttp/" not in everything
+        and "Python/" not in everything
+    )
 
 
-async def test_admin_token_required_when_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_admin_token_required_when_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("NEXUS_ADMIN_TOKEN", "tok-123")
     async with running_nexus(tmp_path, []) as nexus:
         async with aiohttp.ClientSession() as s:
             async with s.get(nexus.url + "/admin/backends") as r:
                 assert r.status == 403 and (await r.json())["error"]["code"] == "forbidden"
-            async with s.get(nexus.url + "/admin/backends", headers={"Authorization": "Bearer nope"}) as r:
+            async with s.get(
+                nexus.url + "/admin/backends", headers={"Authorization": "Bearer nope"}
+            ) as r:
                 assert r.status == 403
-            async with s.get(nexus.url + "/admin/backends", headers={"Authorization": "Bearer tok-123"}) as r:
+            async with s.get(
+                nexus.url + "/admin/backends", headers={"Authorization": "Bearer tok-123"}
+            ) as r:
                 assert r.status == 200
-            async with s.post(nexus.url + "/admin/backends", json={"url": "http://127.0.0.1:1"}) as r:
+            async with s.post(
+                nexus.url + "/admin/backends", json={"url": "http://127.0.0.1:1"}
+            ) as r:
                 assert r.status == 403
 
 
-@pytest.mark.parametrize(("peer", "allowed"), [("127.0.0.1", True), ("::1", True), ("127.9.9.9", True),
-                                                ("192.168.1.20", False), ("10.0.0.1", False), ("fe80::1", False)])
+@pytest.mark.parametrize(
+    ("peer", "allowed"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("127.9.9.9", True),
+        ("192.168.1.20", False),
+        ("10.0.0.1", False),
+        ("fe80::1", False),
+    ],
+)
 async def test_admin_is_loopback_only_without_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, peer: str, allowed: bool
 ) -> None:
@@ -83,9 +119,15 @@ async def test_admin_is_loopback_only_without_token(
         app = nexus.server.app
 
         async def routed(method: str, path: str) -> tuple[int, dict[str, Any]]:
-            scope = {"type": "http", "method": method, "path": path, "query_string": b"",
-                     "headers": [(b"host", b"127.0.0.1:8000")], "client": (peer, 1234),
-                     "scheme": "http"}
+            scope = {
+                "type": "http",
+                "method": method,
+                "path": path,
+                "query_string": b"",
+                "headers": [(b"host", b"127.0.0.1:8000")],
+                "client": (peer, 1234),
+                "scheme": "http",
+            }
             sent: list[dict[str, Any]] = []
 
             async def receive() -> dict[str, Any]:
@@ -101,8 +143,11 @@ async def test_admin_is_loopback_only_without_token(
             status, _ = await routed("GET", "/admin/backends")
             assert status == 200
         else:
-            for method, path in (("GET", "/admin/backends"), ("POST", "/admin/backends"),
-                                 ("DELETE", "/admin/backends/anything")):
+            for method, path in (
+                ("GET", "/admin/backends"),
+                ("POST", "/admin/backends"),
+                ("DELETE", "/admin/backends/anything"),
+            ):
                 status, body = await routed(method, path)
                 assert status == Forbidden.status and body["error"]["code"] == "forbidden"
 
@@ -115,7 +160,6 @@ async def test_admin_add_only_accepts_http_urls(tmp_path: Path) -> None:
         assert len(nexus.state.registry) == 0
 
 
-
 async def test_backend_cookies_are_not_replayed_to_other_clients(tmp_path: Path) -> None:
     seen: list[str | None] = []
 
@@ -124,8 +168,20 @@ async def test_backend_cookies_are_not_replayed_to_other_clients(tmp_path: Path)
 
     async def chat(request: web.Request) -> web.Response:
         seen.append(request.headers.get("Cookie"))
-        response = web.json_response({"id": "x", "object": "chat.completion", "model": "c", "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]})
+        response = web.json_response(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "model": "c",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "ok"},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+        )
         response.set_cookie("session", "client-a-secret")
         return response
 
@@ -141,7 +197,10 @@ async def test_backend_cookies_are_not_replayed_to_other_clients(tmp_path: Path)
         url = f"http://localhost:{runner.addresses[0][1]}"
         async with running_nexus(tmp_path, [{"name": "c", "url": url, "type": "generic"}]) as nexus:
             for _ in range(2):
-                status, _, _ = await nexus.post("/v1/chat/completions", {"model": "c", "messages": [{"role": "user", "content": "x"}]})
+                status, _, _ = await nexus.post(
+                    "/v1/chat/completions",
+                    {"model": "c", "messages": [{"role": "user", "content": "x"}]},
+                )
                 assert status == 200
         assert seen == [None, None]
     finally:

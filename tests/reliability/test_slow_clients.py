@@ -17,7 +17,9 @@ MSG = [{"role": "user", "content": "hi"}]
 async def test_slowloris_connections_are_cut_and_others_served(tmp_path: Path) -> None:
     async with FakeVLLM([FakeModel("m")]) as fake:
         server = {"client_timeout_seconds": 1}
-        async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")], server=server) as nexus:
+        async with running_nexus(
+            tmp_path, [backend_entry(fake, "v", "vllm")], server=server
+        ) as nexus:
             port = int(nexus.url.rsplit(":", 1)[1])
             conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(100)]
             for _, writer in conns:
@@ -40,11 +42,15 @@ async def test_slowloris_connections_are_cut_and_others_served(tmp_path: Path) -
 async def test_slow_body_gets_408(tmp_path: Path) -> None:
     async with FakeVLLM([FakeModel("m")]) as fake:
         server = {"client_timeout_seconds": 0.5}
-        async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")], server=server) as nexus:
+        async with running_nexus(
+            tmp_path, [backend_entry(fake, "v", "vllm")], server=server
+        ) as nexus:
             port = int(nexus.url.rsplit(":", 1)[1])
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                         b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"model\"")
+            writer.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"model"'
+            )
             async with asyncio.timeout(5):
                 head = await reader.readuntil(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 408")
@@ -67,7 +73,9 @@ class EndlessStream:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        event = b'data: {"choices": [{"index": 0, "delta": {"content": "' + b"x" * 1000 + b'"}}]}\n\n'
+        event = (
+            b'data: {"choices": [{"index": 0, "delta": {"content": "' + b"x" * 1000 + b'"}}]}\n\n'
+        )
         self.active += 1
         try:
             while True:
@@ -104,13 +112,19 @@ async def test_reader_that_never_reads_is_dropped_and_upstream_released(tmp_path
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.setblocking(False)
             await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-            payload = b'{"model": "m", "stream": true, "messages": [{"role": "user", "content": "x"}]}'
-            sock.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: %d\r\n\r\n" % len(payload) + payload)
+            payload = (
+                b'{"model": "m", "stream": true, "messages": [{"role": "user", "content": "x"}]}'
+            )
+            sock.send(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(payload) + payload
+            )
             # Never read. Nexus must give up on us and close the upstream stream.
             await wait_until(
-                lambda: upstream.ended_by_peer
-                and not (nexus.state.in_flight or any(nexus.pending().values())),
+                lambda: (
+                    upstream.ended_by_peer
+                    and not (nexus.state.in_flight or any(nexus.pending().values()))
+                ),
                 timeout=20,
                 interval=0.05,
                 what="the reader dropped and the upstream stream closed",

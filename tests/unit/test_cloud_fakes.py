@@ -452,7 +452,9 @@ async def test_anthropic_cut_stream_and_hang(claude: FakeAnthropic) -> None:
     async with anthropic_client(claude, timeout=0.3) as sdk:
         with pytest.raises(anthropic.APITimeoutError):
             await sdk.messages.create(model=CLAUDE, max_tokens=10, messages=user("hi"))
-    await wait_until(lambda: claude.active_requests == 0, what="claude.active_requests == 0")  # the fake saw the client leave
+    await wait_until(
+        lambda: claude.active_requests == 0, what="claude.active_requests == 0"
+    )  # the fake saw the client leave
 
 
 async def test_anthropic_slow_and_stalled_streams(claude: FakeAnthropic) -> None:
@@ -474,7 +476,9 @@ async def test_anthropic_slow_and_stalled_streams(claude: FakeAnthropic) -> None
                 async for piece in stream.text_stream:
                     pieces.append(piece)
     assert pieces == ["Echo: a "]  # the first of five pieces of eleven words
-    await wait_until(lambda: claude.cancelled_streams == 1, what="claude.cancelled_streams == 1")  # the stalled handler saw it go
+    await wait_until(
+        lambda: claude.cancelled_streams == 1, what="claude.cancelled_streams == 1"
+    )  # the stalled handler saw it go
 
 
 async def test_anthropic_invalid_json_is_not_parsed(

@@ -13,7 +13,9 @@ from nexus.transport.sse import SSEParser, event_data
 
 weights = st.builds(
     WeightsConfig,
-    priority=st.floats(0, 100), load=st.floats(0, 100), latency=st.floats(0, 100),
+    priority=st.floats(0, 100),
+    load=st.floats(0, 100),
+    latency=st.floats(0, 100),
 )
 priority = st.integers(0, 100)
 pending = st.integers(0, 10_000)
@@ -72,8 +74,10 @@ def test_alias_resolution(aliases: dict[str, str], model: str, served: set[str])
 
 
 def test_cycle_and_depth_messages_name_the_chain() -> None:
-    for aliases, text in (({"a": "b", "b": "c", "c": "a"}, "a -> b -> c -> a"),
-                          ({"a": "b", "b": "c", "c": "d", "d": "e"}, "a -> b -> c -> d -> e")):
+    for aliases, text in (
+        ({"a": "b", "b": "c", "c": "a"}, "a -> b -> c -> a"),
+        ({"a": "b", "b": "c", "c": "d", "d": "e"}, "a -> b -> c -> d -> e"),
+    ):
         try:
             check_aliases(aliases)
         except AliasCycleError as exc:
@@ -83,19 +87,30 @@ def test_cycle_and_depth_messages_name_the_chain() -> None:
 
 
 payloads = st.lists(
-    st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), min_size=1, max_size=40),
-    min_size=1, max_size=12,
+    st.text(
+        st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)),
+        min_size=1,
+        max_size=40,
+    ),
+    min_size=1,
+    max_size=12,
 )
 
 
 @settings(max_examples=300)
-@given(payloads, st.sampled_from([b"\n", b"\r\n"]), st.lists(st.integers(1, 50), min_size=1, max_size=50))
-def test_sse_parser_any_split_any_line_ending(texts: list[str], eol: bytes, cuts: list[int]) -> None:
+@given(
+    payloads,
+    st.sampled_from([b"\n", b"\r\n"]),
+    st.lists(st.integers(1, 50), min_size=1, max_size=50),
+)
+def test_sse_parser_any_split_any_line_ending(
+    texts: list[str], eol: bytes, cuts: list[int]
+) -> None:
     stream = b"".join(b"data: " + t.encode() + eol + eol for t in texts)
     parser, events, pos, i = SSEParser(), [], 0, 0
     while pos < len(stream):
         size = cuts[i % len(cuts)]
-        events += parser.feed(stream[pos:pos + size])
+        events += parser.feed(stream[pos : pos + size])
         pos, i = pos + size, i + 1
     assert parser.close() is None
     assert [event_data(e) for e in events] == [t.encode() for t in texts]

@@ -32,7 +32,7 @@ PRETTY_LINES = [
     "2025-10-09T08:53:20.062Z INFO    nexus.request: request request_id=req-1 endpoint=chat"
     " model=fast routed_model=qwen backend=gpu backend_type=ollama status=200"
     " latency_ms=250.0 ttft_ms=12.346 tokens_prompt=12 tokens_completion=34 stream=True"
-    " route_reason=alias retry_count=0 attempts=[\"gpu\"]",
+    ' route_reason=alias retry_count=0 attempts=["gpu"]',
     "2025-10-09T08:53:21.999Z INFO    nexus.request: request request_id=req-2"
     " endpoint=embeddings model=m status=502 latency_ms=1500.0 stream=False retry_count=1"
     ' fallback_chain=["m","n"] attempts=["a","b"] error_type=backend_error'
@@ -119,5 +119,7 @@ def test_names_cannot_forge_fields_or_lines() -> None:
     parsed = {key: json.loads(value) if value.startswith('"') else value for key, value in fields}
     assert parsed["model"] == hostile and parsed["status"] == "404"
     assert [key for key, _ in fields].count("status") == 1
-    assert message.endswith("discovered backend m status=200 backend=trusted\\r\\n2025-01-01"
-                            "T00:00:00.000Z INFO    nexus: forged")
+    assert message.endswith(
+        "discovered backend m status=200 backend=trusted\\r\\n2025-01-01"
+        "T00:00:00.000Z INFO    nexus: forged"
+    )
