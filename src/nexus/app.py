@@ -20,7 +20,7 @@ from nexus.api import admin, proxied, status
 from nexus.asgi import ASGIApp, Receive, Scope, Send
 from nexus.asgi.guards import Sites
 from nexus.asgi.routes import Router
-from nexus.backends import ProbeClient, make_adapters
+from nexus.backends import ProbeClient, auth, make_adapters
 from nexus.config import Config
 from nexus.dashboard import Dashboard
 from nexus.health import HealthChecker
@@ -28,6 +28,7 @@ from nexus.metrics import Metrics
 from nexus.pipeline import Pipeline
 from nexus.pipeline.forward import Forwarder
 from nexus.pipeline.plan import Planner
+from nexus.pricing import Price
 from nexus.quality import QualityTracker
 from nexus.records import Recorder
 from nexus.registry import Backend, DiscoverySource, Registry
@@ -52,6 +53,13 @@ def initial_backends(config: Config) -> list[Backend]:
             context_length=b.context_length or None,
             max_concurrent=b.max_concurrent or None,
             tls=TLS(verify=b.tls_verify, ca_file=b.ca_file),
+            zone=b.zone,
+            expose=tuple(b.models),
+            max_output_tokens=b.max_output_tokens,
+            prices={
+                model: Price(p.input, p.output, p.cached_input if p.cached_input >= 0 else None)
+                for model, p in b.prices.items()
+            },
             discovery_source=DiscoverySource.STATIC,
         )
         for b in config.backends
@@ -97,6 +105,9 @@ class App:
         state.background.append(asyncio.create_task(logs.flush_periodically(), name="log-flush"))
         if state.config.logging.log_content:
             log.warning("logging.log_content is on: message content is logged (truncated) at DEBUG")
+        for backend in state.registry:
+            if (missing := auth.missing_key(backend)) is not None:
+                log.warning("backend %s is unusable: %s", backend.name, missing)
         await state.health.start()
         await self.dashboard.hub.start()
         if state.discovery is not None:

@@ -15,9 +15,19 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
-BACKEND_TYPES = ("ollama", "vllm", "llamacpp", "exo", "lmstudio", "openai", "generic")
+LOCAL_TYPES = ("ollama", "vllm", "llamacpp", "exo", "lmstudio", "generic")
+CLOUD_TYPES = ("openai", "anthropic", "google")
+BACKEND_TYPES = (*LOCAL_TYPES[:-1], *CLOUD_TYPES, "generic")
+# Where each cloud type lives unless a backend's url says otherwise (a proxy, a compatible
+# service such as Groq or OpenRouter for "openai").
+CLOUD_URLS = {
+    "openai": "https://api.openai.com",
+    "anthropic": "https://api.anthropic.com",
+    "google": "https://generativelanguage.googleapis.com",
+}
+ZONES = ("restricted", "open")
 STRATEGIES = ("smart", "round_robin", "priority_only", "random")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
 LOG_FORMATS = ("pretty", "json")
@@ -118,6 +128,12 @@ class HealthCheckConfig:
     recovery_threshold: int = setting(
         2, "Consecutive successes that turn an unhealthy backend healthy.", min=1
     )
+    cloud_interval_seconds: float = setting(
+        300,
+        "Seconds between two probes of a cloud backend (they only list models, which costs "
+        "nothing, but there is no need to ask often).",
+        min=0.01,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,13 +157,64 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PriceConfig:
+    input: float = setting(0.0, "USD per million input (prompt) tokens.", min=0)
+    output: float = setting(0.0, "USD per million output (completion) tokens.", min=0)
+    cached_input: float = setting(
+        -1.0, "USD per million cached input tokens (negative: the input price).", min=-1
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class BackendConfig:
+    # A key in the file would end up in backups, repositories and support tickets.
+    __refused__: ClassVar[Mapping[str, str]] = {
+        "api_key": "keys are never read from the config file: put the key in an environment "
+        "variable and name the variable with api_key_env"
+    }
+
     name: str = setting("", "Display name; also the stable id of the backend.", required=True)
-    url: str = setting("", "Base URL, e.g. http://localhost:11434.", required=True)
-    type: str = setting("generic", "Backend kind.", choices=BACKEND_TYPES)
+    url: str = setting(
+        "",
+        "Base URL, e.g. http://localhost:11434. Cloud types default to the provider's official "
+        "URL (set it for a proxy or a compatible service).",
+    )
+    type: str = setting(
+        "",
+        "Backend kind (default generic). openai, anthropic and google are cloud types.",
+        choices=BACKEND_TYPES,
+    )
+    backend_type: str = setting(
+        "",
+        "Synonym of type (as the feature spec spells it): give one or the other.",
+        choices=BACKEND_TYPES,
+    )
     priority: int = setting(50, "Routing priority, lower is preferred.", min=0, max=100)
     api_key_env: str = setting(
-        "", "Environment variable holding this backend's API key (never the key itself)."
+        "",
+        "Environment variable holding this backend's API key (never the key itself); required "
+        "for cloud types.",
+    )
+    models: list[str] = setting(
+        [], "Expose only these of the backend's models (empty: every model it lists)."
+    )
+    zone: str = setting(
+        "",
+        "Privacy zone: restricted (a request for a model a restricted backend serves never "
+        "leaves restricted backends) or open. Default: restricted for local types, open for "
+        "cloud types.",
+        choices=ZONES,
+    )
+    max_output_tokens: int = setting(
+        4096,
+        "max_tokens sent to an anthropic backend when the request sets none (Anthropic "
+        "requires one).",
+        min=1,
+    )
+    prices: dict[str, PriceConfig] = setting(
+        {},
+        'Prices for models the bundled price data lacks, e.g. "my-model" = {input = 0.5, '
+        "output = 1.5} (USD per million tokens).",
     )
     context_length: int = setting(
         0,
@@ -246,8 +313,32 @@ def load(
     where = " + ".join([source or "config", *(f"${var}" for var in used)])
     config: Config = _build(Config, raw, where=where, prefix="")
     config = dataclasses.replace(config, source=source)
+    config = dataclasses.replace(
+        config,
+        backends=[_settle(b, f"{where}: backends[{i}]") for i, b in enumerate(config.backends)],
+    )
     validate(config)
     return config
+
+
+def _settle(b: BackendConfig, where: str) -> BackendConfig:
+    """The defaults that depend on the type: the type itself (``type`` or ``backend_type``),
+    a cloud type's URL and the zone."""
+    if b.type and b.backend_type:
+        raise ConfigError(f"{where}: give type or backend_type, not both")
+    kind = b.type or b.backend_type or "generic"
+    cloud = kind in CLOUD_TYPES
+    if cloud and not b.api_key_env:
+        raise ConfigError(f"{where}.api_key_env: required for a {kind} backend")
+    if not b.url and not cloud:
+        raise ConfigError(f"{where}.url: required")
+    return dataclasses.replace(
+        b,
+        type=kind,
+        backend_type="",
+        url=b.url or CLOUD_URLS.get(kind, ""),
+        zone=b.zone or ("open" if cloud else "restricted"),
+    )
 
 
 def _from_env(var: str, value: str) -> Any:
@@ -271,6 +362,9 @@ def _build(cls: type[Any], raw: Any, *, where: str, prefix: str) -> Any:
         raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'}: expected a table")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for key, why in getattr(cls, "__refused__", {}).items():
+        if key in raw:
+            raise ConfigError(f"{where}: {prefix}{key}: {why}")
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         known = ", ".join(sorted(fields))

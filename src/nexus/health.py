@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable
 
-from nexus.backends import Adapter, ProbeClient, ProbeError
+from nexus.backends import Adapter, ProbeClient, ProbeError, auth
 from nexus.config import HealthCheckConfig
 from nexus.registry import Backend, BackendStatus, Model, Registry
 
@@ -99,7 +99,12 @@ class HealthChecker:
             probe_now = True
             if not self.config.enabled:
                 return  # one probe to learn the models, then trust them
-            delay = self.config.interval_seconds * random.uniform(0.9, 1.1)
+            every = (
+                self.config.cloud_interval_seconds
+                if backend.cloud
+                else self.config.interval_seconds
+            )
+            delay = every * random.uniform(0.9, 1.1)
             wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), delay)
@@ -109,8 +114,12 @@ class HealthChecker:
         adapter = self.adapters.get(backend.type) or self.adapters["generic"]
         started = time.perf_counter()
         try:
+            if (missing := auth.missing_key(backend)) is not None:
+                raise ProbeError(missing)  # no request: it could only be refused
             listing = await adapter.probe(self.client, backend)
             models = listing.models
+            if backend.expose:
+                models = [m for m in models if m.id in backend.expose]
             backend.reported_slots = listing.slots
             if backend.context_length:
                 # replace, never mutate: adapters may cache and share Model objects

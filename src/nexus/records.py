@@ -41,6 +41,9 @@ class RequestRecord:
     error: str = ""
     tokens_prompt: int | None = None
     tokens_completion: int | None = None
+    tokens_cached: int | None = None  # of the prompt, served from the provider's cache
+    cost_usd: float | None = None  # cloud requests only
+    cost_flag: str = ""  # "" (priced from the usage), "estimated", or "cost_unknown"
     started: float = field(default_factory=time.perf_counter)
     timestamp: float = field(default_factory=time.time)
     upstream_seconds: float = 0.0  # time spent waiting on backends
@@ -54,6 +57,9 @@ class RequestRecord:
                 self.tokens_prompt = prompt
             if isinstance(completion, int):
                 self.tokens_completion = completion
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+                self.tokens_cached = details["cached_tokens"]
 
     def to_dict(self) -> dict[str, Any]:
         return self.fill({})
@@ -81,6 +87,10 @@ class RequestRecord:
         fields["attempts"] = self.attempts
         fields["error_type"] = self.error_type
         fields["error"] = self.error
+        if self.cost_usd is not None:  # cloud requests: local lines stay as they were
+            fields["cost_usd"] = round(self.cost_usd, 8)
+            if self.cost_flag:
+                fields["cost_flag"] = self.cost_flag
         return fields
 
 

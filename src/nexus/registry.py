@@ -17,6 +17,8 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from nexus.config import CLOUD_TYPES
+from nexus.pricing import Price
 from nexus.transport.pool import TLS
 
 LATENCY_EWMA_ALPHA = 0.2
@@ -138,6 +140,10 @@ class Backend:
     tls: TLS | None = None  # certificate policy for https (None: verify with system CAs)
     max_concurrent: int | None = None  # configured capacity (requests served at once)
     reported_slots: int | None = None  # what its last probe said (llama.cpp total_slots)
+    zone: str = "restricted"  # privacy zone: "restricted" | "open"
+    expose: tuple[str, ...] = ()  # only these of its models (config ``models``); () = all
+    max_output_tokens: int = 4096  # max_tokens for providers that require one (Anthropic)
+    prices: dict[str, Price] = field(default_factory=dict)  # configured, by model
     id: str = ""
     status: BackendStatus = BackendStatus.UNKNOWN
     last_health_check: float | None = None
@@ -163,6 +169,11 @@ class Backend:
         return self.status is BackendStatus.HEALTHY
 
     @property
+    def cloud(self) -> bool:
+        """A provider's API (OpenAI, Anthropic, Google), not a box of the user's."""
+        return self.type in CLOUD_TYPES
+
+    @property
     def capacity(self) -> int | None:
         """Requests it serves at once: configured, else reported, else unknown (None)."""
         return self.max_concurrent or self.reported_slots
@@ -181,6 +192,8 @@ class Backend:
             "type": self.type,
             "status": self.status.value,
             "priority": self.priority,
+            "kind": "cloud" if self.cloud else "local",
+            "zone": self.zone,
             "discovery_source": self.discovery_source.value,
             "last_health_check": self.last_health_check,
             "last_error": self.last_error,

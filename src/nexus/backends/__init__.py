@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from nexus.backends.base import Adapter, Listing, ProbeClient, ProbeError
+from nexus.backends.cloud import AnthropicAdapter, GoogleAdapter
 from nexus.backends.ollama import OllamaAdapter
 from nexus.backends.openai_compat import LlamaCppAdapter, LMStudioAdapter, OpenAICompatAdapter
 from nexus.registry import Backend
@@ -17,6 +18,8 @@ def make_adapters() -> dict[str, Adapter]:
         "lmstudio": LMStudioAdapter(),
         "exo": generic,
         "openai": generic,
+        "anthropic": AnthropicAdapter(),
+        "google": GoogleAdapter(),
         "generic": generic,
     }
 

@@ -8,8 +8,12 @@ there: never in a URL, where proxies and logs would keep it.
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 
+from nexus.dialects.anthropic import ANTHROPIC_VERSION
 from nexus.registry import Backend
+
+PROVIDERS = {"openai": "OpenAI", "anthropic": "Anthropic", "google": "Google"}
 
 
 def api_key(backend: Backend) -> str | None:
@@ -22,6 +26,26 @@ def api_key(backend: Backend) -> str | None:
 def headers_for(backend: Backend) -> dict[str, str]:
     """The headers that carry ``backend``'s key, as its provider expects them."""
     key = api_key(backend)
+    if backend.type == "anthropic":
+        # The API version is a header too, with or without a key (a keyless proxy).
+        version = {"anthropic-version": ANTHROPIC_VERSION}
+        return {"x-api-key": key, **version} if key else version
     if key is None:
         return {}
+    if backend.type == "google":
+        return {"x-goog-api-key": key}
     return {"Authorization": f"Bearer {key}"}
+
+
+def provider_name(backend: Backend) -> str:
+    """Who runs a cloud backend, as a person would name it."""
+    if backend.type == "openai" and urlsplit(backend.url).hostname != "api.openai.com":
+        return urlsplit(backend.url).hostname or "the provider"  # Groq, OpenRouter...
+    return PROVIDERS.get(backend.type, backend.type)
+
+
+def missing_key(backend: Backend) -> str | None:
+    """Why a cloud backend cannot be used for want of its key, or None."""
+    if backend.cloud and api_key(backend) is None:
+        return f"environment variable {backend.api_key_env} is not set"
+    return None

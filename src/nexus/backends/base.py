@@ -22,6 +22,10 @@ from nexus.transport import TLS, Transport, UpstreamError, describe
 class ProbeError(Exception):
     """A probe failed; ``str(exc)`` names why (DNS, refused, TLS, timeout, HTTP status...)."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the backend's HTTP status, when it answered one
+
 
 @dataclass(slots=True)
 class Listing:
@@ -71,15 +75,23 @@ class ProbeClient:
         """
         slots = self._slots.setdefault(backend.url, asyncio.Semaphore(self.PER_BACKEND))
         async with slots:
-            return await self.fetch_url(
-                backend.url,
-                method,
-                path,
-                body=body,
-                headers=auth.headers_for(backend),
-                tls=backend.tls,
-                allow_404=allow_404,
-            )
+            try:
+                return await self.fetch_url(
+                    backend.url,
+                    method,
+                    path,
+                    body=body,
+                    headers=auth.headers_for(backend),
+                    tls=backend.tls,
+                    allow_404=allow_404,
+                )
+            except ProbeError as exc:
+                if backend.cloud and exc.status in (401, 403):
+                    provider = auth.provider_name(backend)
+                    raise ProbeError(
+                        f"API key rejected by {provider} (HTTP {exc.status})"
+                    ) from None
+                raise
 
     async def fetch_url(
         self,
@@ -103,7 +115,7 @@ class ProbeClient:
         if 300 <= status < 400:
             raise ProbeError(f"{method} {path} answered HTTP {status} (redirects are not followed)")
         if status >= 400:
-            raise ProbeError(f"{method} {path} answered HTTP {status}")
+            raise ProbeError(f"{method} {path} answered HTTP {status}", status)
         try:
             return orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:

@@ -532,6 +532,10 @@ class MessagesToChatStream:
     def finished(self) -> bool:
         return self._finished
 
+    def finish(self) -> list[dict[str, Any]]:
+        """Nothing left to send at the end: message_stop carried the last chunk."""
+        return []
+
     def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         """Chunks for the parsed ``data`` of one SSE event; raises StreamFailed on ``error``."""
         kind = event.get("type")

@@ -649,6 +649,11 @@ class GenerateToChatStream:
     def usage(self) -> dict[str, Any] | None:
         return self._usage
 
+    @property
+    def finished(self) -> bool:
+        """Every candidate that started has given its finish reason."""
+        return bool(self._calls) and self._finished >= self._calls.keys()
+
     def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(event, dict):
             return []

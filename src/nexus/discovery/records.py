@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from nexus.config import BACKEND_TYPES, normalize_choice
+from nexus.config import LOCAL_TYPES, normalize_choice
 from nexus.discovery.addresses import IPAddress, url_host
 from nexus.registry import safe_name
 
@@ -59,14 +59,12 @@ def parse_models(value: str) -> list[str]:
 def default_type(service_type: str) -> str:
     """``_ollama._tcp`` -> ollama, ``_vllm._tcp`` -> vllm, anything else -> generic."""
     label = service_type.split(".", 1)[0].lstrip("_")
-    return normalize_choice(label, BACKEND_TYPES) or "generic"
+    return normalize_choice(label, LOCAL_TYPES) or "generic"
 
 
 def backend_type(service_type: str, txt: Mapping[str, str]) -> str:
     hinted = txt.get("type", "")
-    return (normalize_choice(hinted, BACKEND_TYPES) if hinted else None) or default_type(
-        service_type
-    )
+    return (normalize_choice(hinted, LOCAL_TYPES) if hinted else None) or default_type(service_type)
 
 
 def base_path(api_path: str, kind: str = "generic") -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any
 
 import orjson
 
@@ -33,9 +32,11 @@ from nexus.errors import (
     RequestRefused,
 )
 from nexus.health import HealthChecker
+from nexus.pipeline.cost import Costs
 from nexus.pipeline.exchange import Exchange
+from nexus.pipeline.outbound import OPENAI, Outbound, outbound_for
 from nexus.pipeline.record import Reply, Streamed
-from nexus.pipeline.relay import SSE_HEAD, OpenAIStream, Relay
+from nexus.pipeline.relay import SSE_HEAD, Relay
 from nexus.pipeline.upstream import upstream_failure
 from nexus.quality import QualityTracker
 from nexus.records import RequestRecord
@@ -43,7 +44,11 @@ from nexus.registry import Backend, DiscoverySource, Registry
 from nexus.routing.router import Route, Router
 from nexus.transport import Answer, Transport
 
+MDNS = DiscoverySource.MDNS
 MAX_ERROR_BODY = 64 * 1024
+# A provider saying it is too busy (Anthropic's 529): kept while another backend may serve,
+# like a 429, and answered as the standard status for it.
+BUSY_STATUSES = {529: 503}
 PANIC_CONNECT_SECONDS = 0.5
 REFUSING_STATUSES = (500, 501)  # what a server answers when it rejects what it was asked
 
@@ -63,6 +68,7 @@ class Forwarder:
         self.health = health
         self.quality = quality
         self.transport = transport
+        self.costs = Costs()
         server = config.server
         self.ttfb = server.request_timeout_seconds
         self.idle = server.stream_idle_timeout_seconds
@@ -105,7 +111,7 @@ class Forwarder:
                 self.failed(route, exc, record)
                 last = exc
                 continue
-            if isinstance(result, Reply) and result.status == 429:
+            if isinstance(result, Reply) and result.busy:
                 rate_limited = result
                 continue
             if suspect is not None:
@@ -118,7 +124,8 @@ class Forwarder:
 
     async def _attempt(self, ex: Exchange, route: Route) -> Reply | Streamed:
         backend = route.backend
-        payload = self._payload(ex, route)
+        outbound = outbound_for(backend.type)
+        path, payload = outbound.request(ex, route)
         headers = self._headers(ex, backend)
         self.registry.increment_pending(backend)
         sent = time.perf_counter()
@@ -127,7 +134,7 @@ class Forwarder:
                 answer = await self.transport.request(
                     backend.url,
                     "POST",
-                    ex.endpoint.path,
+                    path,
                     payload,
                     headers,
                     tls=backend.tls,
@@ -141,23 +148,11 @@ class Forwarder:
                     raise
                 raise error from None
             try:
-                return await self._answer(ex, route, answer, sent)
+                return await self._answer(ex, route, outbound, answer, sent)
             finally:
                 answer.release()
         finally:
             self.registry.decrement_pending(backend)
-
-    def _payload(self, ex: Exchange, route: Route) -> bytes:
-        req = ex.requirements
-        changes: dict[str, Any] = {}
-        if route.model != req.model:
-            changes["model"] = route.model
-        if req.stream and not req.include_usage and traffic.asks_stream_usage(route.backend.type):
-            options = ex.body.get("stream_options") or {}
-            changes["stream_options"] = {**options, "include_usage": True}
-        if not changes:
-            return ex.raw  # byte-faithful: the client's own bytes
-        return orjson.dumps({**ex.body, **changes})
 
     def _headers(self, ex: Exchange, backend: Backend) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -167,35 +162,24 @@ class Forwarder:
         own = auth.headers_for(backend)
         if own:
             headers.update(own)
-        elif backend.discovery_source is not DiscoverySource.MDNS and ex.authorization:
-            # F01: local backends see the client's credentials; a backend any LAN device
-            # could have announced does not.
+        if "Authorization" in own or backend.cloud or backend.discovery_source is MDNS:
+            # F01: local backends see the client's credentials; a cloud backend (which has
+            # its own key) and a backend any LAN device could have announced never do.
+            return headers
+        if ex.authorization:
             headers["Authorization"] = ex.authorization
         return headers
 
     async def _answer(
-        self, ex: Exchange, route: Route, answer: Answer, sent: float
+        self, ex: Exchange, route: Route, outbound: Outbound, answer: Answer, sent: float
     ) -> Reply | Streamed:
-        status, name = answer.status, route.backend.name
-        if status >= 300:
+        if answer.status >= 300:
             text = await self._read(ex.record, answer, route, sent, MAX_ERROR_BODY)
-            core = f"backend '{name}' answered HTTP {status}"
-            if status in REFUSING_STATUSES:
-                quoted = upstream_message(text) or upstream_text(text)
-                raise BackendRefused(
-                    core + quoted,
-                    upstream_status=status,
-                    upstream_text=quoted.removeprefix(": "),
-                    logged=core,
-                )
-            if status >= 500 or status < 400:
-                core += " (redirects are not followed)" if status < 400 else ""
-                raise BackendBadResponse(core + upstream_message(text), logged=core)
-            return self._client_error(ex, route, answer, text)
+            return self._refusal(ex, route, outbound, answer, text)
         if ex.requirements.stream and answer.content_type == "text/event-stream":
-            return await self._stream(ex, route, answer, sent)
+            return await self._stream(ex, route, outbound, answer, sent)
         raw = await self._read(ex.record, answer, route, sent, None)
-        return self._complete(ex, route, raw, sent)
+        return self._complete(ex, route, outbound, raw, sent)
 
     async def _read(
         self, record: RequestRecord, answer: Answer, route: Route, sent: float, limit: int | None
@@ -210,7 +194,53 @@ class Forwarder:
         finally:
             record.upstream_seconds += time.perf_counter() - sent
 
-    def _complete(self, ex: Exchange, route: Route, raw: bytes, sent: float) -> Reply:
+    def _refusal(
+        self, ex: Exchange, route: Route, outbound: Outbound, answer: Answer, text: bytes
+    ) -> Reply:
+        """A 3xx, 4xx or 5xx: raises the BackendError to fail over on, or returns the
+        client error to relay (as JSON only)."""
+        status, backend = answer.status, route.backend
+        core = f"backend '{backend.name}' answered HTTP {status}"
+        message = outbound.error_text(text)
+        quoted = f": {printable(message)}" if message else upstream_text(text)
+        if status in REFUSING_STATUSES:
+            raise BackendRefused(
+                core + quoted,
+                upstream_status=status,
+                upstream_text=quoted.removeprefix(": "),
+                logged=core,
+            )
+        if backend.cloud and status in (401, 403):
+            # The key is ours, not the client's: a configuration problem of this backend,
+            # which another backend may not share.
+            who = auth.provider_name(backend)
+            raise BackendBadResponse(
+                f"API key rejected by {who} (HTTP {status}){quoted}", logged=core
+            )
+        if status < 400 or (status >= 500 and status not in BUSY_STATUSES):
+            core += " (redirects are not followed)" if status < 400 else ""
+            raise BackendBadResponse(core + quoted, logged=core)
+        return self._client_error(ex, route, outbound, answer, text, core + quoted)
+
+    def _client_error(
+        self, ex: Exchange, route: Route, outbound: Outbound, answer: Answer, raw: bytes, why: str
+    ) -> Reply:
+        """A backend's 4xx (or a provider's "busy"), relayed only as JSON: an HTML page from a
+        backend must never be served on Nexus's origin, where a cross-site form could make a
+        browser render it; a foreign API's error body is put in OpenAI's shape."""
+        headers = self.route_headers(ex, route)
+        if "retry-after" in answer.headers:
+            headers.append((b"retry-after", answer.headers["retry-after"].encode("latin-1")))
+        status = BUSY_STATUSES.get(answer.status, answer.status)
+        if outbound is not OPENAI or status != answer.status or not _json_object(raw):
+            error = NexusError(why, code="backend_client_error")
+            error.type = "invalid_request_error" if status < 500 else "service_unavailable"
+            raw = error.body(ex.record.request_id)
+        return Reply(status, raw, headers, busy=answer.status in (429, *BUSY_STATUSES))
+
+    def _complete(
+        self, ex: Exchange, route: Route, outbound: Outbound, raw: bytes, sent: float
+    ) -> Reply:
         name = route.backend.name
         try:
             parsed = orjson.loads(raw)
@@ -218,64 +248,57 @@ class Forwarder:
             raise BackendBadResponse(f"backend '{name}' answered with invalid JSON") from None
         if not isinstance(parsed, dict):
             raise BackendBadResponse(f"backend '{name}' answered an unexpected body")
-        ex.record.usage(parsed.get("usage"))
         requested = ex.requirements.model
-        if route.model != requested and "model" in parsed:
+        translated = outbound.answer(ex, route, parsed)
+        if translated is not None:
+            parsed, raw = translated, orjson.dumps(translated)
+        elif route.model != requested and "model" in parsed:
             parsed["model"] = requested  # the client sees the name it asked for
             raw = orjson.dumps(parsed)
-        self.registry.update_latency(route.backend, (time.perf_counter() - sent) * 1000)
-        return Reply(200, raw, self.route_headers(ex, route))
-
-    def _client_error(self, ex: Exchange, route: Route, answer: Answer, raw: bytes) -> Reply:
-        """A backend's 4xx, relayed only as JSON: an HTML page from a backend must never be
-        served on Nexus's origin, where a cross-site form could make a browser render it."""
-        headers = self.route_headers(ex, route)
-        if "retry-after" in answer.headers:
-            headers.append((b"retry-after", answer.headers["retry-after"].encode("latin-1")))
-        if not _json_object(raw):
-            error = NexusError(
-                f"backend '{route.backend.name}' answered HTTP {answer.status}{upstream_text(raw)}",
-                code="backend_client_error",
-            )
-            error.type = "invalid_request_error"
-            raw = error.body(ex.record.request_id)
-        return Reply(answer.status, raw, headers)
-
-    async def _stream(self, ex: Exchange, route: Route, answer: Answer, sent: float) -> Streamed:
         record = ex.record
-        requested = ex.requirements.model
-        translation = OpenAIStream(
-            record,
-            route.backend.name,
-            requested if route.model != requested else None,
-            strip=not ex.requirements.include_usage,
-        )
-        relay = Relay(
-            answer, route.backend.name, record, translation, self.idle, self.max_event, sent
-        )
+        record.usage(parsed.get("usage"))
+        self.costs.charge(record, route.backend, route.model, ex.requirements.prompt_chars)
+        self.registry.update_latency(route.backend, (time.perf_counter() - sent) * 1000)
+        return Reply(200, raw, self.route_headers(ex, route, record.cost_usd))
+
+    async def _stream(
+        self, ex: Exchange, route: Route, outbound: Outbound, answer: Answer, sent: float
+    ) -> Streamed:
+        record = ex.record
+        backend = route.backend
+        translation = outbound.stream(ex, route)
+        relay = Relay(answer, backend.name, record, translation, self.idle, self.max_event, sent)
         events = await relay.first_events(sent + self.ttfb)
         first_ms = (time.perf_counter() - sent) * 1000  # this backend's time to first event
         record.ttft_seconds = time.perf_counter() - record.started
-        head = [*SSE_HEAD, *BASE_HEADERS, *self.route_headers(ex, route)]
+        estimate = self.costs.estimate(backend, route.model, ex.requirements.prompt_chars)
+        head = [*SSE_HEAD, *BASE_HEADERS, *self.route_headers(ex, route, estimate)]
         await ex.send({"type": "http.response.start", "status": 200, "headers": head})
         ex.started = True
         error = await relay.pump(ex.send, events)
+        self.costs.charge(record, backend, route.model, ex.requirements.prompt_chars)
         if error is None:
-            self.registry.update_latency(route.backend, first_ms)
+            self.registry.update_latency(backend, first_ms)
         elif isinstance(error, BackendError):
             self.failed(route, error, record)
         return Streamed(error)
 
     # -- bookkeeping --------------------------------------------------------------------
 
-    def route_headers(self, ex: Exchange, route: Route) -> Headers:
+    def route_headers(self, ex: Exchange, route: Route, cost: float | None = None) -> Headers:
+        """The Nexus-Transparent headers: who answered, why, in which zone, at what cost."""
+        backend = route.backend
         headers: Headers = [
-            (b"x-nexus-backend", route.backend.name.encode()),
+            (b"x-nexus-backend", backend.name.encode()),
+            (b"x-nexus-backend-type", b"cloud" if backend.cloud else b"local"),
             (b"x-nexus-route-reason", route.reason.encode()),
+            (b"x-nexus-privacy-zone", backend.zone.encode()),
             (b"x-request-id", ex.record.request_id.encode()),
         ]
         if route.fallback:
             headers.append((b"x-nexus-fallback-model", header_safe(route.model)))
+        if cost is not None:
+            headers.append((b"x-nexus-cost-estimated", f"{cost:.6f}".encode()))
         return headers
 
     def failed(self, route: Route, error: NexusError, record: RequestRecord) -> None:
@@ -362,14 +385,14 @@ def upstream_message(raw: bytes) -> str:
     except (orjson.JSONDecodeError, AttributeError):
         return ""
     message = error.get("message") if isinstance(error, dict) else error
-    return f": {_printable(str(message))}" if message else ""
+    return f": {printable(str(message))}" if message else ""
 
 
 def upstream_text(raw: bytes) -> str:
     """A short, printable excerpt of a non-JSON error body (an HTML page, plain text)."""
-    text = _printable(raw[:400].decode("utf-8", "replace")).strip()
+    text = printable(raw[:400].decode("utf-8", "replace")).strip()
     return f": {text}" if text else ""
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     return "".join(c if c.isprintable() else " " for c in text[:200])

@@ -25,6 +25,7 @@ class Reply:
     body: bytes
     headers: Headers = field(default_factory=list)
     ctype: bytes = b"application/json"
+    busy: bool = False  # a "too busy" answer (429...): kept while another backend may serve
 
 
 @dataclass(slots=True)

@@ -39,8 +39,9 @@ class Translation(Protocol):
         """Raises BackendError when an event is unusable (the stream then ends)."""
         ...
 
-    def end(self) -> NexusError | None:
-        """At the end of the upstream body: what was missing, if anything."""
+    def end(self) -> tuple[bytes, NexusError | None]:
+        """At the end of the upstream body: what is left to send, and what was missing (the
+        stream then ends with an error event), if anything."""
         ...
 
 
@@ -71,7 +72,7 @@ class OpenAIStream:
                 self.done = True
                 out.append(b"data: [DONE]\n\n")
                 continue
-            chunk = self._parse(data)
+            chunk = parse_event(data, self.backend)
             if b'"usage"' in data and isinstance(chunk.get("usage"), dict):
                 self.record.usage(chunk["usage"])
                 if self.strip_usage and chunk.get("choices") == []:
@@ -82,21 +83,21 @@ class OpenAIStream:
             out.append(block + b"\n\n")
         return b"".join(out)
 
-    def _parse(self, data: bytes) -> dict[str, Any]:
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            chunk = None
-        if not isinstance(chunk, dict):
-            raise BackendBadResponse(
-                f"backend '{self.backend}' sent a stream event that is not JSON"
-            )
-        return chunk
-
-    def end(self) -> NexusError | None:
+    def end(self) -> tuple[bytes, NexusError | None]:
         if self.done:
-            return None
-        return BackendBadResponse(f"backend '{self.backend}' ended the stream without [DONE]")
+            return b"", None
+        return b"", BackendBadResponse(f"backend '{self.backend}' ended the stream without [DONE]")
+
+
+def parse_event(data: bytes, backend: str) -> dict[str, Any]:
+    """An event's data as the JSON object it must be; a BackendError otherwise."""
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        event = None
+    if not isinstance(event, dict):
+        raise BackendBadResponse(f"backend '{backend}' sent a stream event that is not JSON")
+    return event
 
 
 SSE_HEAD = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -176,12 +177,17 @@ class Relay:
                     if not chunk:
                         tail = self.parser.close()
                         out = translation.convert([tail] if tail else [])
-                        if out:
+                        rest, error = translation.end()
+                        if out or rest:
                             reading = False
                             await send(
-                                {"type": "http.response.body", "body": out, "more_body": True}
+                                {
+                                    "type": "http.response.body",
+                                    "body": out + rest,
+                                    "more_body": True,
+                                }
                             )
-                        return translation.end()
+                        return error
                     events = self.parser.feed(chunk)
         except Exception as exc:
             if not reading and isinstance(exc, TimeoutError | OSError):

@@ -23,6 +23,7 @@ CONTROL_CHARS = re.compile("[\x00-\x1f]")  # one C scan instead of a generator p
 class Requirements:
     model: str
     estimated_tokens: int = 0
+    prompt_chars: int = 0  # characters of text the request sends (a cheap size, not tokens)
     needs_vision: bool = False
     needs_tools: bool = False
     needs_json_mode: bool = False
@@ -156,6 +157,7 @@ def inspect_chat(body: Any) -> Requirements:
     return Requirements(
         model=model,
         estimated_tokens=chars // 4 + (max_completion or max_tokens or 0),
+        prompt_chars=chars,
         needs_vision=vision,
         needs_tools=bool(tools),
         needs_json_mode=fmt is not None and fmt["type"] in JSON_FORMATS,

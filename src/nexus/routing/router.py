@@ -27,6 +27,7 @@ log = logging.getLogger("nexus.routing")
 
 MAX_MODELS_IN_HINT = 20
 HEALTHY = BackendStatus.HEALTHY
+RESTRICTED = "restricted"
 DRAINING = BackendStatus.DRAINING
 MDNS = DiscoverySource.MDNS
 
@@ -47,6 +48,10 @@ class Plan:
     tried: set[tuple[str, str]] = field(default_factory=set)  # (backend id, model)
     excluded: dict[str, str] = field(default_factory=dict)
     panic: bool = False  # no healthy backend could serve: unhealthy ones are being tried
+    # F13: "restricted" when a restricted backend serves the requested model: then only
+    # restricted backends may serve this request, whatever failover or fallback follows.
+    zone: str = "open"
+    zone_blocked: int = 0  # open backends a zone rule kept from serving it
 
 
 def smart_score(backend: Backend, weights: WeightsConfig, error_rate: float = 0.0) -> float:
@@ -68,6 +73,16 @@ def smart_score(backend: Backend, weights: WeightsConfig, error_rate: float = 0.
         # Whole percentage points, like latency: noise below 0.5 % does not break ties.
         score -= round(error_rate * 100) * (weights.priority + weights.load + weights.latency)
     return score
+
+
+def prefer_local(pool: list[Backend]) -> list[Backend]:
+    """Local backends first: a cloud backend serves only when no local one in the pool can,
+    unless its priority is better than theirs (an explicit choice of the admin's)."""
+    local = [b for b in pool if not b.cloud]
+    if not local or len(local) == len(pool):
+        return pool
+    best = min(b.priority for b in local)
+    return [b for b in pool if not b.cloud or b.priority < best]
 
 
 def with_room(pool: list[Backend]) -> list[Backend]:
@@ -127,7 +142,9 @@ class Router:
             target = aliases.resolve(name, cfg.aliases, self.registry.has_model)
             if target not in models:
                 models.append(target)
-        return Plan(requested=requested, models=models)
+        holders = self.registry.get_backends_for_model(primary)
+        zone = "restricted" if any(b.zone == RESTRICTED for b in holders) else "open"
+        return Plan(requested=requested, models=models, zone=zone)
 
     def select(self, plan: Plan, req: Requirements, attempts_per_model: int) -> Route:
         """The next backend to try for ``plan``, or a NexusError explaining why none can.
@@ -161,7 +178,7 @@ class Router:
                 continue
             pool = [b for b in candidates if b.penalized_until <= now] or candidates
             if len(pool) > 1:
-                pool = with_room(pool)
+                pool = prefer_local(with_room(pool))
                 # Any LAN device can announce itself by mDNS: a discovered backend serves a
                 # model only when no configured one can (docs/security.md).
                 pool = [b for b in pool if b.discovery_source is not MDNS] or pool
@@ -177,7 +194,7 @@ class Router:
                 return Route(backend, model, "fallback", fallback=True, panic=plan.panic)
             if plan.panic:
                 return Route(backend, model, "panic", panic=True)
-            reason = "failover" if used else self._reason(req, len(candidates))
+            reason = "failover" if used else self._reason(plan, req, backend, holders, candidates)
             return Route(backend, model, reason)
         return None
 
@@ -222,12 +239,17 @@ class Router:
         tokens = req.estimated_tokens
         plain = req.is_plain_chat
         panic = plan.panic
+        zone = plan.zone
         for backend in holders:
             if tried and (backend.id, model) in tried:
                 continue
             status = backend.status
             if status is not HEALTHY and (not panic or status is DRAINING):
                 plan.excluded.setdefault(backend.name, status.value)
+                continue
+            if zone == RESTRICTED and backend.zone != RESTRICTED:
+                plan.excluded[backend.name] = "open zone: a restricted request stays local"
+                plan.zone_blocked += 1
                 continue
             served = backend.models[model]
             if plain and served.supports_chat and tokens <= (served.context_length or tokens):
@@ -241,16 +263,39 @@ class Router:
         return out
 
     @staticmethod
-    def _reason(req: Requirements, count: int) -> str:
+    def _reason(
+        plan: Plan,
+        req: Requirements,
+        chosen: Backend,
+        holders: Sequence[Backend],
+        candidates: list[Backend],
+    ) -> str:
+        if chosen.cloud and any(not b.cloud for b in holders):
+            return "capacity-overflow"  # local backends serve it, but are busy or down
+        if plan.zone_blocked:
+            return "privacy-requirement"
         if req.needs_vision or req.needs_tools or req.needs_json_mode:
             return "capability-match"
-        return "only-candidate" if count == 1 else "best-score"
+        return "only-candidate" if len(candidates) == 1 else "best-score"
 
     def _why(self, plan: Plan, model: str) -> str:
         holders = self.registry.get_backends_for_model(model)
         if not holders:
             return f"no backend serves {model}"
         return "; ".join(f"{b.name}: {plan.excluded.get(b.name, 'failed')}" for b in holders)
+
+    def _context(self, plan: Plan) -> dict[str, object]:
+        """The facts a client can act on, from the registry (never parsed from text)."""
+        seen: dict[str, Backend] = {}
+        for model in plan.models:
+            for backend in self.registry.get_backends_for_model(model):
+                seen.setdefault(backend.id, backend)
+        available = [
+            {"name": b.name, "type": b.type, "zone": b.zone, "status": b.status.value}
+            for b in seen.values()
+            if plan.zone != RESTRICTED or b.zone == RESTRICTED
+        ]
+        return {"privacy_zone": plan.zone, "available_backends": available, "eta_seconds": None}
 
     def _no_route(self, plan: Plan, req: Requirements) -> NexusError:
         known = [m for m in plan.models if self.registry.has_model(m)]
@@ -292,7 +337,8 @@ class Router:
             tried = f" after {len(plan.tried)} failed attempt(s)" if plan.tried else ""
             return NoHealthyBackend(
                 f"no healthy backend{what} for model '{plan.requested}'{tried}"
-                + (f" (excluded: {details})" if details else "")
+                + (f" (excluded: {details})" if details else ""),
+                context=self._context(plan),
             )
         return InvalidRequest(
             f"no backend for model '{plan.requested}' meets the request's needs "
