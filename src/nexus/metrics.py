@@ -160,6 +160,9 @@ class Metrics(Collector):
             "Tokens by model, backend and type (prompt/completion)",
             ("model", "backend", "type"),
         )
+        self.cost = CounterVec(
+            "nexus_cost_usd_total", "What cloud requests cost, in USD", ("backend", "model")
+        )
         self.unknown_endpoints = CounterVec(
             "nexus_unknown_endpoint_total",
             "Requests to endpoints Nexus does not serve, by method",
@@ -191,6 +194,7 @@ class Metrics(Collector):
             self.ttft,
             self.overhead,
             self.tokens,
+            self.cost,
             self.unknown_endpoints,
             self.backend_latency,
             self.probe_duration,
@@ -219,6 +223,8 @@ class Metrics(Collector):
             self.tokens.inc((model, backend, "prompt"), rec.tokens_prompt)
         if rec.tokens_completion:
             self.tokens.inc((model, backend, "completion"), rec.tokens_completion)
+        if rec.cost_usd:
+            self.cost.inc((backend, model), rec.cost_usd)
         if rec.fallback_chain:
             chain = rec.fallback_chain
             self.fallbacks.inc((self.model_label(chain[0]), self.model_label(chain[-1])))
@@ -238,6 +244,7 @@ class Metrics(Collector):
         name = backend.name
         for vec in (self.requests, self.duration, self.ttft, self.tokens):
             vec.forget(1, name)
+        self.cost.forget(0, name)
         for vec in (self.backend_latency, self.probe_duration):
             vec.forget(0, name)
 

@@ -14,7 +14,6 @@ or writes (``stream_idle_timeout_seconds``).
 
 from __future__ import annotations
 
-import copy
 import time
 
 import orjson
@@ -229,9 +228,11 @@ class Forwarder:
         backend must never be served on Nexus's origin, where a cross-site form could make a
         browser render it; a foreign API's error body is put in OpenAI's shape."""
         headers = self.route_headers(ex, route)
+        status = BUSY_STATUSES.get(answer.status, answer.status)
         if "retry-after" in answer.headers:
             headers.append((b"retry-after", answer.headers["retry-after"].encode("latin-1")))
-        status = BUSY_STATUSES.get(answer.status, answer.status)
+        elif status == 503:
+            headers.append((b"retry-after", b"1"))  # as every 503 of ours says
         if outbound is not OPENAI or status != answer.status or not _json_object(raw):
             error = NexusError(why, code="backend_client_error")
             error.type = "invalid_request_error" if status < 500 else "service_unavailable"
@@ -338,7 +339,7 @@ def exhausted(
     if record.route_reason == "panic":
         error: NexusError = NoHealthyBackend(f"{router_error.message}; tried anyway: {failures}")
     elif len(record.failures) > 1:
-        error = copy.copy(last)
+        error = last  # its status and code stand for the whole: the last failure
         error.message = error.logged = f"every backend tried failed: {failures}"
     else:
         error = last

@@ -194,7 +194,7 @@ class Router:
                 return Route(backend, model, "fallback", fallback=True, panic=plan.panic)
             if plan.panic:
                 return Route(backend, model, "panic", panic=True)
-            reason = "failover" if used else self._reason(plan, req, backend, holders, candidates)
+            reason = self._reason(plan, req, backend, holders, len(candidates), used)
             return Route(backend, model, reason)
         return None
 
@@ -268,15 +268,18 @@ class Router:
         req: Requirements,
         chosen: Backend,
         holders: Sequence[Backend],
-        candidates: list[Backend],
+        candidates: int,
+        used: int,
     ) -> str:
         if chosen.cloud and any(not b.cloud for b in holders):
             return "capacity-overflow"  # local backends serve it, but are busy or down
+        if used:
+            return "failover"
         if plan.zone_blocked:
             return "privacy-requirement"
         if req.needs_vision or req.needs_tools or req.needs_json_mode:
             return "capability-match"
-        return "only-candidate" if len(candidates) == 1 else "best-score"
+        return "only-candidate" if candidates == 1 else "best-score"
 
     def _why(self, plan: Plan, model: str) -> str:
         holders = self.registry.get_backends_for_model(model)

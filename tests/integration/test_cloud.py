@@ -1,0 +1,397 @@
+"""Cloud backends (F12) through Nexus, with the official ``openai`` SDK as the client and
+fakes of the Anthropic and Gemini APIs (proven faithful by their own SDKs in
+tests/unit/test_cloud_fakes.py) as the providers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.fakes import Behavior, FakeModel, FakeVLLM
+from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.gemini import FakeGemini
+from tests.helpers import Nexus, backend_entry, running_nexus
+
+ANTHROPIC_KEY = "sk-ant-secret-0123456789"
+GOOGLE_KEY = "AIza-secret-0123456789"
+CLIENT_KEY = "sk-client-9876543210"
+MSG = [{"role": "user", "content": "What is the capital of France?"}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+PNG = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGA"
+    "hKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+@pytest.fixture(autouse=True)
+def _keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_ANTHROPIC_KEY", ANTHROPIC_KEY)
+    monkeypatch.setenv("TEST_GOOGLE_KEY", GOOGLE_KEY)
+
+
+def anthropic_entry(fake: FakeAnthropic, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "claude",
+        "url": fake.url,
+        "type": "anthropic",
+        "api_key_env": "TEST_ANTHROPIC_KEY",
+        **extra,
+    }
+
+
+def google_entry(fake: FakeGemini, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "gemini",
+        "url": fake.url,
+        "type": "google",
+        "api_key_env": "TEST_GOOGLE_KEY",
+        **extra,
+    }
+
+
+@asynccontextmanager
+async def clouds(
+    tmp_path: Path, **sections: Any
+) -> AsyncIterator[tuple[Nexus, FakeAnthropic, FakeGemini]]:
+    async with (
+        FakeAnthropic(api_key=ANTHROPIC_KEY) as claude,
+        FakeGemini(api_key=GOOGLE_KEY) as gemini,
+    ):
+        backends = [anthropic_entry(claude), google_entry(gemini)]
+        async with running_nexus(tmp_path, backends, **sections) as nexus:
+            nexus.client = nexus.client.with_options(api_key=CLIENT_KEY)
+            yield nexus, claude, gemini
+
+
+MODELS = ["claude-sonnet-4-5", "gemini-2.5-flash"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_chat_and_usage_in_openai_shape(tmp_path: Path, model: str) -> None:
+    async with clouds(tmp_path) as (nexus, claude, gemini):
+        resp = await nexus.client.chat.completions.with_raw_response.create(
+            model=model, messages=MSG
+        )  # type: ignore[arg-type]
+        reply = resp.parse()
+        assert reply.object == "chat.completion" and reply.model == model
+        assert "capital of France" in (reply.choices[0].message.content or "")
+        assert reply.choices[0].finish_reason == "stop"
+        assert (
+            reply.usage is not None
+            and reply.usage.prompt_tokens > 0
+            and reply.usage.completion_tokens > 0
+        )
+        assert resp.headers["X-Nexus-Backend-Type"] == "cloud"
+        assert resp.headers["X-Nexus-Privacy-Zone"] == "open"
+        assert float(resp.headers["X-Nexus-Cost-Estimated"]) > 0
+        fake = claude if model.startswith("claude") else gemini
+        request = fake.requests[-1]
+        assert CLIENT_KEY not in json.dumps(dict(request.headers))
+        assert "key" not in request.query  # never in a URL
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_streaming_text_usage_and_done(tmp_path: Path, model: str) -> None:
+    async with clouds(tmp_path) as (nexus, _, _):
+        stream = await nexus.client.chat.completions.create(
+            model=model,
+            messages=MSG,
+            stream=True,
+            stream_options={"include_usage": True},  # type: ignore[arg-type]
+        )
+        text, usage, finish = "", None, None
+        async for chunk in stream:
+            assert chunk.model == model
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+                finish = choice.finish_reason or finish
+        assert "capital of France" in text and finish == "stop"
+        assert usage is not None and usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_tool_round_trip(tmp_path: Path, model: str, stream: bool) -> None:
+    async with clouds(tmp_path) as (nexus, _, _):
+        messages: list[dict[str, Any]] = [{"role": "user", "content": "Weather in Paris?"}]
+        if stream:
+            calls: dict[int, dict[str, Any]] = {}
+            finish = None
+            async for chunk in await nexus.client.chat.completions.create(
+                model=model,
+                messages=messages,
+                tools=TOOLS,
+                stream=True,  # type: ignore[arg-type]
+            ):
+                for choice in chunk.choices:
+                    finish = choice.finish_reason or finish
+                    for delta in choice.delta.tool_calls or []:
+                        call = calls.setdefault(
+                            delta.index, {"id": "", "name": "", "arguments": ""}
+                        )
+                        call["id"] = delta.id or call["id"]
+                        call["name"] = (delta.function and delta.function.name) or call["name"]
+                        call["arguments"] += (delta.function and delta.function.arguments) or ""
+            assert finish == "tool_calls" and len(calls) == 1
+            call = calls[0]
+        else:
+            reply = await nexus.client.chat.completions.create(
+                model=model, messages=messages, tools=TOOLS
+            )  # type: ignore[arg-type]
+            assert reply.choices[0].finish_reason == "tool_calls"
+            tool_call = reply.choices[0].message.tool_calls[0]  # type: ignore[index]
+            call = {
+                "id": tool_call.id,
+                "name": tool_call.function.name,
+                "arguments": tool_call.function.arguments,
+            }
+        assert call["name"] == "get_weather" and "city" in json.loads(call["arguments"])
+        messages += [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": call["name"], "arguments": call["arguments"]},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": call["id"], "content": "Sunny, 21 C"},
+        ]
+        answer = await nexus.client.chat.completions.create(
+            model=model, messages=messages, tools=TOOLS
+        )  # type: ignore[arg-type]
+        assert "Sunny, 21 C" in (answer.choices[0].message.content or "")
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_images_reach_the_provider(tmp_path: Path, model: str) -> None:
+    async with clouds(tmp_path) as (nexus, claude, gemini):
+        content = [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": PNG}},
+        ]
+        reply = await nexus.client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": content}]
+        )  # type: ignore[arg-type]
+        assert "1 image" in (reply.choices[0].message.content or "")
+        fake = claude if model.startswith("claude") else gemini
+        assert fake.images
+
+
+async def test_json_mode_goes_where_it_can_be_served(tmp_path: Path) -> None:
+    async with clouds(tmp_path) as (nexus, claude, _):
+        fmt = {"type": "json_object"}
+        reply = await nexus.client.chat.completions.create(
+            model="gemini-2.5-flash", messages=MSG, response_format=fmt
+        )  # type: ignore[arg-type]
+        json.loads(reply.choices[0].message.content or "")
+        with pytest.raises(openai.BadRequestError) as caught:  # Claude has no JSON mode
+            await nexus.client.chat.completions.create(
+                model="claude-sonnet-4-5", messages=MSG, response_format=fmt
+            )  # type: ignore[arg-type]
+        assert "json_mode" in str(caught.value)
+        assert not claude.message_requests
+
+
+async def test_finish_reason_length(tmp_path: Path) -> None:
+    async with clouds(tmp_path) as (nexus, _, _):
+        for model in MODELS:
+            reply = await nexus.client.chat.completions.create(
+                model=model, messages=MSG, max_tokens=1
+            )  # type: ignore[arg-type]
+            assert reply.choices[0].finish_reason == "length", model
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"), [(401, 502), (403, 502), (429, 429), (529, 503), (500, 502)]
+)
+async def test_provider_errors(tmp_path: Path, status: int, expected: int) -> None:
+    async with clouds(tmp_path) as (nexus, claude, _):
+        claude.error_status = status
+        code, body, headers = await nexus.post(
+            "/v1/chat/completions", {"model": "claude-sonnet-4-5", "messages": MSG}
+        )
+        assert code == expected, body
+        assert set(body) == {"error"} and body["error"]["message"]
+        if status in (401, 403):
+            assert "API key rejected by Anthropic" in body["error"]["message"]
+        if status in (429, 529):
+            assert headers["Retry-After"]
+        assert ANTHROPIC_KEY not in json.dumps(body)
+
+
+async def test_provider_error_mid_stream_ends_with_an_error_event(tmp_path: Path) -> None:
+    async with clouds(tmp_path) as (nexus, claude, gemini):
+        claude.stream_error = 529
+        gemini.stream_error = 503
+        for model in MODELS:
+            with pytest.raises(openai.APIError):
+                async for _ in await nexus.client.chat.completions.create(
+                    model=model, messages=MSG, stream=True
+                ):  # type: ignore[arg-type]
+                    pass
+        assert nexus.pending() == {"claude": 0, "gemini": 0}
+
+
+async def test_failover_local_to_cloud_and_back(tmp_path: Path) -> None:
+    async with (
+        FakeVLLM([FakeModel("claude-sonnet-4-5")]) as local,
+        FakeAnthropic(api_key=ANTHROPIC_KEY) as claude,
+    ):
+        # An open local box serving the same model: local first, the cloud when it fails.
+        backends = [backend_entry(local, "local", "vllm", zone="open"), anthropic_entry(claude)]
+        async with running_nexus(tmp_path, backends) as nexus:
+            resp = await nexus.client.chat.completions.with_raw_response.create(
+                model="claude-sonnet-4-5", messages=MSG
+            )  # type: ignore[arg-type]
+            assert resp.headers["X-Nexus-Backend"] == "local"
+            local.chat_behavior = Behavior.ERROR_503
+            resp = await nexus.client.chat.completions.with_raw_response.create(
+                model="claude-sonnet-4-5", messages=MSG
+            )  # type: ignore[arg-type]
+            assert resp.headers["X-Nexus-Backend"] == "claude"
+            assert resp.headers["X-Nexus-Backend-Type"] == "cloud"
+            assert resp.headers["X-Nexus-Route-Reason"] == "capacity-overflow"
+    async with (
+        FakeVLLM([FakeModel("claude-sonnet-4-5")]) as local,
+        FakeAnthropic(api_key=ANTHROPIC_KEY) as claude,
+    ):
+        # The cloud preferred (a better priority than the local box's), failing: local serves.
+        backends = [
+            backend_entry(local, "local", "vllm", zone="open"),
+            anthropic_entry(claude, priority=1),
+        ]
+        async with running_nexus(tmp_path, backends) as nexus:
+            claude.error_status = 500
+            resp = await nexus.client.chat.completions.with_raw_response.create(
+                model="claude-sonnet-4-5", messages=MSG
+            )  # type: ignore[arg-type]
+            assert resp.headers["X-Nexus-Backend"] == "local"
+            assert len(claude.message_requests) == 1
+
+
+async def test_a_restricted_local_model_never_overflows_to_the_cloud(tmp_path: Path) -> None:
+    async with (
+        FakeVLLM([FakeModel("claude-sonnet-4-5")]) as local,
+        FakeAnthropic(api_key=ANTHROPIC_KEY) as claude,
+    ):
+        backends = [
+            backend_entry(local, "local", "vllm"),
+            anthropic_entry(claude),
+        ]  # restricted by default
+        async with running_nexus(tmp_path, backends) as nexus:
+            await local.stop()
+            code, body, _ = await nexus.post(
+                "/v1/chat/completions", {"model": "claude-sonnet-4-5", "messages": MSG}
+            )
+            assert code in (502, 503) and not claude.message_requests
+            assert body["error"]["code"] in ("backend_unreachable", "no_healthy_backend")
+
+
+async def test_missing_key_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="nexus")
+    monkeypatch.delenv("TEST_ANTHROPIC_KEY")
+    async with FakeAnthropic(api_key=ANTHROPIC_KEY) as claude:
+        async with running_nexus(tmp_path, [anthropic_entry(claude)]) as nexus:
+            backend = nexus.state.registry.find("claude")
+            assert backend is not None and backend.status.value == "unhealthy"
+            assert backend.last_error == "environment variable TEST_ANTHROPIC_KEY is not set"
+            assert claude.requests == []  # not even a probe: it could only be refused
+    assert any("TEST_ANTHROPIC_KEY is not set" in r.getMessage() for r in caplog.records)
+
+
+async def test_keys_never_leave_in_logs_metrics_dashboard_or_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(1, logger="nexus")
+    async with clouds(tmp_path, logging={"level": "trace"}) as (nexus, claude, _):
+        seen: list[str] = []
+        for model in MODELS:
+            await nexus.client.chat.completions.create(model=model, messages=MSG)  # type: ignore[arg-type]
+        claude.error_status = 401
+        seen.append(
+            json.dumps(
+                (await nexus.post("/v1/chat/completions", {"model": MODELS[0], "messages": MSG}))[1]
+            )
+        )
+        for path in ("/metrics", "/v1/stats", "/v1/models", "/admin/backends", "/dashboard.json"):
+            _, body, _ = (
+                await nexus.get(path)
+                if path != "/metrics"
+                else (0, nexus.state.metrics.exposition().decode(), None)
+            )
+            seen.append(json.dumps(body))
+    everything = "\n".join(seen + [r.getMessage() for r in caplog.records])
+    for secret in (ANTHROPIC_KEY, GOOGLE_KEY, CLIENT_KEY):
+        assert secret not in everything
+
+
+async def test_cost_is_logged_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="nexus")
+    async with clouds(tmp_path) as (nexus, _, _):
+        await nexus.client.chat.completions.create(model="claude-sonnet-4-5", messages=MSG)  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        nexus.state.recorder.flush()
+        record = next(r.request for r in caplog.records if r.name == "nexus.request")  # type: ignore[attr-defined]
+        assert record.cost_usd > 0 and record.cost_flag == ""
+        text = nexus.state.metrics.exposition().decode()
+        assert 'nexus_cost_usd_total{backend="claude",model="claude-sonnet-4-5"}' in text
+
+
+async def test_a_model_without_a_price_costs_zero_flagged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="nexus")
+    models = [FakeModel("claude-in-house-1"), FakeModel("claude-sonnet-4-5")]
+    async with FakeAnthropic(models, api_key=ANTHROPIC_KEY) as claude:
+        entry = anthropic_entry(
+            claude, prices={"claude-sonnet-4-5": {"input": 1000.0, "output": 0}}
+        )
+        async with running_nexus(tmp_path, [entry]) as nexus:
+            for _ in range(2):
+                resp = await nexus.client.chat.completions.with_raw_response.create(
+                    model="claude-in-house-1", messages=MSG
+                )  # type: ignore[arg-type]
+            assert float(resp.headers["X-Nexus-Cost-Estimated"]) == 0
+            resp = await nexus.client.chat.completions.with_raw_response.create(
+                model="claude-sonnet-4-5", messages=MSG
+            )  # type: ignore[arg-type]
+            usage = resp.parse().usage
+            assert usage is not None
+            # The configured price wins over the bundled one: 1000 USD per million input tokens.
+            assert float(resp.headers["X-Nexus-Cost-Estimated"]) == pytest.approx(
+                usage.prompt_tokens / 1000, abs=1e-6
+            )
+            nexus.state.recorder.flush()
+    records = [r.request for r in caplog.records if r.name == "nexus.request"]  # type: ignore[attr-defined]
+    assert [r.cost_flag for r in records] == ["cost_unknown", "cost_unknown", ""]
+    warnings = [r for r in caplog.records if "no price known" in r.getMessage()]
+    assert len(warnings) == 1
