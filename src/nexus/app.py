@@ -16,7 +16,7 @@ import asyncio
 import logging
 
 from nexus import logs
-from nexus.api import admin, proxied, status
+from nexus.api import admin, foreign, proxied, status
 from nexus.asgi import ASGIApp, Receive, Scope, Send
 from nexus.asgi.guards import Sites
 from nexus.asgi.routes import Router
@@ -81,6 +81,7 @@ class App:
         self.router = Router(unmatched=state.metrics.unknown_endpoint)
         proxied.add_routes(self.router)  # so that GET on a hot path is a 405, not a 404
         status.add_routes(self.router, state)
+        foreign.ForeignListings(state).add_routes(self.router)
         sites = dashboard.sites
         admin.Admin(state, sites).add_routes(self.router)
         dashboard.add_routes(self.router)

@@ -129,7 +129,9 @@ class Metrics(Collector):
         self.registry = registry
         self.configured_models = set(routing.aliases) | set(routing.fallbacks) if routing else set()
         self.requests = CounterVec(
-            "nexus_requests_total", "Total number of requests", ("model", "backend", "status")
+            "nexus_requests_total",
+            "Total number of requests",
+            ("model", "backend", "status", "endpoint"),
         )
         self.errors = CounterVec("nexus_errors_total", "Errors by type", ("type",))
         self.fallbacks = CounterVec(
@@ -211,7 +213,7 @@ class Metrics(Collector):
         model, backend = self.model_label(rec.model), rec.backend or NO_BACKEND
         labels = (model, backend)
         seconds = rec.duration_seconds
-        self.requests.inc((model, backend, str(rec.status)))
+        self.requests.inc((model, backend, str(rec.status), rec.endpoint))
         self.duration.observe(labels, seconds)
         overhead = seconds - rec.upstream_seconds
         self.overhead.observe((), overhead if overhead > 0.0 else 0.0)

@@ -105,6 +105,8 @@ class Model:
     supports_tools: bool | None = None
     supports_json_mode: bool | None = None
     supports_embeddings: bool | None = None
+    # Legacy /v1/completions: unknown until a backend answers it (404: no).
+    supports_completions: bool | None = None
     max_output_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -45,6 +45,7 @@ class FakeBackend(FakeServer):
         self.send_done = send_done
         super().__init__()
         self.created: int = 1_730_000_000
+        self.completions_status: int = 0  # answer /v1/completions with this status (0: serve)
         self.loaded: set[str] = set()  # ids of models that answered chat/embeddings
 
     def reset(self) -> None:
@@ -55,6 +56,7 @@ class FakeBackend(FakeServer):
         routes: list[Route] = [
             ("POST", "/v1/chat/completions", self._chat),
             ("POST", "/v1/embeddings", self._embeddings),
+            ("POST", "/v1/completions", self._completions),
             ("GET", "/v1/models", self._probe(self._v1_models)),
         ]
         return routes + self._extra_routes()
@@ -105,6 +107,38 @@ class FakeBackend(FakeServer):
         if model is None:
             return None, self.model_not_found(name)
         return model, None
+
+    # ---------------------------------------------------------- completions
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        """Legacy ``/v1/completions``; ``completions_status`` (e.g. 404) refuses them, as a
+        server without that endpoint does."""
+        if self.completions_status:
+            message = f"Invalid URL (POST {request.path})"
+            return self.error_response(self.completions_status, message)
+        payload, err = await self._json_payload(request)
+        if payload is None:
+            return err  # type: ignore[return-value]
+        model, err = self._resolve(payload)
+        if model is None:
+            return err  # type: ignore[return-value]
+        text = self.answer_text(model.id)
+        base = {
+            "id": "cmpl-fake",
+            "object": "text_completion",
+            "created": self.created,
+            "model": model.id,
+        }
+        if not payload.get("stream"):
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}
+            usage = shapes.usage(4, 6)
+            return json_response({**base, "choices": [choice], "usage": usage})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for piece, finish in ((text, None), ("", "stop")):
+            choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}
+            await resp.write(b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
 
     # ---------------------------------------------------------------- chat
     def answer_text(self, model_name: str) -> str:

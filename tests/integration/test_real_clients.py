@@ -147,13 +147,13 @@ async def test_unknown_endpoints_are_named_logged_and_counted(
 ) -> None:
     caplog.set_level(logging.INFO, logger="nexus")
     async with running_nexus(tmp_path, []) as nexus:
-        status, body, _ = await nexus.get("/api/tags")
-        assert status == 404 and "GET /api/tags" in body["error"]["message"]
+        status, body, _ = await nexus.get("/v1/files")
+        assert status == 404 and "GET /v1/files" in body["error"]["message"]
         status, body, _ = await nexus.post("/v1/completionz", {"prompt": "secret"})
         assert status == 404 and "POST /v1/completionz" in body["error"]["message"]
         lines = [r.getMessage() for r in caplog.records if "unknown endpoint" in r.getMessage()]
         assert lines == [
-            "unknown endpoint: GET /api/tags",
+            "unknown endpoint: GET /v1/files",
             "unknown endpoint: POST /v1/completionz",
         ]
         text = nexus.state.metrics.exposition().decode()

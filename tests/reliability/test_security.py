@@ -26,7 +26,9 @@ async def test_no_secret_or_content_anywhere(
     monkeypatch.setenv("LAB_KEY", BACKEND_KEY)
     async with FakeVLLM([FakeModel("m")]) as keyed, FakeVLLM([FakeModel("m")]) as plain:
         backends = [
-            backend_entry(keyed, "keyed", "generic", api_key_env="LAB_KEY"),  # a local box with a key
+            backend_entry(
+                keyed, "keyed", "generic", api_key_env="LAB_KEY"
+            ),  # a local box with a key
             backend_entry(plain, "plain", "vllm"),
         ]
         async with running_nexus(tmp_path, backends, logging={"level": "trace"}) as nexus:

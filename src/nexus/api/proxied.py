@@ -1,16 +1,35 @@
 """The proxied (hot) endpoints: bare ASGI callables, reached by one dict lookup on the path,
-each a run of the request pipeline with its own inspection of the body."""
+each a run of the request pipeline. Foreign APIs (Anthropic's Messages, Ollama's native API)
+are the same pipeline with an inbound dialect: their requests become OpenAI's, and answers
+go back in the client's shape (or untouched, from a backend speaking that API itself)."""
 
 from __future__ import annotations
 
 from nexus.asgi import ASGIApp, Receive, Scope, Send
 from nexus.asgi.routes import Request, Response, Router
 from nexus.pipeline import Endpoint, Pipeline
-from nexus.routing.requirements import inspect_chat, inspect_embeddings
+from nexus.pipeline.inbound import AnthropicMessages, OllamaEmbedding, OllamaGeneration
+from nexus.routing.requirements import inspect_chat, inspect_completions, inspect_embeddings
 
+CHAT = "/v1/chat/completions"
+EMBEDDINGS = "/v1/embeddings"
 ENDPOINTS = (
-    Endpoint("chat", "/v1/chat/completions", inspect_chat),
-    Endpoint("embeddings", "/v1/embeddings", inspect_embeddings),
+    Endpoint("chat", CHAT, inspect_chat),
+    Endpoint("embeddings", EMBEDDINGS, inspect_embeddings),
+    Endpoint("completions", "/v1/completions", inspect_completions),
+    Endpoint("messages", CHAT, inspect_chat, "/v1/messages", AnthropicMessages()),
+    Endpoint("ollama-chat", CHAT, inspect_chat, "/api/chat", OllamaGeneration("chat")),
+    Endpoint("ollama-generate", CHAT, inspect_chat, "/api/generate", OllamaGeneration("generate")),
+    Endpoint(
+        "ollama-embed", EMBEDDINGS, inspect_embeddings, "/api/embed", OllamaEmbedding("embed")
+    ),
+    Endpoint(
+        "ollama-embeddings",
+        EMBEDDINGS,
+        inspect_embeddings,
+        "/api/embeddings",
+        OllamaEmbedding("embeddings"),
+    ),
 )
 
 
@@ -21,7 +40,7 @@ def hot_routes(pipeline: Pipeline) -> dict[str, ASGIApp]:
 
         return app
 
-    return {endpoint.path: bind(endpoint) for endpoint in ENDPOINTS}
+    return {endpoint.client_path: bind(endpoint) for endpoint in ENDPOINTS}
 
 
 def add_routes(router: Router) -> None:
@@ -31,4 +50,4 @@ def add_routes(router: Router) -> None:
         raise AssertionError("POST on a proxied path never reaches the cold router")
 
     for endpoint in ENDPOINTS:
-        router.add("POST", endpoint.path, unreachable)
+        router.add("POST", endpoint.client_path, unreachable)

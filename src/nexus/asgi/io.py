@@ -76,8 +76,12 @@ async def respond_json(send: Send, data: object, status: int = 200) -> None:
     await respond(send, status, orjson.dumps(data))
 
 
-async def respond_error(send: Send, error: NexusError, request_id: str | None = None) -> None:
+def error_headers(error: NexusError, request_id: str | None) -> Headers:
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
     if request_id:
         headers.append((b"x-request-id", request_id.encode()))
-    await respond(send, error.status, error.body(request_id), headers)
+    return headers
+
+
+async def respond_error(send: Send, error: NexusError, request_id: str | None = None) -> None:
+    await respond(send, error.status, error.body(request_id), error_headers(error, request_id))

@@ -76,6 +76,10 @@ class Response:
     def json(cls, data: object, status: int = 200) -> Response:
         return cls(orjson.dumps(data), status)
 
+    def with_header(self, name: bytes, value: bytes) -> Response:
+        self.headers.append((name, value))
+        return self
+
     async def __call__(self, send: Send) -> None:
         await respond(send, self.status, self.body, self.headers, self.ctype)
 

@@ -19,12 +19,13 @@ import asyncio
 import logging
 
 from nexus.asgi import Receive, Scope, Send
-from nexus.asgi.io import read_body, respond, respond_error
+from nexus.asgi.io import error_headers, read_body, respond, respond_error
 from nexus.asgi.protocol import ClientLink
-from nexus.errors import ClientGone, NexusError, ShuttingDown
+from nexus.errors import BackendError, ClientGone, NexusError, ShuttingDown
 from nexus.pipeline.admit import admit
 from nexus.pipeline.exchange import Endpoint, Exchange
 from nexus.pipeline.forward import Forwarder
+from nexus.pipeline.inbound import client_reply
 from nexus.pipeline.plan import Planner
 from nexus.pipeline.record import Outcome, Reply, Streamed, settle
 from nexus.pipeline.wait import wait
@@ -95,22 +96,44 @@ class Pipeline:
         ex.raw = await read_body(ex.scope, ex.receive, self.max_body, self.body_seconds)
         self.planner.plan(ex)
         await wait(ex)
-        return await self.forwarder.forward(ex)
+        try:
+            return await self.forwarder.forward(ex)
+        except NexusError as exc:
+            only = ex.native_only
+            if only is None or isinstance(exc, BackendError):
+                raise
+            # No backend speaking the client's API serves the model: what it asked cannot be
+            # done elsewhere (or, for a load request, there is nothing to load).
+            if only.answer is not None:
+                return Reply(200, only.answer, native=True)
+            raise only from None
 
     async def _answer(self, ex: Exchange, outcome: Outcome) -> None:
         send = ex.send
+        inbound = ex.endpoint.inbound
         if isinstance(outcome, Reply):
+            if inbound is not None and not outcome.native:
+                outcome = client_reply(ex, inbound, outcome)
             await respond(send, outcome.status, outcome.body, outcome.headers, outcome.ctype)
             return
         error = outcome.error if isinstance(outcome, Streamed) else outcome
         if isinstance(error, ClientGone):
             return  # nobody to tell
+        rid = ex.record.request_id
         if not ex.started:
             assert error is not None
-            await respond_error(send, error, ex.record.request_id)
+            if inbound is None:
+                await respond_error(send, error, rid)
+            else:
+                await respond(send, error.status, inbound.error(error), error_headers(error, rid))
             return
         # The client has a 200 and part of a stream: the error goes in-band, then the end.
-        tail = b"" if error is None else frame(error.body(ex.record.request_id))
+        if error is None:
+            tail = b""
+        elif inbound is None:
+            tail = frame(error.body(rid))
+        else:
+            tail = inbound.stream_error(error)
         try:
             async with asyncio.timeout(1):
                 await send({"type": "http.response.body", "body": tail, "more_body": False})

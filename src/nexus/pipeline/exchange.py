@@ -8,6 +8,7 @@ from typing import Any
 
 from nexus.asgi import Receive, Scope, Send
 from nexus.asgi.io import header
+from nexus.pipeline.inbound import Inbound, NativeOnly
 from nexus.records import RequestRecord
 from nexus.routing.requirements import Requirements
 from nexus.routing.router import Plan
@@ -18,11 +19,17 @@ Inspector = Callable[[Any], Requirements]
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """A proxied endpoint: what it is called in logs and metrics, where it goes upstream,
-    and how its requests are checked."""
+    how its requests are checked, and the client's API when it is not OpenAI's."""
 
-    name: str  # "chat" | "embeddings" | ...
-    path: str  # the upstream path, e.g. /v1/chat/completions
+    name: str  # "chat" | "embeddings" | "messages" | ...
+    path: str  # the OpenAI path upstream, e.g. /v1/chat/completions
     inspect: Inspector
+    route: str = ""  # the path clients call (default: the same)
+    inbound: Inbound | None = None  # None: the client speaks OpenAI
+
+    @property
+    def client_path(self) -> str:
+        return self.route or self.path
 
 
 @dataclass(slots=True, eq=False)
@@ -37,6 +44,10 @@ class Exchange:
     req: Requirements | None = None
     plan: Plan | None = None
     started: bool = False  # the client has the response head: errors now go in-band
+    client_body: dict[str, Any] | None = None  # the client's own request (foreign APIs)
+    client_raw: bytes = b""  # ... and its bytes
+    native_only: NativeOnly | None = None  # only a backend speaking the client's API may serve
+    native: bool = False  # the current attempt's backend speaks the client's API
 
     @property
     def authorization(self) -> str | None:

@@ -15,11 +15,12 @@ or writes (``stream_idle_timeout_seconds``).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import orjson
 
 from nexus.asgi import Headers
-from nexus.asgi.io import BASE_HEADERS
+from nexus.asgi.io import BASE_HEADERS, header
 from nexus.backends import auth, traffic
 from nexus.config import Config
 from nexus.errors import (
@@ -33,9 +34,10 @@ from nexus.errors import (
 from nexus.health import HealthChecker
 from nexus.pipeline.cost import Costs
 from nexus.pipeline.exchange import Exchange
-from nexus.pipeline.outbound import OPENAI, Outbound, outbound_for
+from nexus.pipeline.inbound import SSE, ClientTranslation
+from nexus.pipeline.outbound import NativeOutbound, Outbound, outbound_for
 from nexus.pipeline.record import Reply, Streamed
-from nexus.pipeline.relay import SSE_HEAD, Relay
+from nexus.pipeline.relay import Relay
 from nexus.pipeline.upstream import upstream_failure
 from nexus.quality import QualityTracker
 from nexus.records import RequestRecord
@@ -48,6 +50,7 @@ MAX_ERROR_BODY = 64 * 1024
 # A provider saying it is too busy (Anthropic's 529): kept while another backend may serve,
 # like a 429, and answered as the standard status for it.
 BUSY_STATUSES = {529: 503}
+STREAM_TYPES = ("text/event-stream", "application/x-ndjson")
 PANIC_CONNECT_SECONDS = 0.5
 REFUSING_STATUSES = (500, 501)  # what a server answers when it rejects what it was asked
 
@@ -123,7 +126,9 @@ class Forwarder:
 
     async def _attempt(self, ex: Exchange, route: Route) -> Reply | Streamed:
         backend = route.backend
-        outbound = outbound_for(backend.type)
+        inbound = ex.endpoint.inbound
+        ex.native = inbound is not None and backend.type == inbound.native
+        outbound = NativeOutbound(inbound) if ex.native and inbound else outbound_for(backend.type)
         path, payload = outbound.request(ex, route)
         headers = self._headers(ex, backend)
         self.registry.increment_pending(backend)
@@ -161,6 +166,8 @@ class Forwarder:
         own = auth.headers_for(backend)
         if own:
             headers.update(own)
+        if ex.native and (beta := header(ex.scope, b"anthropic-beta")):
+            headers["anthropic-beta"] = beta  # the client's own opt-ins, to its own API
         if "Authorization" in own or backend.cloud or backend.discovery_source is MDNS:
             # F01: local backends see the client's credentials; a cloud backend (which has
             # its own key) and a backend any LAN device could have announced never do.
@@ -175,7 +182,7 @@ class Forwarder:
         if answer.status >= 300:
             text = await self._read(ex.record, answer, route, sent, MAX_ERROR_BODY)
             return self._refusal(ex, route, outbound, answer, text)
-        if ex.requirements.stream and answer.content_type == "text/event-stream":
+        if ex.requirements.stream and answer.content_type in STREAM_TYPES:
             return await self._stream(ex, route, outbound, answer, sent)
         raw = await self._read(ex.record, answer, route, sent, None)
         return self._complete(ex, route, outbound, raw, sent)
@@ -202,6 +209,13 @@ class Forwarder:
         core = f"backend '{backend.name}' answered HTTP {status}"
         message = outbound.error_text(text)
         quoted = f": {printable(message)}" if message else upstream_text(text)
+        if status == 404 and ex.requirements.completions:
+            # Legacy completions are not served everywhere: this backend lacks them, which
+            # routing remembers (until its next probe) and another backend may not.
+            model = backend.models.get(route.model)
+            if model is not None:
+                backend.models[route.model] = replace(model, supports_completions=False)
+            raise BackendBadResponse(f"backend '{backend.name}' does not serve /v1/completions")
         if status in REFUSING_STATUSES:
             raise BackendRefused(
                 core + quoted,
@@ -233,11 +247,13 @@ class Forwarder:
             headers.append((b"retry-after", answer.headers["retry-after"].encode("latin-1")))
         elif status == 503:
             headers.append((b"retry-after", b"1"))  # as every 503 of ours says
-        if outbound is not OPENAI or status != answer.status or not _json_object(raw):
+        wrapped = not outbound.relays_errors or status != answer.status or not _json_object(raw)
+        if wrapped:
             error = NexusError(why, code="backend_client_error")
             error.type = "invalid_request_error" if status < 500 else "service_unavailable"
             raw = error.body(ex.record.request_id)
-        return Reply(status, raw, headers, busy=answer.status in (429, *BUSY_STATUSES))
+        busy = answer.status in (429, *BUSY_STATUSES)
+        return Reply(status, raw, headers, busy=busy, native=ex.native and not wrapped)
 
     def _complete(
         self, ex: Exchange, route: Route, outbound: Outbound, raw: bytes, sent: float
@@ -260,7 +276,7 @@ class Forwarder:
         record.usage(parsed.get("usage"))
         self.costs.charge(record, route.backend, route.model, ex.requirements.prompt_chars)
         self.registry.update_latency(route.backend, (time.perf_counter() - sent) * 1000)
-        return Reply(200, raw, self.route_headers(ex, route, record.cost_usd))
+        return Reply(200, raw, self.route_headers(ex, route, record.cost_usd), native=ex.native)
 
     async def _stream(
         self, ex: Exchange, route: Route, outbound: Outbound, answer: Answer, sent: float
@@ -268,12 +284,18 @@ class Forwarder:
         record = ex.record
         backend = route.backend
         translation = outbound.stream(ex, route)
+        inbound = ex.endpoint.inbound
+        if inbound is not None and not ex.native:
+            client = inbound.stream(ex.requirements.model, record.request_id, record.started)
+            translation = ClientTranslation(translation, client)
         relay = Relay(answer, backend.name, record, translation, self.idle, self.max_event, sent)
         events = await relay.first_events(sent + self.ttfb)
         first_ms = (time.perf_counter() - sent) * 1000  # this backend's time to first event
         record.ttft_seconds = time.perf_counter() - record.started
         estimate = self.costs.estimate(backend, route.model, ex.requirements.prompt_chars)
-        head = [*SSE_HEAD, *BASE_HEADERS, *self.route_headers(ex, route, estimate)]
+        kind = inbound.stream_type if inbound is not None else SSE
+        head = [(b"content-type", kind), (b"cache-control", b"no-cache"), *BASE_HEADERS]
+        head += self.route_headers(ex, route, estimate)
         await ex.send({"type": "http.response.start", "status": 200, "headers": head})
         ex.started = True
         error = await relay.pump(ex.send, events)

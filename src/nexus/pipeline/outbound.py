@@ -18,6 +18,7 @@ from nexus.backends import traffic
 from nexus.dialects import StreamFailed, anthropic, gemini
 from nexus.errors import BackendBadResponse, NexusError
 from nexus.pipeline.exchange import Exchange
+from nexus.pipeline.inbound import Inbound
 from nexus.pipeline.relay import OpenAIStream, Translation, parse_event
 from nexus.routing.router import Route
 from nexus.transport.sse import event_data
@@ -26,6 +27,10 @@ DONE_FRAME = b"data: [DONE]\n\n"
 
 
 class Outbound(Protocol):
+    # A backend's 4xx JSON is relayed as it came (it is already in the client's API), else
+    # put in OpenAI's shape.
+    relays_errors: bool
+
     def request(self, ex: Exchange, route: Route) -> tuple[str, bytes]:
         """The path and body to send (may raise InvalidRequest: a field the API lacks)."""
         ...
@@ -42,6 +47,8 @@ class Outbound(Protocol):
 
 
 class OpenAIOutbound:
+    relays_errors = True
+
     def request(self, ex: Exchange, route: Route) -> tuple[str, bytes]:
         req = ex.requirements
         changes: dict[str, Any] = {}
@@ -76,6 +83,8 @@ class OpenAIOutbound:
 
 
 class AnthropicOutbound:
+    relays_errors = False
+
     def request(self, ex: Exchange, route: Route) -> tuple[str, bytes]:
         body = anthropic.to_messages_request(
             ex.body, model=route.model, default_max_tokens=route.backend.max_output_tokens
@@ -100,6 +109,8 @@ class AnthropicOutbound:
 
 
 class GeminiOutbound:
+    relays_errors = False
+
     def request(self, ex: Exchange, route: Route) -> tuple[str, bytes]:
         path = gemini.path(route.model, stream=ex.requirements.stream)
         return path, orjson.dumps(gemini.to_generate_request(ex.body))
@@ -146,6 +157,7 @@ class ForeignStream:
     the body after every finish reason (Gemini). A body that ends before is an error."""
 
     __slots__ = ("backend", "closes_on_finish", "done", "record", "translator")
+    framing = "sse"
 
     def __init__(self, ex: Exchange, route: Route, translator: Translator, closes: bool) -> None:
         self.record = ex.record
@@ -187,6 +199,117 @@ class ForeignStream:
 
 def _frames(chunks: list[dict[str, Any]]) -> list[bytes]:
     return [b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks]
+
+
+class NativeOutbound:
+    """The client speaks the backend's own API (an Anthropic client and an anthropic backend,
+    an Ollama client and an ollama backend): its body goes as it came, with the model renamed
+    when an alias or fallback chose another, and the answer comes back as it is."""
+
+    relays_errors = True
+
+    def __init__(self, inbound: Inbound) -> None:
+        self.inbound = inbound
+
+    def request(self, ex: Exchange, route: Route) -> tuple[str, bytes]:
+        body = ex.client_body or {}
+        if body.get("model") == route.model:
+            return self.inbound.native_path, ex.client_raw
+        return self.inbound.native_path, orjson.dumps({**body, "model": route.model})
+
+    def answer(self, ex: Exchange, route: Route, parsed: dict[str, Any]) -> dict[str, Any] | None:
+        return None
+
+    def stream(self, ex: Exchange, route: Route) -> Translation:
+        requested = ex.requirements.model
+        rename = requested if route.model != requested else None
+        return NativeStream(ex, route, self.inbound.native, rename)
+
+    def error_text(self, raw: bytes) -> str:
+        if self.inbound.native == "anthropic":
+            return anthropic.error_message(raw)
+        return OPENAI.error_text(raw)  # Ollama: {"error": "..."}
+
+
+class NativeStream:
+    """A native stream relayed as it came: Anthropic SSE events (ending at message_stop) or
+    Ollama NDJSON lines (ending at the line with ``"done": true``). Each event is parsed for
+    its usage, and renamed when the client asked for another model name."""
+
+    __slots__ = ("backend", "done", "framing", "kind", "record", "rename")
+
+    def __init__(self, ex: Exchange, route: Route, kind: str, rename: str | None) -> None:
+        self.record = ex.record
+        self.backend = route.backend.name
+        self.kind = kind
+        self.rename = rename
+        self.framing = "ndjson" if kind == "ollama" else "sse"
+        self.done = False
+
+    def convert(self, blocks: list[bytes]) -> bytes:
+        out: list[bytes] = []
+        for block in blocks:
+            if self.done:
+                break
+            if self.kind == "ollama":
+                out.append(self._line(block))
+            else:
+                out.append(self._event(block))
+        return b"".join(out)
+
+    def _line(self, line: bytes) -> bytes:
+        event = parse_event(line, self.backend)
+        if event.get("done") is True:
+            self.done = True
+            self.record.usage(ollama_usage(event))
+        return self._renamed(event, line) + b"\n"
+
+    def _event(self, block: bytes) -> bytes:
+        data = event_data(block)
+        if data is None:
+            return block + b"\n\n"
+        event = parse_event(data, self.backend)
+        kind = event.get("type")
+        if kind == "message_stop":
+            self.done = True
+        elif kind in ("message_start", "message_delta"):
+            self.record.usage(anthropic_usage(event))
+        if self.rename is not None and kind == "message_start":
+            message = {**event.get("message", {}), "model": self.rename}
+            data = orjson.dumps({**event, "message": message})
+            return b"event: message_start\ndata: " + data + b"\n\n"
+        return block + b"\n\n"
+
+    def _renamed(self, event: dict[str, Any], raw: bytes) -> bytes:
+        if self.rename is None or "model" not in event:
+            return raw
+        return orjson.dumps({**event, "model": self.rename})
+
+    def end(self) -> tuple[bytes, NexusError | None]:
+        if self.done:
+            return b"", None
+        return b"", BackendBadResponse(f"backend '{self.backend}' ended the stream early")
+
+
+def ollama_usage(event: dict[str, Any]) -> dict[str, Any]:
+    """An Ollama final line's counts, as OpenAI usage."""
+    return {
+        "prompt_tokens": event.get("prompt_eval_count"),
+        "completion_tokens": event.get("eval_count"),
+    }
+
+
+def anthropic_usage(event: dict[str, Any]) -> dict[str, Any] | None:
+    """An Anthropic message_start's input count, or a message_delta's output count."""
+    usage = event.get("usage") or (event.get("message") or {}).get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("input_tokens")
+    if isinstance(prompt, int):
+        prompt += sum(
+            usage.get(k) or 0 for k in ("cache_read_input_tokens", "cache_creation_input_tokens")
+        )
+    return {"prompt_tokens": prompt, "completion_tokens": usage.get("output_tokens")}
 
 
 OPENAI = OpenAIOutbound()

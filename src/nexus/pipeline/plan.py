@@ -14,6 +14,8 @@ import orjson
 from nexus import logs
 from nexus.errors import InvalidRequest
 from nexus.pipeline.exchange import Exchange
+from nexus.pipeline.inbound import Inbound, NativeOnly
+from nexus.routing.requirements import Requirements
 from nexus.routing.router import Router
 
 
@@ -33,11 +35,32 @@ class Planner:
 
     def plan(self, ex: Exchange) -> None:
         body = parse(ex.raw)
-        req = ex.req = ex.endpoint.inspect(body)
-        ex.body = body
         if self.log_content:
             logs.log_content(ex.record.request_id, body)
+        inbound = ex.endpoint.inbound
+        if inbound is None:
+            req = ex.req = ex.endpoint.inspect(body)
+            ex.body = body
+        else:
+            req = ex.req = self._translate(ex, inbound, body)
         record = ex.record
         record.model = req.model
         record.stream = req.stream
         ex.plan = self.router.plan(req.model)
+
+    @staticmethod
+    def _translate(ex: Exchange, inbound: Inbound, body: Any) -> Requirements:
+        """A foreign API's request: translated to OpenAI's, which routing and every
+        non-native backend read; when only a native backend can serve it, only the model."""
+        ex.client_body = body
+        ex.client_raw = ex.raw
+        try:
+            openai = inbound.translate(body)
+        except NativeOnly as exc:
+            ex.native_only = exc
+            req = inbound.requirements(body)
+            req.only_type = inbound.native
+            return req
+        ex.body = openai
+        ex.raw = orjson.dumps(openai)
+        return ex.endpoint.inspect(openai)

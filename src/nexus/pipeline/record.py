@@ -26,6 +26,7 @@ class Reply:
     headers: Headers = field(default_factory=list)
     ctype: bytes = b"application/json"
     busy: bool = False  # a "too busy" answer (429...): kept while another backend may serve
+    native: bool = False  # already in the client's own API (a native backend answered)
 
 
 @dataclass(slots=True)

@@ -27,13 +27,21 @@ from nexus.errors import (
 from nexus.pipeline.upstream import upstream_failure
 from nexus.records import RequestRecord
 from nexus.transport import Answer
-from nexus.transport.sse import DONE, SSEParser, event_data
+from nexus.transport.sse import DONE, NDJSONParser, SSEParser, event_data
 
 
 class Translation(Protocol):
     """Turns upstream event blocks into bytes for the client, noting usage on the way."""
 
-    done: bool  # the upstream said it is finished ([DONE], message_stop...)
+    @property
+    def framing(self) -> str:
+        """How the upstream frames its events: "sse" or "ndjson"."""
+        ...
+
+    @property
+    def done(self) -> bool:
+        """The upstream said it is finished ([DONE], message_stop...)."""
+        ...
 
     def convert(self, blocks: list[bytes]) -> bytes:
         """Raises BackendError when an event is unusable (the stream then ends)."""
@@ -51,6 +59,7 @@ class OpenAIStream:
     and the usage-only chunk dropped when Nexus asked for it on the client's behalf."""
 
     __slots__ = ("backend", "done", "record", "rename", "strip_usage")
+    framing = "sse"
 
     def __init__(self, record: RequestRecord, backend: str, rename: str | None, strip: bool):
         self.record = record
@@ -100,11 +109,9 @@ def parse_event(data: bytes, backend: str) -> dict[str, Any]:
     return event
 
 
-SSE_HEAD = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-
-
 class Relay:
     __slots__ = ("answer", "backend", "idle", "parser", "record", "sent_at", "translation")
+    parser: SSEParser | NDJSONParser
 
     def __init__(
         self,
@@ -121,7 +128,7 @@ class Relay:
         self.record = record
         self.translation = translation
         self.idle = idle
-        self.parser = SSEParser(max_event)
+        self.parser = (NDJSONParser if translation.framing == "ndjson" else SSEParser)(max_event)
         self.sent_at = sent_at
 
     async def first_events(self, deadline: float) -> list[bytes]:

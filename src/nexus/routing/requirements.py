@@ -30,12 +30,14 @@ class Requirements:
     stream: bool = False
     include_usage: bool = False
     embeddings: bool = False
+    completions: bool = False  # legacy /v1/completions: only backends that serve it
+    only_type: str | None = None  # only backends of this type (a request only they can serve)
 
     @property
     def is_plain_chat(self) -> bool:
         """Chat with no special needs: only the model and its context length matter."""
         needs = self.needs_vision or self.needs_tools or self.needs_json_mode
-        return not (needs or self.embeddings)
+        return not (needs or self.embeddings or self.completions or self.only_type)
 
     def describe(self) -> str:
         needs = [
@@ -163,6 +165,48 @@ def inspect_chat(body: Any) -> Requirements:
         needs_json_mode=fmt is not None and fmt["type"] in JSON_FORMATS,
         stream=stream,
         include_usage=bool(options.get("include_usage")),
+    )
+
+
+def inspect_model(body: Any, *, stream: bool) -> Requirements:
+    """Only the model (a request whose body only its own kind of backend reads)."""
+    return Requirements(model=_model(body), stream=stream)
+
+
+COMPLETION_FIELDS = {
+    **{key: CHAT_FIELDS[key] for key in ("stream", "stream_options", "max_tokens", "n")},
+    **{key: CHAT_FIELDS[key] for key in ("temperature", "top_p")},
+    "suffix": Field(str, "a string"),
+    "echo": Field(bool, "a boolean"),
+    "logprobs": Field(int, "an integer", 0, 20),
+}
+
+
+def inspect_completions(body: Any) -> Requirements:
+    """Legacy ``/v1/completions``: a prompt (string, strings, or token ids) to continue."""
+    model = _model(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        chars = len(prompt)
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        chars = sum(len(p) for p in prompt)
+    elif isinstance(prompt, list) and prompt and all(_is_token(t) for t in prompt):
+        chars = 4 * len(prompt)
+    else:
+        raise InvalidRequest(
+            "'prompt' must be a string, an array of strings or an array of token ids",
+            param="prompt",
+        )
+    check_fields(body, COMPLETION_FIELDS)
+    max_tokens = body.get("max_tokens") or 16  # OpenAI's default for completions
+    options = body.get("stream_options") or {}
+    return Requirements(
+        model=model,
+        estimated_tokens=chars // 4 + max_tokens,
+        prompt_chars=chars,
+        stream=body.get("stream") or False,
+        include_usage=bool(options.get("include_usage")),
+        completions=True,
     )
 
 

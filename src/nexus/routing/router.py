@@ -28,6 +28,7 @@ log = logging.getLogger("nexus.routing")
 MAX_MODELS_IN_HINT = 20
 HEALTHY = BackendStatus.HEALTHY
 RESTRICTED = "restricted"
+NO_COMPLETIONS = frozenset({"anthropic", "google"})  # no legacy /v1/completions in their APIs
 DRAINING = BackendStatus.DRAINING
 MDNS = DiscoverySource.MDNS
 
@@ -75,6 +76,13 @@ def smart_score(backend: Backend, weights: WeightsConfig, error_rate: float = 0.
     return score
 
 
+def serves_kind(backend: Backend, req: Requirements) -> bool:
+    """Whether the backend's kind can serve the request at all (its API has the endpoint)."""
+    if req.only_type is not None and backend.type != req.only_type:
+        return False
+    return not (req.completions and backend.type in NO_COMPLETIONS)
+
+
 def prefer_local(pool: list[Backend]) -> list[Backend]:
     """Local backends first: a cloud backend serves only when no local one in the pool can,
     unless its priority is better than theirs (an explicit choice of the admin's)."""
@@ -105,6 +113,8 @@ def unmet(model: Model, req: Requirements) -> str | None:
             return "not an embedding model"
     elif not model.supports_chat:
         return "not a chat model"
+    if req.completions and model.supports_completions is False:
+        return "no legacy completions"
     if req.needs_vision and model.supports_vision is False:
         return "no vision"
     if req.needs_tools and model.supports_tools is False:
@@ -250,6 +260,9 @@ class Router:
             if zone == RESTRICTED and backend.zone != RESTRICTED:
                 plan.excluded[backend.name] = "open zone: a restricted request stays local"
                 plan.zone_blocked += 1
+                continue
+            if not plain and not serves_kind(backend, req):
+                plan.excluded[backend.name] = f"{backend.type} backends cannot serve this request"
                 continue
             served = backend.models[model]
             if plain and served.supports_chat and tokens <= (served.context_length or tokens):

@@ -76,6 +76,39 @@ class SSEParser:
         return rest or None
 
 
+class NDJSONParser:
+    """Newline-delimited JSON (Ollama's streams), with the same interface and bounds as
+    :class:`SSEParser`: each line is one event block."""
+
+    __slots__ = ("_buf", "max_event")
+
+    def __init__(self, max_event: int = DEFAULT_MAX_EVENT) -> None:
+        self._buf = bytearray()
+        self.max_event = max_event
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buf = self._buf
+        start = len(buf)
+        buf += chunk
+        end = buf.rfind(b"\n", start)
+        if end < 0:
+            if len(buf) > self.max_event:
+                buf.clear()
+                raise EventTooLarge(self.max_event)
+            return []
+        lines = [line.strip() for line in bytes(buf[:end]).split(b"\n")]
+        del buf[: end + 1]
+        if len(buf) > self.max_event:
+            buf.clear()
+            raise EventTooLarge(self.max_event)
+        return [line for line in lines if line]
+
+    def close(self) -> bytes | None:
+        rest = bytes(self._buf).strip()
+        self._buf.clear()
+        return rest or None
+
+
 def _split(text: bytes) -> list[bytes]:
     return [p.strip(b"\n") for p in text.split(b"\n\n") if p.strip(b"\n")]
 

@@ -1,0 +1,96 @@
+"""The cold side of the foreign APIs Nexus serves: Ollama's listings (``/api/tags``,
+``/api/show``, ``/api/ps``, ``/api/version``) and Anthropic's ``/v1/messages/count_tokens``.
+Errors here are in each API's own shape, as their clients expect."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+
+from nexus import __version__, tokens
+from nexus.asgi.routes import Request, Response, Router
+from nexus.backends import ProbeError
+from nexus.dialects import anthropic, ollama
+from nexus.errors import InvalidRequest
+from nexus.registry import Backend, Model
+from nexus.state import AppState
+
+PS_TIMEOUT = 2.0  # /api/ps asks every Ollama backend; a slow one must not hold the answer
+
+
+class ForeignListings:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def add_routes(self, router: Router) -> None:
+        router.add("GET", "/api/tags", self.tags)
+        router.add("POST", "/api/show", self.show)
+        router.add("GET", "/api/ps", self.ps)
+        router.add("GET", "/api/version", self.version)
+        router.add("POST", "/v1/messages/count_tokens", self.count_tokens)
+
+    def _served(self) -> list[tuple[Backend, Model]]:
+        return [
+            (b, m) for b in self.state.registry.get_healthy_backends() for m in b.models.values()
+        ]
+
+    async def tags(self, request: Request) -> Response:
+        models = [model for _, model in self._served()]
+        return Response.json(ollama.tags(models, modified_at=_now()))
+
+    async def show(self, request: Request) -> Response:
+        body = await _json(request)
+        name = body.get("model") or body.get("name") if isinstance(body, dict) else None
+        for _, model in self._served():
+            if model.id == name:
+                return Response.json(ollama.show(model, modified_at=_now()))
+        return Response(ollama.error_body(f"model '{str(name)[:200]}' not found"), status=404)
+
+    async def ps(self, request: Request) -> Response:
+        """What the Ollama backends say they have loaded, asked now, all at once."""
+        boxes = [b for b in self.state.registry.get_healthy_backends() if b.type == "ollama"]
+        answers = await asyncio.gather(*(self._loaded(b) for b in boxes))
+        return Response.json(ollama.ps([entry for entries in answers for entry in entries]))
+
+    async def _loaded(self, backend: Backend) -> list[Any]:
+        try:
+            async with asyncio.timeout(PS_TIMEOUT):
+                listing = await self.state.health.client.fetch(backend, "GET", "/api/ps")
+        except (ProbeError, TimeoutError):
+            return []
+        models = listing.get("models") if isinstance(listing, dict) else None
+        return models if isinstance(models, list) else []
+
+    async def version(self, request: Request) -> Response:
+        return Response.json(ollama.version(__version__))
+
+    async def count_tokens(self, request: Request) -> Response:
+        """Anthropic's token count, from the tokenizer registry: exact where an offline
+        tokenizer exists, Claude's approximation, or the estimate (the header says which)."""
+        body = await _json(request)
+        try:
+            anthropic.from_messages_request(
+                {**body, "max_tokens": 1} if isinstance(body, dict) else body
+            )
+        except InvalidRequest as exc:
+            return Response(anthropic.error_body(400, exc.message), status=400)
+        model = str(body.get("model"))
+        provider = "anthropic" if model.startswith("claude") else "other"
+        count = tokens.count_text(anthropic.prompt_text(body), provider=provider, model=model)
+        return Response.json(
+            {"input_tokens": count.tokens},
+        ).with_header(b"x-nexus-token-count", count.method.encode())
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,243 @@
+"""Every client as it is: the anthropic SDK and the ollama client pointed at Nexus, served
+by OpenAI-speaking backends (translated) and by backends speaking their own API (native);
+the openai SDK's legacy completions."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import ollama
+import openai
+import pytest
+
+from tests.fakes import Behavior, FakeModel, FakeVLLM
+from tests.fakes.anthropic import FakeAnthropic
+from tests.helpers import Nexus, backend_entry, running_nexus
+
+ANTHROPIC_KEY = "sk-ant-secret-0123456789"
+WEATHER = {
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "input_schema": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+
+
+def claude_client(nexus: Nexus, **extra: Any) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(
+        base_url=nexus.url, api_key="sk-ant-client", max_retries=0, timeout=15, **extra
+    )
+
+
+def ollama_client(nexus: Nexus) -> ollama.AsyncClient:
+    return ollama.AsyncClient(host=nexus.url, timeout=15)
+
+
+# -- the anthropic SDK ------------------------------------------------------------------
+
+
+async def test_anthropic_sdk_on_an_openai_backend(tmp_path: Path) -> None:
+    async with FakeVLLM([FakeModel("qwen")]) as fake:
+        async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")]) as nexus:
+            client = claude_client(nexus)
+            message = await client.messages.create(
+                model="qwen",
+                max_tokens=64,
+                system="Be brief.",
+                messages=[{"role": "user", "content": "Hello there"}],
+            )
+            assert message.type == "message" and message.role == "assistant"
+            assert message.content[0].type == "text" and message.content[0].text  # type: ignore[union-attr]
+            assert message.stop_reason == "end_turn" and message.usage.output_tokens > 0
+            sent = fake.chat_requests[-1].json
+            assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
+            async with client.messages.stream(
+                model="qwen", max_tokens=64, messages=[{"role": "user", "content": "Count"}]
+            ) as stream:
+                text = "".join([piece async for piece in stream.text_stream])
+                final = await stream.get_final_message()
+            assert text and final.content[0].text == text  # type: ignore[union-attr]
+            assert final.usage.output_tokens > 0
+
+
+async def test_anthropic_sdk_tool_round_trip_on_an_openai_backend(tmp_path: Path) -> None:
+    async with FakeVLLM([FakeModel("qwen", tools=True)]) as fake:
+        async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")]) as nexus:
+            client = claude_client(nexus)
+            messages: list[Any] = [{"role": "user", "content": "Weather in Paris?"}]
+            first = await client.messages.create(
+                model="qwen", max_tokens=64, tools=[WEATHER], messages=messages
+            )  # type: ignore[list-item]
+            assert first.stop_reason == "tool_use"
+            use = next(b for b in first.content if b.type == "tool_use")
+            messages += [
+                {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "Sunny"}],
+                },
+            ]
+            second = await client.messages.create(
+                model="qwen", max_tokens=64, tools=[WEATHER], messages=messages
+            )  # type: ignore[list-item]
+            assert second.content
+            sent = fake.chat_requests[-1].json["messages"]
+            assert any(m.get("role") == "tool" and m.get("content") == "Sunny" for m in sent)
+
+
+async def test_anthropic_sdk_native_to_an_anthropic_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_ANTHROPIC_KEY", ANTHROPIC_KEY)
+    async with FakeAnthropic(api_key=ANTHROPIC_KEY) as fake:
+        entry = {
+            "name": "claude",
+            "url": fake.url,
+            "type": "anthropic",
+            "api_key_env": "TEST_ANTHROPIC_KEY",
+        }
+        async with running_nexus(tmp_path, [entry]) as nexus:
+            client = claude_client(nexus, default_headers={"anthropic-beta": "test-beta-1"})
+            message = await client.messages.create(
+                model="claude-sonnet-4-5",
+                max_tokens=64,
+                messages=[{"role": "user", "content": "Hello native"}],
+            )
+            assert "Hello native" in message.content[0].text  # type: ignore[union-attr]
+            request = fake.message_requests[-1]
+            assert request.json["messages"] == [
+                {"role": "user", "content": "Hello native"}
+            ]  # as sent
+            assert request.headers["x-api-key"] == ANTHROPIC_KEY  # ours, never the client's
+            assert request.headers["anthropic-beta"] == "test-beta-1"
+            async with client.messages.stream(
+                model="claude-sonnet-4-5",
+                max_tokens=64,
+                tools=[WEATHER],  # type: ignore[list-item]
+                messages=[{"role": "user", "content": "Weather in Rome?"}],
+            ) as stream:
+                final = await stream.get_final_message()
+            assert any(b.type == "tool_use" and b.input.get("city") for b in final.content)  # type: ignore[union-attr]
+
+
+async def test_anthropic_sdk_count_tokens_and_errors(tmp_path: Path) -> None:
+    async with FakeVLLM([FakeModel("qwen")]) as fake:
+        async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")]) as nexus:
+            client = claude_client(nexus)
+            count = await client.messages.count_tokens(
+                model="qwen", messages=[{"role": "user", "content": "hello world " * 10}]
+            )
+            assert count.input_tokens > 10
+            with pytest.raises(anthropic.NotFoundError) as missing:
+                await client.messages.create(
+                    model="nope", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+                )
+            assert missing.value.body["type"] == "error"  # type: ignore[index]
+            assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+            with pytest.raises(anthropic.BadRequestError) as bad:
+                await client.messages.create(model="qwen", max_tokens=8, messages=[])
+            assert "messages" in str(bad.value)
+            fake.chat_behavior = Behavior.ERROR_503
+            with pytest.raises(anthropic.APIStatusError) as down:
+                await client.messages.create(
+                    model="qwen", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+                )
+            assert down.value.status_code == 502 and down.value.body["type"] == "error"  # type: ignore[index]
+
+
+# -- the ollama client --------------------------------------------------------------------
+
+
+async def test_ollama_client_on_an_openai_backend(tmp_path: Path) -> None:
+    async with FakeVLLM([FakeModel("qwen"), FakeModel("embedder", embedding=True)]) as fake:
+        async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")]) as nexus:
+            client = ollama_client(nexus)
+            reply = await client.chat(model="qwen", messages=[{"role": "user", "content": "Hi"}])
+            assert reply.message.content and reply.done and reply.done_reason == "stop"
+            assert reply.prompt_eval_count and reply.eval_count
+            parts = [
+                part
+                async for part in await client.chat(
+                    model="qwen", messages=[{"role": "user", "content": "Hi"}], stream=True
+                )
+            ]
+            assert (
+                parts[-1].done
+                and "".join(p.message.content or "" for p in parts) == reply.message.content
+            )
+            generated = await client.generate(model="qwen", prompt="Once upon a time")
+            assert generated.response and generated.done
+            listed = await client.list()
+            assert {m.model for m in listed.models} >= {"qwen", "embedder"}
+            shown = await client.show("qwen")
+            assert "completion" in (shown.capabilities or []) or shown.modelinfo is not None
+            embedded = await client.embed(model="embedder", input=["one", "two"])
+            assert len(embedded.embeddings) == 2
+            running = await client.ps()
+            assert running.models == []  # no Ollama backend to ask
+            with pytest.raises(ollama.ResponseError) as missing:
+                await client.chat(model="nope", messages=[{"role": "user", "content": "x"}])
+            assert missing.value.status_code == 404 and "nope" in missing.value.error
+
+
+async def test_ollama_only_features_need_an_ollama_backend(tmp_path: Path) -> None:
+    async with FakeVLLM([FakeModel("qwen")]) as fake:
+        async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")]) as nexus:
+            client = ollama_client(nexus)
+            with pytest.raises(ollama.ResponseError) as refused:
+                await client.generate(model="qwen", prompt="def f(", suffix="return x")
+            assert refused.value.status_code == 400 and "suffix" in refused.value.error
+            loaded = await client.generate(model="qwen")  # nothing to load: answered by Nexus
+            assert loaded.done and loaded.done_reason == "load"
+            assert fake.chat_requests == []
+
+
+# -- legacy completions -----------------------------------------------------------------------
+
+
+async def test_openai_sdk_legacy_completions(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="nexus")
+    async with FakeVLLM([FakeModel("qwen")]) as fake:
+        async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")]) as nexus:
+            completion = await nexus.client.completions.create(
+                model="qwen", prompt="Once", max_tokens=8
+            )
+            assert completion.choices[0].text is not None
+            stream = await nexus.client.completions.create(
+                model="qwen", prompt="Once", max_tokens=8, stream=True
+            )
+            assert [c async for c in stream]
+            nexus.state.recorder.flush()
+    records = [r.request for r in caplog.records if r.name == "nexus.request"]  # type: ignore[attr-defined]
+    assert [r.endpoint for r in records] == ["completions", "completions"]
+    assert all(r.status == 200 for r in records)
+
+
+async def test_a_backend_without_legacy_completions_is_remembered(tmp_path: Path) -> None:
+    async with FakeVLLM([FakeModel("qwen")]) as without, FakeVLLM([FakeModel("qwen")]) as with_them:
+        without.completions_status = 404
+        backends = [
+            backend_entry(without, "without", "vllm", priority=1),
+            backend_entry(with_them, "with", "vllm", priority=2),
+        ]
+        async with running_nexus(tmp_path, backends) as nexus:
+            for _ in range(3):
+                resp = await nexus.client.completions.with_raw_response.create(
+                    model="qwen", prompt="x", max_tokens=4
+                )
+                assert resp.headers["X-Nexus-Backend"] == "with"
+            assert sum(r.path == "/v1/completions" for r in without.requests) == 1
+            with_them.completions_status = 404
+            with pytest.raises(openai.InternalServerError):  # found out on this request
+                await nexus.client.completions.create(model="qwen", prompt="x", max_tokens=4)
+            with pytest.raises(openai.BadRequestError) as none_left:  # known from now on
+                await nexus.client.completions.create(model="qwen", prompt="x", max_tokens=4)
+            assert "no legacy completions" in str(none_left.value)
