@@ -54,9 +54,12 @@ class OpenAIOutbound:
         changes: dict[str, Any] = {}
         if route.model != req.model:
             changes["model"] = route.model
-        if req.stream and not req.include_usage and traffic.asks_stream_usage(route.backend.type):
+        kind = route.backend.type
+        if req.stream and not req.include_usage and traffic.asks_stream_usage(kind):
             options = ex.body.get("stream_options") or {}
             changes["stream_options"] = {**options, "include_usage": True}
+        if (messages := traffic.without_null_content(kind, ex.body.get("messages"))) is not None:
+            changes["messages"] = messages
         if not changes:
             return ex.endpoint.path, ex.raw  # byte-faithful: the client's own bytes
         return ex.endpoint.path, orjson.dumps({**ex.body, **changes})
