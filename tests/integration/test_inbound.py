@@ -13,7 +13,7 @@ import ollama
 import openai
 import pytest
 
-from tests.fakes import Behavior, FakeModel, FakeVLLM
+from tests.fakes import Behavior, FakeModel, FakeOllama, FakeVLLM
 from tests.fakes.anthropic import FakeAnthropic
 from tests.helpers import Nexus, backend_entry, running_nexus
 
@@ -184,6 +184,26 @@ async def test_ollama_client_on_an_openai_backend(tmp_path: Path) -> None:
             with pytest.raises(ollama.ResponseError) as missing:
                 await client.chat(model="nope", messages=[{"role": "user", "content": "x"}])
             assert missing.value.status_code == 404 and "nope" in missing.value.error
+
+
+async def test_ollama_client_native_to_an_ollama_backend(tmp_path: Path) -> None:
+    async with FakeOllama([FakeModel("llama3:8b")]) as fake:
+        async with running_nexus(tmp_path, [backend_entry(fake, "box", "ollama")]) as nexus:
+            client = ollama_client(nexus)
+            reply = await client.chat(
+                model="llama3:8b",
+                messages=[{"role": "user", "content": "Hi"}],
+                options={"num_ctx": 4096},
+            )
+            assert reply.message.content
+            native = [r for r in fake.requests if r.path == "/api/chat"]
+            assert native and native[-1].json["options"] == {"num_ctx": 4096}  # untouched
+            parts = [
+                p async for p in await client.generate(model="llama3:8b", prompt="x", stream=True)
+            ]
+            assert parts[-1].done
+            loaded = await client.generate(model="llama3:8b")  # a load request goes to the box
+            assert loaded.done
 
 
 async def test_ollama_only_features_need_an_ollama_backend(tmp_path: Path) -> None:
