@@ -14,8 +14,10 @@ import pytest
 from tests.fakes import FakeModel, FakeOllama, FakeVLLM
 from tests.helpers import Nexus, backend_entry, running_nexus
 
-XSS_NAME = "<img src=x onerror=alert(1)>"
-XSS_MODEL = "<b>bold</b>-model"
+# Markup cannot name a backend (config, admin API and mDNS refuse it), so the backend's name
+# is only odd; the payload comes from the network, as a model id a backend lists.
+XSS_NAME = "gpu box (vllm) @lab/2"
+XSS_MODEL = "<img src=x onerror=alert(1)><b>bold</b>-model"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
 
 
@@ -28,8 +30,8 @@ class Fleet:
 
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
-    """Two healthy backends; one of them is named like an XSS payload and serves a model
-    whose id is markup. Health probes are fast so that status changes show within a second."""
+    """Two healthy backends; one of them has an odd name and serves a model whose id is
+    markup. Health probes are fast so that status changes show within a second."""
     async with (
         FakeOllama(
             [
@@ -86,7 +88,10 @@ async def receive_until(
 
 def seed_traffic(nexus: Nexus, backends: dict[str, str], minutes: float = 10) -> int:
     """Feed the dashboard's recorder sink finished requests spread over the last minutes (as
-    the recorder would have, had they happened), so charts have a window to draw."""
+    the recorder would have, had they happened), so charts have a window to draw.
+
+    The oldest 10 s bucket of the window is left empty: the page drawn a few seconds later
+    (many, on a busy machine) may be in the next bucket, and the window moves with it."""
     import math
     import time
 
@@ -95,7 +100,7 @@ def seed_traffic(nexus: Nexus, backends: dict[str, str], minutes: float = 10) ->
     hub = nexus.server.app.dashboard.hub
     now = time.time()
     count = 0
-    for step in range(int(minutes * 6) - 1, 0, -1):  # oldest first, one per 10 s bucket
+    for step in range(int(minutes * 6) - 2, 0, -1):  # oldest first, one per 10 s bucket
         for k, (name, model) in enumerate(backends.items()):
             wave = math.sin(step / 6 + k * 1.7)
             for j in range(3 + int(4 * (1 + wave)) + k):
