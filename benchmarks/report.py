@@ -273,6 +273,15 @@ def table(results: dict[str, Any]) -> str:
     metrics = micro["metrics"]
     shown = _fmt(metrics["median_us"], 2)
     lines.append(f"  {'metrics record, per request':40}{shown:>10}")
+    for key, label in (
+        ("translate_anthropic", "OpenAI <-> Anthropic, per request"),
+        ("translate_gemini", "OpenAI <-> Gemini, per request"),
+        ("stream_anthropic", "Anthropic event -> chunk, per event"),
+        ("stream_gemini", "Gemini event -> chunk, per event"),
+        ("stream_openai", "OpenAI event relayed, per event"),
+    ):
+        if key in micro:  # results files from before the cloud backends lack them
+            lines.append(f"  {label:40}{_fmt(micro[key]['median_us'], 2):>10}")
     lines.append("")
     lines.append("targets:")
     for c in results["checks"]:
