@@ -136,7 +136,7 @@ async def test_page_shows_backends_and_history_updates_live(fleet: Fleet, browse
     await expect(page.locator('[data-tile="requests"] .tile-value')).to_have_text(
         str(seeded + 6), timeout=10_000
     )
-    assert await page.locator("#traffic svg rect.bar").count() >= 59
+    assert await page.locator("#traffic svg rect.bar").count() >= 58  # every seeded bucket
     assert await page.locator("#traffic svg path.line").count() >= 2
     assert await page.locator("#history li.req").count() == 100
     with pytest.raises(openai.NotFoundError):
