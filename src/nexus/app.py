@@ -32,6 +32,7 @@ from nexus.pricing import Price
 from nexus.quality import QualityTracker
 from nexus.records import Recorder
 from nexus.registry import Backend, DiscoverySource, Registry
+from nexus.routing import tiers
 from nexus.routing.router import Router as ModelRouter
 from nexus.state import AppState
 from nexus.transport import TLS, Pool
@@ -54,6 +55,9 @@ def initial_backends(config: Config) -> list[Backend]:
             max_concurrent=b.max_concurrent or None,
             tls=TLS(verify=b.tls_verify, ca_file=b.ca_file),
             zone=b.zone,
+            tier=b.tier,
+            model_tiers=dict(b.model_tiers),
+            scores=b.capabilities.declared(),
             expose=tuple(b.models),
             max_output_tokens=b.max_output_tokens,
             prices={
@@ -109,6 +113,8 @@ class App:
         for backend in state.registry:
             if (missing := auth.missing_key(backend)) is not None:
                 log.warning("backend %s is unusable: %s", backend.name, missing)
+        for warning in tiers.fallback_warnings(state.config):
+            log.warning("config: %s", warning)
         await state.health.start()
         await self.dashboard.hub.start()
         if state.discovery is not None:
@@ -149,6 +155,7 @@ def build_app(config: Config) -> App:
     metrics = Metrics(registry, config.routing)
     registry.on_remove += [metrics.forget_backend, lambda b: quality.forget_backend(b.name)]
     router = ModelRouter(registry, config.routing, quality)
+    registry.on_remove.append(lambda b: router.affinity.forget_backend(b.id))
     probes = ProbeClient(_probe_pool(config), config.health_check.timeout_seconds)
     health = HealthChecker(
         registry, config.health_check, make_adapters(), probes, observers=[metrics.observe_probe]

@@ -28,6 +28,7 @@ CLOUD_URLS = {
     "google": "https://generativelanguage.googleapis.com",
 }
 ZONES = ("restricted", "open")
+OVERFLOW_MODES = ("block", "fresh-context")
 STRATEGIES = ("smart", "round_robin", "priority_only", "random")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
 LOG_FORMATS = ("pretty", "json")
@@ -144,6 +145,17 @@ class WeightsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PrivacyConfig:
+    cross_zone_overflow: str = setting(
+        "block",
+        "When no restricted backend can serve a restricted request: block (503, the "
+        "default) or fresh-context (an open backend answers, sent only the system message(s) "
+        "and the last user message, never earlier turns or tool results).",
+        choices=OVERFLOW_MODES,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class RoutingConfig:
     strategy: str = setting("smart", "How to pick among capable backends.", choices=STRATEGIES)
     max_retries: int = setting(
@@ -152,8 +164,26 @@ class RoutingConfig:
     weights: WeightsConfig = setting(WeightsConfig(), "Weights of the smart strategy.")
     aliases: dict[str, str] = setting({}, 'Model name aliases, e.g. "gpt-4" = "llama3:70b".')
     fallbacks: dict[str, list[str]] = setting(
-        {}, "Models to try, in order, when a model has no healthy backend."
+        {},
+        "Models to try, in order, when a model has no healthy backend. A fallback of a lower "
+        "tier than the requested model's is skipped.",
     )
+    affinity: bool = setting(
+        True,
+        "Send a conversation's next turn to the backend that served its previous one while "
+        "that backend is healthy and has room: it reuses the backend's prompt cache. A "
+        "conversation in the restricted zone always sticks.",
+    )
+    affinity_ttl_seconds: float = setting(
+        1800, "How long a conversation is remembered after its last turn.", min=1
+    )
+    affinity_max_conversations: int = setting(
+        10000,
+        "Conversations remembered at most (the least recently used are forgotten first). "
+        "Only hashes are kept, never content.",
+        min=1,
+    )
+    privacy: PrivacyConfig = setting(PrivacyConfig(), "Privacy zone rules.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +193,20 @@ class PriceConfig:
     cached_input: float = setting(
         -1.0, "USD per million cached input tokens (negative: the input price).", min=-1
     )
+
+
+@dataclass(frozen=True, slots=True)
+class CapabilityScores:
+    reasoning: int = setting(0, "Reasoning score, 1 to 5 (0: not declared).", min=0, max=5)
+    coding: int = setting(0, "Coding score, 1 to 5 (0: not declared).", min=0, max=5)
+    vision: int = setting(0, "Vision score, 1 to 5 (0: not declared).", min=0, max=5)
+    tools: int = setting(0, "Tool-use score, 1 to 5 (0: not declared).", min=0, max=5)
+    context_window: int = setting(
+        0, "Context window in tokens, as declared (0: not declared).", min=0
+    )
+
+    def declared(self) -> dict[str, int]:
+        return {f.name: v for f in dataclasses.fields(self) if (v := getattr(self, f.name))}
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +248,21 @@ class BackendConfig:
         "leaves restricted backends) or open. Default: restricted for local types, open for "
         "cloud types.",
         choices=ZONES,
+    )
+    tier: int = setting(
+        3,
+        "Capability tier of this backend's models, 1 (weakest) to 5 (strongest). Failover, "
+        "fallbacks and overflow never answer with a lower tier than the requested model's.",
+        min=1,
+        max=5,
+    )
+    model_tiers: dict[str, int] = setting(
+        {}, 'Tiers of single models, overriding tier, e.g. "llama3:70b" = 4.', min=1, max=5
+    )
+    capabilities: CapabilityScores = setting(
+        CapabilityScores(),
+        "Declared capability scores, shown in listings (routing uses the tier and the "
+        "detected capabilities).",
     )
     max_output_tokens: int = setting(
         4096,
@@ -435,11 +494,15 @@ def _scalar(tp: Any, value: Any, meta: Mapping[str, Any], *, where: str, key: st
 
 def normalize_choice(value: str, choices: tuple[str, ...]) -> str | None:
     """Case- and punctuation-insensitive match: "llama.cpp", "LlamaCpp" -> "llamacpp"."""
-    squash = value.strip().lower().replace("-", "").replace("_", "").replace(".", "")
+
+    def squash(text: str) -> str:
+        return text.strip().lower().replace("-", "").replace("_", "").replace(".", "")
+
+    wanted = squash(value)
     for choice in choices:
-        if squash == choice.replace("_", ""):
+        if wanted == squash(choice):
             return choice
-    if squash == "warning":
+    if wanted == "warning":
         return "warn" if "warn" in choices else None
     return None
 

@@ -165,6 +165,12 @@ class Metrics(Collector):
         self.cost = CounterVec(
             "nexus_cost_usd_total", "What cloud requests cost, in USD", ("backend", "model")
         )
+        self.privacy_blocks = CounterVec(
+            "nexus_privacy_blocks_total",
+            "Requests a privacy zone rule changed: backends of the other zone kept out "
+            "(blocked), or history stripped for a cross-zone overflow (stripped)",
+            ("zone", "action"),
+        )
         self.unknown_endpoints = CounterVec(
             "nexus_unknown_endpoint_total",
             "Requests to endpoints Nexus does not serve, by method",
@@ -197,6 +203,7 @@ class Metrics(Collector):
             self.overhead,
             self.tokens,
             self.cost,
+            self.privacy_blocks,
             self.unknown_endpoints,
             self.backend_latency,
             self.probe_duration,
@@ -227,6 +234,8 @@ class Metrics(Collector):
             self.tokens.inc((model, backend, "completion"), rec.tokens_completion)
         if rec.cost_usd:
             self.cost.inc((backend, model), rec.cost_usd)
+        if rec.privacy_action:
+            self.privacy_blocks.inc((rec.privacy_zone, rec.privacy_action))
         if rec.fallback_chain:
             chain = rec.fallback_chain
             self.fallbacks.inc((self.model_label(chain[0]), self.model_label(chain[-1])))

@@ -44,6 +44,8 @@ class RequestRecord:
     tokens_cached: int | None = None  # of the prompt, served from the provider's cache
     cost_usd: float | None = None  # cloud requests only
     cost_flag: str = ""  # "" (priced from the usage), "estimated", or "cost_unknown"
+    privacy_zone: str = ""  # the request's zone (F13), once planned
+    privacy_action: str = ""  # "blocked" (a zone rule kept backends out) | "stripped"
     started: float = field(default_factory=time.perf_counter)
     timestamp: float = field(default_factory=time.time)
     upstream_seconds: float = 0.0  # time spent waiting on backends
@@ -87,6 +89,8 @@ class RequestRecord:
         fields["attempts"] = self.attempts
         fields["error_type"] = self.error_type
         fields["error"] = self.error
+        if self.privacy_action == "stripped":
+            fields["context_stripped"] = True
         if self.cost_usd is not None:  # cloud requests: local lines stay as they were
             fields["cost_usd"] = round(self.cost_usd, 8)
             if self.cost_flag:

@@ -143,6 +143,9 @@ class Backend:
     max_concurrent: int | None = None  # configured capacity (requests served at once)
     reported_slots: int | None = None  # what its last probe said (llama.cpp total_slots)
     zone: str = "restricted"  # privacy zone: "restricted" | "open"
+    tier: int = 3  # capability tier of its models, 1..5 (F13)
+    model_tiers: dict[str, int] = field(default_factory=dict)  # per-model overrides
+    scores: dict[str, int] = field(default_factory=dict)  # declared capability scores
     expose: tuple[str, ...] = ()  # only these of its models (config ``models``); () = all
     max_output_tokens: int = 4096  # max_tokens for providers that require one (Anthropic)
     prices: dict[str, Price] = field(default_factory=dict)  # configured, by model
@@ -175,6 +178,9 @@ class Backend:
         """A provider's API (OpenAI, Anthropic, Google), not a box of the user's."""
         return self.type in CLOUD_TYPES
 
+    def tier_of(self, model: str) -> int:
+        return self.model_tiers.get(model, self.tier) if self.model_tiers else self.tier
+
     @property
     def capacity(self) -> int | None:
         """Requests it serves at once: configured, else reported, else unknown (None)."""
@@ -196,6 +202,9 @@ class Backend:
             "priority": self.priority,
             "kind": "cloud" if self.cloud else "local",
             "zone": self.zone,
+            "tier": self.tier,
+            "model_tiers": dict(self.model_tiers),
+            "scores": dict(self.scores),
             "discovery_source": self.discovery_source.value,
             "last_health_check": self.last_health_check,
             "last_error": self.last_error,

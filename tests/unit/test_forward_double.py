@@ -7,7 +7,6 @@ from a script, so each decision can be checked on its own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,8 @@ import pytest
 from nexus import config as config_mod
 from nexus.app import App, build_app
 from nexus.registry import BackendStatus, Model
-from nexus.transport import TLS, Disconnected
+from nexus.transport import Disconnected
+from tests.fakes.transport import ScriptedTransport, call
 from tests.helpers import write_config
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -34,62 +34,6 @@ OK = orjson.dumps(
 )
 
 
-class ScriptedAnswer:
-    def __init__(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
-        self.status = status
-        self.body = body
-        self.headers = dict(headers)
-        self.released = False
-
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("content-type", "").partition(";")[0]
-
-    async def read(
-        self, seconds: float | None, limit: int | None = None, *, truncate: bool = False
-    ) -> bytes:
-        return self.body if limit is None else self.body[:limit]
-
-    async def read_chunk(self, seconds: float | None) -> bytes:
-        body, self.body = self.body, b""
-        return body
-
-    def release(self) -> None:
-        self.released = True
-
-
-class ScriptedTransport:
-    """Answers by backend URL: an exception to raise or (status, body, headers)."""
-
-    def __init__(self, script: dict[str, Any]) -> None:
-        self.script = script
-        self.calls: list[tuple[str, dict[str, str]]] = []
-        self.answers: list[ScriptedAnswer] = []
-
-    async def request(
-        self,
-        url: str,
-        method: str,
-        path: str,
-        body: bytes | None,
-        headers: dict[str, str],
-        *,
-        tls: TLS | None = None,
-        read_timeout: float | None = None,
-        connect_timeout: float | None = None,
-    ) -> ScriptedAnswer:
-        self.calls.append((url, headers))
-        step = self.script[url]
-        if isinstance(step, BaseException):
-            raise step
-        answer = ScriptedAnswer(*step)
-        self.answers.append(answer)
-        return answer
-
-    def close(self) -> None:
-        pass
-
-
 def app_with(tmp_path: Path, script: dict[str, Any]) -> tuple[App, ScriptedTransport]:
     backends = [
         {"name": n, "url": f"http://{n}.test", "type": "vllm", "priority": i}
@@ -102,31 +46,6 @@ def app_with(tmp_path: Path, script: dict[str, Any]) -> tuple[App, ScriptedTrans
     double = ScriptedTransport(script)
     app.pipeline.forwarder.transport = double
     return app, double
-
-
-async def call(app: App, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
-    raw = orjson.dumps(body)
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v1/chat/completions",
-        "query_string": b"",
-        "headers": [(b"content-type", b"application/json"), (b"authorization", b"Bearer c")],
-        "client": ("127.0.0.1", 1),
-        "scheme": "http",
-    }
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": raw, "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    app.state.recorder.flush()
-    headers = {k.decode(): v.decode() for k, v in sent[0]["headers"]}
-    return sent[0]["status"], headers, orjson.loads(b"".join(m.get("body", b"") for m in sent[1:]))
 
 
 JSON = {"content-type": "application/json"}

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from nexus.asgi.routes import Request, Response, Router
 from nexus.errors import ModelNotFound
 from nexus.registry import Backend, DiscoverySource, Model, Registry
+from nexus.routing import privacy
 from nexus.routing.aliases import resolve as resolve_alias
 from nexus.state import AppState
 
@@ -51,10 +52,15 @@ def _merge(model_id: str, served: list[tuple[Backend, Model]]) -> dict[str, Any]
         "owned_by": "nexus",
         "context_length": max(contexts) if contexts else None,
         "capabilities": caps,
+        # The zone a request for this model gets, and the lowest tier that may answer it.
+        "zone": privacy.request_zone([b for b, _ in served]),
+        "tier": min(b.tier_of(model_id) for b, _ in served),
         "backends": [
             {
                 "name": b.name,
                 "type": b.type,
+                "zone": b.zone,
+                "tier": b.tier_of(model_id),
                 "context_length": m.context_length,
                 "discovered": b.discovery_source is DiscoverySource.MDNS,
             }

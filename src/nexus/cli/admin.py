@@ -81,10 +81,13 @@ def table(columns: list[str], rows: list[list[str]]) -> None:
 
     view = Table(box=box.SQUARE, show_lines=False)
     for column in columns:
-        view.add_column(column)
+        view.add_column(column, overflow="fold")  # a narrow terminal wraps, never elides
     for row in rows:
         view.add_row(*row, style=None)
-    Console(highlight=False).print(view)
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = 200  # piped into grep or a file: no terminal to fit
+    console.print(view)
 
 
 @click.group(invoke_without_command=True)
@@ -105,12 +108,14 @@ def backends(ctx: click.Context, as_json: bool, status: str | None, url: str | N
         emit_json(items)
         return
     table(
-        ["Name", "URL", "Type", "Status", "Models", "Source"],
+        ["Name", "URL", "Type", "Zone", "Tier", "Status", "Models", "Source"],
         [
             [
                 b["name"],
                 b["url"],
                 TYPE_NAMES.get(b["type"], b["type"]),
+                b["zone"],
+                str(b["tier"]),
                 b["status"].capitalize(),
                 str(len(b["models"])),
                 "mDNS*" if b["discovery_source"] == "mdns" else b["discovery_source"],
@@ -193,11 +198,13 @@ def models(as_json: bool, backend_ref: str | None, url: str | None) -> None:
         emit_json(items)
         return
     table(
-        ["Model", "Backends", "Context", "Capabilities"],
+        ["Model", "Backends", "Zone", "Tier", "Context", "Capabilities"],
         [
             [
                 m["id"],
                 ", ".join(b["name"] for b in m["backends"]),
+                m["zone"],
+                str(m["tier"]),
                 str(m["context_length"] or "?"),
                 _caps(m["capabilities"]),
             ]

@@ -87,6 +87,8 @@ def backend_view(backend: Backend) -> Json:
         "address": display_url(backend.url),
         "type": clip(backend.type, 40),
         "source": backend.discovery_source.value,
+        "zone": backend.zone,
+        "tier": backend.tier,
         "status": backend.status.value,
         "last_check": backend.last_health_check,
         "last_error": clip(backend.last_error),
@@ -97,6 +99,7 @@ def backend_view(backend: Backend) -> Json:
         "models": [
             {
                 "id": clip(m.id, 200),
+                "tier": backend.tier_of(m.id),
                 "ctx": m.context_length,
                 "vision": m.supports_vision,
                 "tools": m.supports_tools,

@@ -48,6 +48,7 @@ class Exchange:
     client_raw: bytes = b""  # ... and its bytes
     native_only: NativeOnly | None = None  # only a backend speaking the client's API may serve
     native: bool = False  # the current attempt's backend speaks the client's API
+    stripped: bool = False  # body and raw hold a fresh context only (cross-zone overflow)
 
     @property
     def authorization(self) -> str | None:

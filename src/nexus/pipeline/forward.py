@@ -42,7 +42,8 @@ from nexus.pipeline.upstream import upstream_failure
 from nexus.quality import QualityTracker
 from nexus.records import RequestRecord
 from nexus.registry import Backend, DiscoverySource, Registry
-from nexus.routing.router import Route, Router
+from nexus.routing.privacy import fresh_context
+from nexus.routing.router import Plan, Route, Router
 from nexus.transport import Answer, Transport
 
 MDNS = DiscoverySource.MDNS
@@ -95,12 +96,14 @@ class Forwarder:
             try:
                 route = self.router.select(plan, req, self.attempts_per_model)
             except NexusError as exc:
+                note_privacy(record, plan, None)
                 if suspect is not None:
                     self.blame(*suspect)
                 if rate_limited is not None:
                     return rate_limited
-                raise exhausted(exc, last, record) from None
+                raise exhausted(exc, last, record, plan) from None
             note_route(record, route, plan.models)
+            note_privacy(record, plan, route)
             try:
                 result = await self._attempt(ex, route)
             except BackendRefused as exc:
@@ -118,8 +121,11 @@ class Forwarder:
                 continue
             if suspect is not None:
                 self.blame(*suspect)
-            if route.panic and not (isinstance(result, Streamed) and result.error):
-                self.health.traffic_succeeded(route.backend)
+            if not (isinstance(result, Streamed) and result.error):
+                if route.panic:
+                    self.health.traffic_succeeded(route.backend)
+                if plan.conversation is not None:
+                    self.router.remember(plan, route)
             return result
 
     # -- one attempt ----------------------------------------------------------------------
@@ -127,7 +133,10 @@ class Forwarder:
     async def _attempt(self, ex: Exchange, route: Route) -> Reply | Streamed:
         backend = route.backend
         inbound = ex.endpoint.inbound
-        ex.native = inbound is not None and backend.type == inbound.native
+        if route.stripped and not ex.stripped:
+            strip_history(ex)
+        # (A stripped request is the translated one: the client's own body has the history.)
+        ex.native = inbound is not None and backend.type == inbound.native and not ex.stripped
         outbound = NativeOutbound(inbound) if ex.native and inbound else outbound_for(backend.type)
         path, payload = outbound.request(ex, route)
         headers = self._headers(ex, backend)
@@ -320,6 +329,8 @@ class Forwarder:
         ]
         if route.fallback:
             headers.append((b"x-nexus-fallback-model", header_safe(route.model)))
+        if route.stripped:
+            headers.append((b"x-nexus-context-stripped", b"true"))
         if cost is not None:
             headers.append((b"x-nexus-cost-estimated", f"{cost:.6f}".encode()))
         return headers
@@ -350,16 +361,44 @@ def note_route(record: RequestRecord, route: Route, models: list[str]) -> None:
         record.fallback_chain = models[: models.index(route.model) + 1]
 
 
+def note_privacy(record: RequestRecord, plan: Plan, route: Route | None) -> None:
+    """What the zone rules did to this request, for the log and nexus_privacy_blocks_total."""
+    record.privacy_zone = plan.zone
+    if route is not None and route.stripped:
+        record.privacy_action = "stripped"
+    elif plan.zone_blocked and not record.privacy_action:
+        record.privacy_action = "blocked"
+
+
+def strip_history(ex: Exchange) -> None:
+    """Cross-zone overflow: from now on the request is its system message(s) and its last
+    user message, for this attempt and any after it."""
+    ex.body = fresh_context(ex.body)
+    ex.raw = orjson.dumps(ex.body)
+    ex.stripped = True
+
+
 def exhausted(
-    router_error: NexusError, last: NexusError | None, record: RequestRecord
+    router_error: NexusError, last: NexusError | None, record: RequestRecord, plan: Plan
 ) -> NexusError:
     """The answer when no backend is left to try: the router's reason if none was tried,
-    else what went wrong, naming every backend tried and why."""
+    else what went wrong, naming every backend tried and why. When a zone rule kept other
+    backends out, a 503 with the zone's context (F13): the client is told the request stays
+    in its zone, not only that a backend failed."""
     if last is None:
         return router_error
     failures = "; ".join(record.failures)
+    context = router_error.context
     if record.route_reason == "panic":
-        error: NexusError = NoHealthyBackend(f"{router_error.message}; tried anyway: {failures}")
+        error: NexusError = NoHealthyBackend(
+            f"{router_error.message}; tried anyway: {failures}", context=context
+        )
+    elif plan.zone_blocked:
+        error = NoHealthyBackend(
+            f"no {plan.zone} backend could serve model '{plan.requested}' ({failures}); "
+            f"backends outside the {plan.zone} zone are not used for it",
+            context=context,
+        )
     elif len(record.failures) > 1:
         error = last  # its status and code stand for the whole: the last failure
         error.message = error.logged = f"every backend tried failed: {failures}"

@@ -39,6 +39,11 @@ class Requirements:
         needs = self.needs_vision or self.needs_tools or self.needs_json_mode
         return not (needs or self.embeddings or self.completions or self.only_type)
 
+    @property
+    def is_chat(self) -> bool:
+        """A chat in OpenAI's shape, whatever it needs (its history can be stripped)."""
+        return not (self.embeddings or self.completions or self.only_type)
+
     def describe(self) -> str:
         needs = [
             n

@@ -1,9 +1,13 @@
-"""Backend selection (F06, F07, F08): which backend, and which model on it, serves a request.
+"""Backend selection (F06, F07, F08, F13): which backend, and which model on it, serves a
+request.
 
 ``Router.plan`` turns the requested name into the ordered list of models to try (alias
-resolution, then the fallback chain); ``Router.select`` picks the best capable, healthy
-backend for one of them, skipping backends already tried. Everything reads in-memory
-registry state: no I/O, no awaits, O(candidates).
+resolution, then the fallback chain) and decides the request's privacy zone and required
+tier; ``Router.select`` picks the best capable, healthy backend of that zone and tier for
+one of them, skipping backends already tried. When nothing is left it widens, in this
+order: flexible substitutes (``X-Nexus-Flexible``), panic (unhealthy backends, once each),
+fresh-context overflow to the open zone (only if the admin allows it). Everything reads
+in-memory registry state: no I/O, no awaits, O(candidates). See docs/routing.md.
 """
 
 from __future__ import annotations
@@ -20,14 +24,20 @@ from nexus.config import RoutingConfig, WeightsConfig
 from nexus.errors import InvalidRequest, ModelNotFound, NexusError, NoHealthyBackend
 from nexus.quality import QualityTracker
 from nexus.registry import Backend, BackendStatus, DiscoverySource, Model, Registry
-from nexus.routing import aliases
+from nexus.routing import aliases, privacy, tiers
+from nexus.routing.affinity import Affinity
+from nexus.routing.privacy import OPEN, RESTRICTED
 from nexus.routing.requirements import Requirements
 
 log = logging.getLogger("nexus.routing")
 
 MAX_MODELS_IN_HINT = 20
+ZONE_RULES = {
+    RESTRICTED: "open zone: a restricted request stays on restricted backends",
+    OPEN: "restricted zone: an open request never overflows into it",
+}
 HEALTHY = BackendStatus.HEALTHY
-RESTRICTED = "restricted"
+STRICT, FLEXIBLE = "strict", "flexible"
 NO_COMPLETIONS = frozenset({"anthropic", "google"})  # no legacy /v1/completions in their APIs
 DRAINING = BackendStatus.DRAINING
 MDNS = DiscoverySource.MDNS
@@ -40,6 +50,7 @@ class Route:
     reason: str
     fallback: bool = False
     panic: bool = False  # an unhealthy backend, tried because no healthy one can serve
+    stripped: bool = False  # fresh-context overflow: only system + last user message sent
 
 
 @dataclass(slots=True)
@@ -51,8 +62,16 @@ class Plan:
     panic: bool = False  # no healthy backend could serve: unhealthy ones are being tried
     # F13: "restricted" when a restricted backend serves the requested model: then only
     # restricted backends may serve this request, whatever failover or fallback follows.
-    zone: str = "open"
-    zone_blocked: int = 0  # open backends a zone rule kept from serving it
+    zone: str = OPEN
+    zone_blocked: int = 0  # backends of the other zone a zone rule kept from serving it
+    required_tier: int = tiers.DEFAULT_TIER  # nothing weaker may answer
+    mode: str = ""  # "" | "strict" | "flexible" (the client's headers)
+    overflow: bool = False  # fresh-context overflow to the open zone is allowed
+    overflowing: bool = False  # ... and has begun: open backends only, history stripped
+    substituted: bool = False  # flexible substitutes were added to ``models``
+    sticky: bool = False  # conversation affinity applies (several backends could serve)
+    conversation: int | None = None  # the conversation's hash, when sticky
+    continued: bool = False  # ... and this is not its first turn
 
 
 def smart_score(backend: Backend, weights: WeightsConfig, error_rate: float = 0.0) -> float:
@@ -133,7 +152,10 @@ class Router:
         self.registry = registry
         self.config = config
         self.quality = quality
+        self.affinity = Affinity(config.affinity_ttl_seconds, config.affinity_max_conversations)
+        self.fresh_context = config.privacy.cross_zone_overflow == privacy.FRESH_CONTEXT
         self._rotation = itertools.count()
+        self._tier_warned: set[tuple[str, str]] = set()
         strategies: dict[str, Callable[[list[Backend], str], Backend]] = {
             "smart": self._pick_smart,
             "round_robin": self._pick_round_robin,
@@ -142,48 +164,84 @@ class Router:
         }
         self._pick = strategies[config.strategy]
 
-    def plan(self, requested: str) -> Plan:
+    def plan(self, requested: str, req: Requirements, mode: str = "") -> Plan:
+        """The models to try, in order, and the rules every answer must keep: its zone and
+        its tier. ``mode`` is the client's: strict (the requested model only) or flexible
+        (any model of the same tier or higher when the requested one cannot serve)."""
         cfg = self.config
         primary = aliases.resolve(requested, cfg.aliases, self.registry.has_model)
         if primary != requested:
             log.debug("alias %s -> %s", requested, primary)
         models = [primary]
-        for name in cfg.fallbacks.get(requested) or cfg.fallbacks.get(primary) or ():
-            target = aliases.resolve(name, cfg.aliases, self.registry.has_model)
-            if target not in models:
-                models.append(target)
-        holders = self.registry.get_backends_for_model(primary)
-        zone = "restricted" if any(b.zone == RESTRICTED for b in holders) else "open"
-        return Plan(requested=requested, models=models, zone=zone)
+        if mode != STRICT:
+            for name in cfg.fallbacks.get(requested) or cfg.fallbacks.get(primary) or ():
+                target = aliases.resolve(name, cfg.aliases, self.registry.has_model)
+                if target not in models:
+                    models.append(target)
+        # The requested model's backends decide the zone and the tier; for a model no
+        # backend lists (yet), the first of its fallbacks that one does.
+        decider, holders = primary, self.registry.get_backends_for_model(primary)
+        for model in models[1:] if not holders else ():
+            if holders := self.registry.get_backends_for_model(model):
+                decider = model
+                break
+        zone = privacy.request_zone(holders)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("zone %s for %s: %s", zone, decider, privacy.zone_reason(zone, holders))
+        plan = Plan(requested=requested, models=models, zone=zone, mode=mode)
+        if len(holders) == 1:
+            plan.required_tier = holders[0].tier_of(decider)
+        elif holders:
+            in_zone = (b for b in holders if b.zone == zone)
+            plan.required_tier = tiers.required_tier(in_zone, decider)
+            plan.sticky = cfg.affinity or zone == RESTRICTED
+        # Only a chat's history can be stripped; a prompt or an embedding input is all content.
+        plan.overflow = self.fresh_context and zone == RESTRICTED and req.is_chat
+        return plan
 
     def select(self, plan: Plan, req: Requirements, attempts_per_model: int) -> Route:
-        """The next backend to try for ``plan``, or a NexusError explaining why none can.
+        """The next backend to try for ``plan``, or a NexusError explaining why none can."""
+        while True:
+            route = self._next(plan, req, attempts_per_model)
+            if route is not None:
+                return route
+            if not self._widen(plan, req):
+                raise self._no_route(plan, req)
+
+    def _widen(self, plan: Plan, req: Requirements) -> bool:
+        """The next stage, when the current one has nothing left to try; False at the end.
 
         Panic routing (as Envoy does it): when no healthy backend can serve any model of the
         plan and none was tried, the unhealthy ones that serve it are tried, once each,
         before giving up. Health checks lag behind a backend that just came back; a request
         that finds it up is better than a 503 until the recovery threshold passes."""
-        if not plan.panic:
-            route = self._next(plan, req, attempts_per_model)
-            if route is not None or plan.tried:
-                if route is None:
-                    raise self._no_route(plan, req)
-                return route
+        if plan.mode == FLEXIBLE and not plan.substituted:
+            plan.substituted = True
+            substitutes = self._substitutes(plan, req)
+            if substitutes:
+                plan.models.extend(substitutes)
+                return True
+        if not plan.panic and not plan.tried and not plan.overflowing:
             plan.panic = True
-        route = self._next(plan, req, attempts_per_model)
-        if route is None:
-            raise self._no_route(plan, req)
-        return route
+            return True
+        if plan.overflow and not plan.overflowing:
+            plan.overflowing, plan.panic = True, False
+            return True
+        return False
 
     def _next(self, plan: Plan, req: Requirements, attempts_per_model: int) -> Route | None:
         now = time.monotonic()
         tried = plan.tried
+        zone = OPEN if plan.overflowing else plan.zone
         for index, model in enumerate(plan.models):
             holders = self.registry.get_backends_for_model(model)
-            used = sum(1 for b in holders if (b.id, model) in tried) if tried else 0
-            if used >= attempts_per_model:
-                continue
-            candidates = self._candidates(plan, model, holders, req)
+            if tried:
+                used = sum(1 for b in holders if b.zone == zone and (b.id, model) in tried)
+                if used >= attempts_per_model:
+                    continue
+            else:
+                used = 0
+            candidates = self._candidates(plan, model, holders, req, zone)
             if not candidates:
                 continue
             pool = [b for b in candidates if b.penalized_until <= now] or candidates
@@ -192,8 +250,17 @@ class Router:
                 # Any LAN device can announce itself by mDNS: a discovered backend serves a
                 # model only when no configured one can (docs/security.md).
                 pool = [b for b in pool if b.discovery_source is not MDNS] or pool
+            if plan.overflow and not plan.overflowing and all(b.busy for b in pool):
+                route = self._overflow(plan, model, holders, req)
+                if route is not None:
+                    return route
+            backend = self._sticky(plan, pool) if index == 0 and plan.continued else None
+            if backend is not None:
+                plan.tried.add((backend.id, model))
+                return Route(backend, model, "affinity", panic=plan.panic)
             backend = self._pick(pool, model)
             plan.tried.add((backend.id, model))
+            stripped = plan.overflowing
             if index > 0:
                 log.warning(
                     "fallback for %s: using %s (%s)",
@@ -201,12 +268,65 @@ class Router:
                     model,
                     self._why(plan, plan.models[0]),
                 )
-                return Route(backend, model, "fallback", fallback=True, panic=plan.panic)
+                reason = "capacity-overflow" if stripped else "fallback"
+                return Route(backend, model, reason, True, plan.panic, stripped)
+            if stripped:
+                return Route(backend, model, "capacity-overflow", stripped=True)
             if plan.panic:
                 return Route(backend, model, "panic", panic=True)
             reason = self._reason(plan, req, backend, holders, len(candidates), used)
             return Route(backend, model, reason)
         return None
+
+    def _overflow(
+        self, plan: Plan, model: str, holders: Sequence[Backend], req: Requirements
+    ) -> Route | None:
+        """Every restricted backend of ``model`` is at capacity: an open one with room takes
+        the request with a fresh context (the admin allowed it), and so would any retry."""
+        outside = [b for b in self._candidates(plan, model, holders, req, OPEN) if not b.busy]
+        if not outside:
+            return None
+        plan.overflowing = True
+        backend = self._pick(outside, model)
+        plan.tried.add((backend.id, model))
+        return Route(backend, model, "capacity-overflow", stripped=True)
+
+    def _sticky(self, plan: Plan, pool: list[Backend]) -> Backend | None:
+        """The backend that served this conversation's last turn, if it may serve this one:
+        among the best candidates (healthy, in zone and tier, preferred) and not at capacity."""
+        assert plan.conversation is not None
+        last = self.affinity.get(plan.conversation)
+        if last is None:
+            return None
+        for backend in pool:
+            if backend.id == last:
+                return None if backend.busy else backend
+        return None
+
+    def remember(self, plan: Plan, route: Route) -> None:
+        """A turn was answered: the conversation's next turn goes to the same backend."""
+        if plan.conversation is not None and not route.stripped and route.model == plan.models[0]:
+            self.affinity.remember(plan.conversation, route.backend.id)
+
+    def _substitutes(self, plan: Plan, req: Requirements) -> list[str]:
+        """X-Nexus-Flexible: other models a healthy backend of the request's zone serves at
+        its tier or higher, the closest tier first. Never for embeddings: another model's
+        vectors are not comparable with the requested one's."""
+        if req.embeddings:
+            return []
+        zone, required = plan.zone, plan.required_tier
+        options = []
+        for model in self.registry.model_ids():
+            if model in plan.models:
+                continue
+            fit = [
+                t
+                for b in self.registry.get_backends_for_model(model)
+                if b.routable and b.zone == zone and (t := b.tier_of(model)) >= required
+            ]
+            if fit:
+                options.append((min(fit), model))
+        return [model for _, model in sorted(options)]
 
     # -- strategies ---------------------------------------------------------------------
 
@@ -242,14 +362,14 @@ class Router:
     # -- helpers ------------------------------------------------------------------------
 
     def _candidates(
-        self, plan: Plan, model: str, holders: Sequence[Backend], req: Requirements
+        self, plan: Plan, model: str, holders: Sequence[Backend], req: Requirements, zone: str
     ) -> list[Backend]:
         out = []
         tried = plan.tried
         tokens = req.estimated_tokens
         plain = req.is_plain_chat
         panic = plan.panic
-        zone = plan.zone
+        required = plan.required_tier
         for backend in holders:
             if tried and (backend.id, model) in tried:
                 continue
@@ -257,9 +377,13 @@ class Router:
             if status is not HEALTHY and (not panic or status is DRAINING):
                 plan.excluded.setdefault(backend.name, status.value)
                 continue
-            if zone == RESTRICTED and backend.zone != RESTRICTED:
-                plan.excluded[backend.name] = "open zone: a restricted request stays local"
+            if backend.zone != zone:
+                plan.excluded[backend.name] = ZONE_RULES[zone]
                 plan.zone_blocked += 1
+                continue
+            if (tier := backend.tier_of(model)) < required:
+                plan.excluded[backend.name] = f"{model}: tier {tier} < required {required}"
+                self._warn_tier(plan, model, tier)
                 continue
             if not plain and not serves_kind(backend, req):
                 plan.excluded[backend.name] = f"{backend.type} backends cannot serve this request"
@@ -294,6 +418,20 @@ class Router:
             return "capability-match"
         return "only-candidate" if candidates == 1 else "best-score"
 
+    def _warn_tier(self, plan: Plan, model: str, tier: int) -> None:
+        """A configured fallback of a lower tier: said once (the pair comes from the config,
+        so the set of warnings is bounded)."""
+        pair = (plan.models[0], model)
+        if model in plan.models[1:] and not plan.substituted and pair not in self._tier_warned:
+            self._tier_warned.add(pair)
+            log.warning(
+                "fallback %s for %s skipped: tier %d is below the required %d",
+                model,
+                plan.models[0],
+                tier,
+                plan.required_tier,
+            )
+
     def _why(self, plan: Plan, model: str) -> str:
         holders = self.registry.get_backends_for_model(model)
         if not holders:
@@ -307,11 +445,22 @@ class Router:
             for backend in self.registry.get_backends_for_model(model):
                 seen.setdefault(backend.id, backend)
         available = [
-            {"name": b.name, "type": b.type, "zone": b.zone, "status": b.status.value}
+            {
+                "name": b.name,
+                "type": b.type,
+                "zone": b.zone,
+                "tier": b.tier,
+                "status": b.status.value,
+            }
             for b in seen.values()
-            if plan.zone != RESTRICTED or b.zone == RESTRICTED
+            if b.zone == plan.zone
         ]
-        return {"privacy_zone": plan.zone, "available_backends": available, "eta_seconds": None}
+        return {
+            "privacy_zone": plan.zone,
+            "required_tier": plan.required_tier,
+            "available_backends": available,
+            "eta_seconds": None,
+        }
 
     def _no_route(self, plan: Plan, req: Requirements) -> NexusError:
         known = [m for m in plan.models if self.registry.has_model(m)]
