@@ -388,7 +388,7 @@ def _settle(b: BackendConfig, where: str) -> BackendConfig:
     kind = b.type or b.backend_type or "generic"
     cloud = kind in CLOUD_TYPES
     if cloud and not b.api_key_env:
-        raise ConfigError(f"{where}.api_key_env: required for a {kind} backend")
+        raise ConfigError(f"{where}.api_key_env: required for backends of type {kind}")
     if not b.url and not cloud:
         raise ConfigError(f"{where}.url: required")
     return dataclasses.replace(

@@ -242,7 +242,7 @@ class Metrics(Collector):
 
     def unknown_endpoint(self, scope: MutableMapping[str, Any]) -> None:
         """A request no route matched: one log line and a count, so an operator sees which
-        client expects an API Nexus does not serve (``/api/tags``, ``/v1/completions``...)."""
+        client expects an API Nexus does not serve (``/v1/responses``, ``/v1/audio/...``)."""
         method = scope["method"]
         label = method if method in HTTP_METHODS else "other"
         self.unknown_endpoints.inc((label,))

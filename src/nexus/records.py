@@ -25,7 +25,7 @@ Sink = Callable[["RequestRecord"], None]
 @dataclass(slots=True)
 class RequestRecord:
     request_id: str
-    endpoint: str  # "chat" | "embeddings"
+    endpoint: str  # the proxied endpoint's name: "chat", "embeddings", "messages", ...
     model: str = ""  # as the client asked
     routed_model: str = ""  # as the backend was asked (after alias / fallback)
     backend: str = ""

@@ -288,12 +288,17 @@ async def test_failover_local_to_cloud_and_back(tmp_path: Path) -> None:
             anthropic_entry(claude, priority=1),
         ]
         async with running_nexus(tmp_path, backends) as nexus:
+            resp = await nexus.client.chat.completions.with_raw_response.create(
+                model="claude-sonnet-4-5", messages=MSG
+            )  # type: ignore[arg-type]
+            # The local box is idle: the cloud answers by the admin's choice, not overflow.
+            assert resp.headers["X-Nexus-Route-Reason"] == "best-score"
             claude.error_status = 500
             resp = await nexus.client.chat.completions.with_raw_response.create(
                 model="claude-sonnet-4-5", messages=MSG
             )  # type: ignore[arg-type]
             assert resp.headers["X-Nexus-Backend"] == "local"
-            assert len(claude.message_requests) == 1
+            assert len(claude.message_requests) == 2
 
 
 async def test_a_restricted_local_model_never_overflows_to_the_cloud(tmp_path: Path) -> None:

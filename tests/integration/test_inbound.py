@@ -13,7 +13,8 @@ import ollama
 import openai
 import pytest
 
-from tests.fakes import Behavior, FakeModel, FakeOllama, FakeVLLM
+from nexus import tokens
+from tests.fakes import Behavior, FakeModel, FakeOllama, FakeOpenAI, FakeVLLM
 from tests.fakes.anthropic import FakeAnthropic
 from tests.helpers import Nexus, backend_entry, running_nexus
 
@@ -116,6 +117,22 @@ async def test_anthropic_sdk_native_to_an_anthropic_backend(
             ]  # as sent
             assert request.headers["x-api-key"] == ANTHROPIC_KEY  # ours, never the client's
             assert request.headers["anthropic-beta"] == "test-beta-1"
+            # The answer's usage is counted as it would be for a translated one.
+            logged: list[Any] = []
+            nexus.state.recorder.sinks.append(logged.append)
+            await client.messages.create(
+                model="claude-sonnet-4-5",
+                max_tokens=64,
+                messages=[{"role": "user", "content": "x"}],
+            )
+            nexus.state.recorder.flush()
+            usage = (logged[-1].tokens_prompt, logged[-1].tokens_completion)
+            reply = await client.messages.create(
+                model="claude-sonnet-4-5",
+                max_tokens=64,
+                messages=[{"role": "user", "content": "x"}],
+            )
+            assert usage == (reply.usage.input_tokens, reply.usage.output_tokens) != (None, None)
             async with client.messages.stream(
                 model="claude-sonnet-4-5",
                 max_tokens=64,
@@ -151,6 +168,21 @@ async def test_anthropic_sdk_count_tokens_and_errors(tmp_path: Path) -> None:
             assert down.value.status_code == 502 and down.value.body["type"] == "error"  # type: ignore[index]
 
 
+async def test_count_tokens_uses_the_serving_providers_tokenizer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_OPENAI_KEY", "sk-test-0123456789")
+    async with FakeOpenAI([FakeModel("gpt-4o")]) as fake:
+        entry = {"name": "oa", "url": fake.url, "type": "openai", "api_key_env": "TEST_OPENAI_KEY"}
+        async with running_nexus(tmp_path, [entry]) as nexus:
+            reply = await claude_client(nexus).messages.with_raw_response.count_tokens(
+                model="gpt-4o", messages=[{"role": "user", "content": "hello world"}]
+            )
+            method = "exact" if tokens.available() else "estimated"
+            assert reply.headers["x-nexus-token-count"] == method
+            assert (await reply.parse()).input_tokens > 0
+
+
 # -- the ollama client --------------------------------------------------------------------
 
 
@@ -184,6 +216,9 @@ async def test_ollama_client_on_an_openai_backend(tmp_path: Path) -> None:
             with pytest.raises(ollama.ResponseError) as missing:
                 await client.chat(model="nope", messages=[{"role": "user", "content": "x"}])
             assert missing.value.status_code == 404 and "nope" in missing.value.error
+            with pytest.raises(ollama.ResponseError) as missing:
+                await client.generate(model="nope")  # loading a model nobody serves
+            assert missing.value.status_code == 404
 
 
 async def test_ollama_client_native_to_an_ollama_backend(tmp_path: Path) -> None:

@@ -115,6 +115,26 @@ async def test_zones_and_tiers_are_shown_everywhere(tmp_path: Path) -> None:
         assert rows["cloud"][3:5] == ["open", "3"]
 
 
+async def test_backends_added_at_run_time_have_a_zone_and_a_tier(tmp_path: Path) -> None:
+    async with (
+        box_and_cloud(tmp_path) as (nexus, _, _),
+        FakeOpenAI([FakeModel("gpt-4o")]) as cloud,
+        FakeVLLM([FakeModel(MODEL)]) as box,
+    ):
+        added = {"url": cloud.url, "name": "cloud-2", "type": "openai"}
+        status, body, _ = await nexus.post("/admin/backends", added)
+        assert status == 400 and "api_key_env" in body["error"]["message"]
+        added["api_key_env"] = "TEST_CLOUD_KEY"
+        status, body, _ = await nexus.post("/admin/backends", {**added, "tier": 9})
+        assert status == 400 and "'tier'" in body["error"]["message"]
+        status, body, _ = await nexus.post("/admin/backends", {**added, "tier": 5})
+        assert status == 201, body
+        assert (body["zone"], body["tier"], body["status"]) == ("open", 5, "healthy")
+        local = {"url": box.url, "name": "box-2", "type": "vllm", "zone": "Open"}
+        status, body, _ = await nexus.post("/admin/backends", local)
+        assert status == 201 and (body["zone"], body["tier"]) == ("open", 3)
+
+
 async def test_a_restricted_request_never_reaches_the_cloud(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,7 +1,8 @@
 """The admin API that ``nexus backends|models|health`` talk to.
 
 ``GET /admin/backends`` (the registry as JSON), ``POST /admin/backends`` (add one:
-``{"url", "name"?, "type"?, "priority"?}``; without a type it is detected by probing) and
+``{"url", "name"?, "type"?, "priority"?, "zone"?, "tier"?, "api_key_env"?}``; without a
+type it is detected by probing; a cloud type needs ``api_key_env``) and
 ``DELETE /admin/backends/{ref}`` (by id, name or URL).
 
 Who may call it: with ``NEXUS_ADMIN_TOKEN`` set, whoever sends it as a bearer token;
@@ -15,14 +16,16 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+import re
 from typing import Any
 
 from nexus.asgi.guards import Sites, check_admin_body
 from nexus.asgi.routes import Request, Response, Router
 from nexus.backends import detect_type
-from nexus.config import BACKEND_TYPES, normalize_choice
+from nexus.config import BACKEND_TYPES, CLOUD_TYPES, ZONES, normalize_choice
 from nexus.errors import Forbidden, InvalidRequest, NotFound
 from nexus.registry import Backend, DiscoverySource, name_problem, url_problem
+from nexus.routing.tiers import DEFAULT_TIER
 from nexus.state import AppState
 
 ADMIN_TOKEN_ENV = "NEXUS_ADMIN_TOKEN"
@@ -48,6 +51,9 @@ def authorize(request: Request, sites: Sites) -> None:
             f"admin API is only open to loopback clients unless ${ADMIN_TOKEN_ENV} is set"
         )
     sites.check(request.scope)
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 class Admin:
@@ -92,12 +98,16 @@ class Admin:
                 raise InvalidRequest(
                     f"'type' must be one of {', '.join(BACKEND_TYPES)}", param="type"
                 )
+        zone, tier, key_env = _policy(body, kind)
         replaced = self._conflict(url, name)  # checked after the await: others may have added
         backend = Backend(
             name=name,
             url=url,
             type=kind,
             priority=priority,
+            zone=zone,
+            tier=tier,
+            api_key_env=key_env,
             discovery_source=DiscoverySource.MANUAL,
         )
         if replaced is not None:
@@ -152,3 +162,24 @@ def _fields(body: dict[str, Any]) -> tuple[str, str, int]:
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 100:
         raise InvalidRequest("'priority' must be an integer from 0 to 100", param="priority")
     return url, name, priority
+
+
+def _policy(body: dict[str, Any], kind: str) -> tuple[str, int, str]:
+    """The optional zone, tier and key variable, with the config's defaults and rules."""
+    cloud = kind in CLOUD_TYPES
+    key_env = body.get("api_key_env", "")
+    if not isinstance(key_env, str) or (key_env and not ENV_NAME.fullmatch(key_env)):
+        raise InvalidRequest("'api_key_env' must name an environment variable", param="api_key_env")
+    if cloud and not key_env:
+        raise InvalidRequest(
+            f"'api_key_env' is required for a {kind} backend (the variable holding its key)",
+            param="api_key_env",
+        )
+    zone = body.get("zone", "open" if cloud else "restricted")
+    zone = normalize_choice(zone, ZONES) if isinstance(zone, str) else None
+    if zone is None:
+        raise InvalidRequest(f"'zone' must be one of {', '.join(ZONES)}", param="zone")
+    tier = body.get("tier", DEFAULT_TIER)
+    if isinstance(tier, bool) or not isinstance(tier, int) or not 1 <= tier <= 5:
+        raise InvalidRequest("'tier' must be an integer from 1 to 5", param="tier")
+    return zone, tier, key_env

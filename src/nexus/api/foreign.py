@@ -21,6 +21,9 @@ from nexus.state import AppState
 PS_TIMEOUT = 2.0  # /api/ps asks every Ollama backend; a slow one must not hold the answer
 
 
+TOKENIZED = ("openai", "anthropic")  # providers whose tokens are counted offline
+
+
 class ForeignListings:
     def __init__(self, state: AppState) -> None:
         self.state = state
@@ -78,7 +81,10 @@ class ForeignListings:
         except InvalidRequest as exc:
             return Response(anthropic.error_body(400, exc.message), status=400)
         model = str(body.get("model"))
-        provider = "anthropic" if model.startswith("claude") else "other"
+        # The provider of a cloud backend serving the model names its tokenizer.
+        holders = self.state.registry.get_backends_for_model(model)
+        fallback = "anthropic" if model.startswith("claude") else "other"
+        provider = next((b.type for b in holders if b.type in TOKENIZED), fallback)
         count = tokens.count_text(anthropic.prompt_text(body), provider=provider, model=model)
         return Response.json(
             {"input_tokens": count.tokens},

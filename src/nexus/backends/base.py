@@ -1,9 +1,9 @@
 """The adapter protocol: how Nexus learns what a backend serves.
 
-One adapter per backend family. All of them speak OpenAI's ``/v1/chat/completions`` and
-``/v1/embeddings`` for traffic; they differ in how they are probed and in what their model
-listings reveal (context length, capabilities). A probe returns the models or raises
-:class:`ProbeError` with a reason a person can act on.
+One adapter per backend family. Local ones speak OpenAI's API for traffic, cloud ones
+their provider's (``nexus.pipeline.outbound`` translates); they differ in how they are
+probed and in what their model listings reveal (context length, capabilities). A probe
+returns the models or raises :class:`ProbeError` with a reason a person can act on.
 """
 
 from __future__ import annotations

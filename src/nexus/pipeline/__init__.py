@@ -21,7 +21,7 @@ import logging
 from nexus.asgi import Receive, Scope, Send
 from nexus.asgi.io import error_headers, read_body, respond, respond_error
 from nexus.asgi.protocol import ClientLink
-from nexus.errors import BackendError, ClientGone, NexusError, ShuttingDown
+from nexus.errors import BackendError, ClientGone, ModelNotFound, NexusError, ShuttingDown
 from nexus.pipeline.admit import admit
 from nexus.pipeline.exchange import Endpoint, Exchange
 from nexus.pipeline.forward import Forwarder
@@ -100,7 +100,7 @@ class Pipeline:
             return await self.forwarder.forward(ex)
         except NexusError as exc:
             only = ex.native_only
-            if only is None or isinstance(exc, BackendError):
+            if only is None or isinstance(exc, BackendError | ModelNotFound):
                 raise
             # No backend speaking the client's API serves the model: what it asked cannot be
             # done elsewhere (or, for a load request, there is nothing to load).

@@ -282,7 +282,7 @@ class Forwarder:
             parsed["model"] = requested  # the client sees the name it asked for
             raw = orjson.dumps(parsed)
         record = ex.record
-        record.usage(parsed.get("usage"))
+        record.usage(outbound.usage(parsed))
         self.costs.charge(record, route.backend, route.model, ex.requirements.prompt_chars)
         self.registry.update_latency(route.backend, (time.perf_counter() - sent) * 1000)
         return Reply(200, raw, self.route_headers(ex, route, record.cost_usd), native=ex.native)

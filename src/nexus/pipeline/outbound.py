@@ -45,6 +45,10 @@ class Outbound(Protocol):
         """The provider's own message in an error body, or "" ."""
         ...
 
+    def usage(self, answer: dict[str, Any]) -> Any:
+        """The usage of an answer (as ``answer`` returned it), in OpenAI's shape."""
+        ...
+
 
 class OpenAIOutbound:
     relays_errors = True
@@ -75,6 +79,9 @@ class OpenAIOutbound:
             requested if route.model != requested else None,
             strip=not ex.requirements.include_usage,
         )
+
+    def usage(self, answer: dict[str, Any]) -> Any:
+        return answer.get("usage")
 
     def error_text(self, raw: bytes) -> str:
         try:
@@ -107,6 +114,9 @@ class AnthropicOutbound:
         )
         return ForeignStream(ex, route, translator, closes=True)
 
+    def usage(self, answer: dict[str, Any]) -> Any:
+        return answer.get("usage")
+
     def error_text(self, raw: bytes) -> str:
         return anthropic.error_message(raw)
 
@@ -134,6 +144,9 @@ class GeminiOutbound:
             include_usage=ex.requirements.include_usage,
         )
         return ForeignStream(ex, route, translator, closes=False)
+
+    def usage(self, answer: dict[str, Any]) -> Any:
+        return answer.get("usage")
 
     def error_text(self, raw: bytes) -> str:
         return gemini.error_message(raw)
@@ -228,6 +241,11 @@ class NativeOutbound:
         rename = requested if route.model != requested else None
         return NativeStream(ex, route, self.inbound.native, rename)
 
+    def usage(self, answer: dict[str, Any]) -> Any:
+        if self.inbound.native == "anthropic":
+            return anthropic_usage(answer)
+        return ollama_usage(answer)
+
     def error_text(self, raw: bytes) -> str:
         if self.inbound.native == "anthropic":
             return anthropic.error_message(raw)
@@ -312,7 +330,12 @@ def anthropic_usage(event: dict[str, Any]) -> dict[str, Any] | None:
         prompt += sum(
             usage.get(k) or 0 for k in ("cache_read_input_tokens", "cache_creation_input_tokens")
         )
-    return {"prompt_tokens": prompt, "completion_tokens": usage.get("output_tokens")}
+    cached = usage.get("cache_read_input_tokens")
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": usage.get("output_tokens"),
+        "prompt_tokens_details": {"cached_tokens": cached} if isinstance(cached, int) else None,
+    }
 
 
 OPENAI = OpenAIOutbound()

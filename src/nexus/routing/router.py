@@ -274,7 +274,7 @@ class Router:
                 return Route(backend, model, "capacity-overflow", stripped=True)
             if plan.panic:
                 return Route(backend, model, "panic", panic=True)
-            reason = self._reason(plan, req, backend, holders, len(candidates), used)
+            reason = self._reason(plan, model, req, backend, holders, candidates, used)
             return Route(backend, model, reason)
         return None
 
@@ -402,21 +402,28 @@ class Router:
     @staticmethod
     def _reason(
         plan: Plan,
+        model: str,
         req: Requirements,
         chosen: Backend,
         holders: Sequence[Backend],
-        candidates: int,
+        candidates: list[Backend],
         used: int,
     ) -> str:
         if chosen.cloud and any(not b.cloud for b in holders):
-            return "capacity-overflow"  # local backends serve it, but are busy or down
+            # Local backends serve the model: why did the cloud get it?
+            local = [b for b in candidates if not b.cloud]
+            if local:  # healthy and capable: full, or behind the cloud by the admin's priority
+                return "capacity-overflow" if all(b.busy for b in local) else "best-score"
+            if any(not b.cloud and unmet(b.models[model], req) for b in holders):
+                return "capability-match"  # the local ones lack what the request needs
+            return "capacity-overflow"  # the local ones are down (or out of zone or tier)
         if used:
             return "failover"
         if plan.zone_blocked:
             return "privacy-requirement"
         if req.needs_vision or req.needs_tools or req.needs_json_mode:
             return "capability-match"
-        return "only-candidate" if candidates == 1 else "best-score"
+        return "only-candidate" if len(candidates) == 1 else "best-score"
 
     def _warn_tier(self, plan: Plan, model: str, tier: int) -> None:
         """A configured fallback of a lower tier: said once (the pair comes from the config,
