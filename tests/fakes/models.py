@@ -21,8 +21,12 @@ class FakeModel:
 
     @property
     def digest(self) -> str:
-        """Stable sha256 hex digest of the id (Ollama-style digest)."""
-        return hashlib.sha256(self.id.encode()).hexdigest()
+        """Stable sha256 hex digest (Ollama-style) of everything the model is, not only its id:
+        Ollama's digest names the model's content, so two servers that list one name with
+        different capabilities or context have different digests (Nexus shares what
+        /api/show said between backends that list the same name and digest)."""
+        what = f"{self.id}|{self.context_length}|{self.vision}|{self.tools}|{self.embedding}"
+        return hashlib.sha256(what.encode()).hexdigest()
 
 
 class Behavior(StrEnum):
