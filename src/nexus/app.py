@@ -28,11 +28,13 @@ from nexus.metrics import Metrics
 from nexus.pipeline import Pipeline
 from nexus.pipeline.forward import Forwarder
 from nexus.pipeline.plan import Planner
+from nexus.pipeline.wait import Queue
 from nexus.pricing import Price
 from nexus.quality import QualityTracker
 from nexus.records import Recorder
 from nexus.registry import Backend, DiscoverySource, Registry
 from nexus.routing import tiers
+from nexus.routing.limits import TokenBucket
 from nexus.routing.router import Router as ModelRouter
 from nexus.state import AppState
 from nexus.transport import TLS, Pool
@@ -53,6 +55,11 @@ def initial_backends(config: Config) -> list[Backend]:
             api_key_env=b.api_key_env,
             context_length=b.context_length or None,
             max_concurrent=b.max_concurrent or None,
+            limiter=(
+                TokenBucket(b.rate_limit.requests_per_minute, b.rate_limit.burst)
+                if b.rate_limit.requests_per_minute
+                else None
+            ),
             tls=TLS(verify=b.tls_verify, ca_file=b.ca_file),
             zone=b.zone,
             tier=b.tier,
@@ -154,7 +161,8 @@ def build_app(config: Config) -> App:
     quality = QualityTracker()
     metrics = Metrics(registry, config.routing)
     registry.on_remove += [metrics.forget_backend, lambda b: quality.forget_backend(b.name)]
-    router = ModelRouter(registry, config.routing, quality)
+    queuing = config.queuing
+    router = ModelRouter(registry, config.routing, quality, queueing=queuing.enabled)
     registry.on_remove.append(lambda b: router.affinity.forget_backend(b.id))
     probes = ProbeClient(_probe_pool(config), config.health_check.timeout_seconds)
     health = HealthChecker(
@@ -183,7 +191,12 @@ def build_app(config: Config) -> App:
         from nexus.discovery import Discovery
 
         state.discovery = Discovery(registry, config.discovery, health)
-    forwarder = Forwarder(config, registry, router, health, quality, transport)
-    pipeline = Pipeline(state, Planner(router, config.logging.log_content), forwarder)
+    attempts = 1 + config.routing.max_retries
+    if queuing.enabled:
+        state.queue = Queue(queuing, registry, router, attempts)
+        metrics.queue_depth = state.queue.depth
+    forwarder = Forwarder(config, registry, router, health, quality, transport, state.queue)
+    planner = Planner(router, config.logging.log_content, queuing)
+    pipeline = Pipeline(state, planner, forwarder)
     dashboard = Dashboard(state, Sites(server.allowed_hosts))
     return App(state, pipeline, dashboard)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -196,6 +197,22 @@ class PriceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    requests_per_minute: float = setting(
+        0,
+        "Requests this backend is sent per minute at most (a token bucket; 0: no limit). A "
+        "backend out of tokens is skipped like a busy one.",
+        min=0,
+    )
+    burst: int = setting(
+        0,
+        "Requests it may be sent at once after a quiet spell (the bucket's size; 0: the "
+        "whole minute's requests_per_minute).",
+        min=0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class CapabilityScores:
     reasoning: int = setting(0, "Reasoning score, 1 to 5 (0: not declared).", min=0, max=5)
     coding: int = setting(0, "Coding score, 1 to 5 (0: not declared).", min=0, max=5)
@@ -288,6 +305,9 @@ class BackendConfig:
         "total_slots), else unlimited.",
         min=0,
     )
+    rate_limit: RateLimitConfig = setting(
+        RateLimitConfig(), "Rate limit of this backend, e.g. a cloud API's requests per minute."
+    )
     tls_verify: bool = setting(
         True,
         "Check the backend's https certificate. Turn off only for a self-signed box you "
@@ -295,6 +315,33 @@ class BackendConfig:
     )
     ca_file: str = setting(
         "", "PEM file of the CA that signed this backend's https certificate (self-signed labs)."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class QueuingConfig:
+    enabled: bool = setting(
+        True,
+        "When every backend that could serve a request is at capacity (or out of its rate "
+        "limit), the request waits its turn instead of piling onto a busy backend. Requests "
+        "with no capable backend (unknown model, capability mismatch, all unhealthy) never "
+        "wait.",
+    )
+    max_queue_size: int = setting(
+        100,
+        "Requests waiting at most; beyond, a newcomer of higher priority evicts the oldest "
+        "waiting request of the lowest priority below it, else it gets 503.",
+        min=1,
+    )
+    default_timeout_seconds: float = setting(
+        30,
+        "Longest wait before a 503 with Retry-After and an estimate (eta_seconds); the "
+        "X-Nexus-Queue-Timeout request header may lower it.",
+        min=0.01,
+    )
+    priority_header: str = setting(
+        "X-Nexus-Priority",
+        "Request header naming a request's priority: critical, high, normal (default) or low.",
     )
 
 
@@ -317,6 +364,7 @@ class Config:
     health_check: HealthCheckConfig = setting(HealthCheckConfig(), "Backend health probes.")
     routing: RoutingConfig = setting(RoutingConfig(), "Routing.")
     backends: list[BackendConfig] = setting([], "Static backends.")
+    queuing: QueuingConfig = setting(QueuingConfig(), "Request queue (F18).")
     logging: LoggingConfig = setting(LoggingConfig(), "Logging.")
     source: str = field(default="", compare=False, metadata={"internal": True})
 
@@ -535,6 +583,11 @@ def validate(config: Config) -> None:
                 "(CIDR) nor a host name"
             )
 
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", config.queuing.priority_header):
+        raise ConfigError(
+            f"{where}: queuing.priority_header: {config.queuing.priority_header!r} is not a "
+            "header name (letters, digits and -)"
+        )
     try:
         check_aliases(config.routing.aliases)
     except AliasCycleError as exc:

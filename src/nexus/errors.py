@@ -15,10 +15,14 @@ Exception tree::
     ├── ModelNotFound               404  no backend has ever listed the model
     ├── PayloadTooLarge             413  body over server.max_request_bytes
     ├── UnsupportedMediaType        415  body is not JSON
+    ├── RateLimited                 429  every capable backend is out of its rate limit
+    │                                    (queue off), with Retry-After
     ├── ServiceUnavailable          503  with Retry-After
     │   ├── NoHealthyBackend        503  model known, but no healthy backend can serve it
     │   ├── Overloaded              503  server.max_concurrent_requests reached
-    │   └── ShuttingDown            503  draining after SIGTERM
+    │   ├── QueueRejected           503  the queue is full, or evicted it for a more urgent one
+    │   ├── QueueTimeout            503  waited its whole timeout (with eta_seconds)
+    │   └── ShuttingDown            503  draining after SIGTERM (queued requests too)
     ├── BackendError                     a backend failed the request (retried elsewhere)
     │   ├── BackendUnreachable      502  connect error, reset, DNS or TLS failure
     │   ├── BackendBadResponse      502  5xx, 3xx, or a 200 whose body is not valid JSON
@@ -34,6 +38,7 @@ Upstream 4xx answers are not errors of ours: they are relayed as they came.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import orjson
@@ -140,6 +145,16 @@ class ClientGone(NexusError):
     code = "client_disconnected"
 
 
+class RateLimited(NexusError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+
+
 class ServiceUnavailable(NexusError):
     status = 503
     type = "service_unavailable"
@@ -158,6 +173,14 @@ class NoHealthyBackend(ServiceUnavailable):
 
 class Overloaded(ServiceUnavailable):
     code = "overloaded"
+
+
+class QueueRejected(ServiceUnavailable):
+    code = "queue_full"
+
+
+class QueueTimeout(ServiceUnavailable):
+    code = "queue_timeout"
 
 
 class ShuttingDown(ServiceUnavailable):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -38,6 +38,13 @@ PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 log = logging.getLogger("nexus")
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNKNOWN_MODEL = "unknown"
+# A queued request's error code -> the reason it was not served (nexus_queue_rejections_total).
+QUEUE_REJECTIONS = {
+    "queue_full": "full",
+    "queue_evicted": "evicted",
+    "queue_timeout": "timeout",
+    "shutting_down": "shutdown",
+}
 NO_BACKEND = "none"
 
 
@@ -117,6 +124,16 @@ class RegistryCollector(Collector):
         for backend in backends:
             pending.add_metric([backend.name], backend.pending_requests)
         yield pending
+        tokens = GaugeMetricFamily(
+            "nexus_rate_limit_tokens",
+            "Requests a rate-limited backend may be sent now (its token bucket)",
+            labels=["backend"],
+        )
+        now = time.monotonic()
+        for backend in backends:
+            if backend.limiter is not None:
+                tokens.add_metric([backend.name], backend.limiter.available(now))
+        yield tokens
         yield GaugeMetricFamily(
             "nexus_models_available",
             "Models with a healthy backend",
@@ -171,6 +188,18 @@ class Metrics(Collector):
             "(blocked), or history stripped for a cross-zone overflow (stripped)",
             ("zone", "action"),
         )
+        self.queue_wait = HistogramVec(
+            "nexus_queue_wait_seconds",
+            "Time requests spent waiting in the queue (those that waited)",
+            (),
+            DURATION_BUCKETS,
+        )
+        self.queue_rejections = CounterVec(
+            "nexus_queue_rejections_total",
+            "Queued requests answered 503 instead of served: full, evicted, timeout, shutdown",
+            ("reason",),
+        )
+        self.queue_depth: Callable[[], Mapping[str, int]] | None = None  # set with a queue
         self.unknown_endpoints = CounterVec(
             "nexus_unknown_endpoint_total",
             "Requests to endpoints Nexus does not serve, by method",
@@ -204,11 +233,20 @@ class Metrics(Collector):
             self.tokens,
             self.cost,
             self.privacy_blocks,
+            self.queue_wait,
+            self.queue_rejections,
             self.unknown_endpoints,
             self.backend_latency,
             self.probe_duration,
         ):
             yield vec.family()
+        if self.queue_depth is not None:
+            depth = GaugeMetricFamily(
+                "nexus_queue_depth", "Requests waiting in the queue", labels=["priority"]
+            )
+            for priority, count in self.queue_depth().items():
+                depth.add_metric([priority], count)
+            yield depth
 
     def model_label(self, model: str) -> str:
         if self.registry.has_model(model) or model in self.configured_models:
@@ -234,6 +272,10 @@ class Metrics(Collector):
             self.tokens.inc((model, backend, "completion"), rec.tokens_completion)
         if rec.cost_usd:
             self.cost.inc((backend, model), rec.cost_usd)
+        if rec.queue_wait_seconds is not None:
+            self.queue_wait.observe((), rec.queue_wait_seconds)
+            if (reason := QUEUE_REJECTIONS.get(rec.error_type)) is not None:
+                self.queue_rejections.inc((reason,))
         if rec.privacy_action:
             self.privacy_blocks.inc((rec.privacy_zone, rec.privacy_action))
         if rec.fallback_chain:
@@ -296,5 +338,19 @@ class Metrics(Collector):
             "requests": {"total": total, "success": total - errors, "errors": errors},
             "backends": backends,
             "models": models,
+            "queue": self.queue_stats(),
             "quality": quality or {},
+        }
+
+    def queue_stats(self) -> dict[str, Any] | None:
+        """Waiting now by priority; waited so far (count, mean seconds); rejections."""
+        if self.queue_depth is None:
+            return None
+        waits = self.queue_wait.values.get(())
+        waited = int(sum(waits[:-1])) if waits else 0
+        return {
+            "depth": dict(self.queue_depth()),
+            "waited": waited,
+            "avg_wait_ms": round(waits[-1] / waited * 1000, 3) if waits and waited else None,
+            "rejections": {key[0]: int(n) for key, n in self.queue_rejections.values.items()},
         }

@@ -44,6 +44,7 @@ class RequestRecord:
     tokens_cached: int | None = None  # of the prompt, served from the provider's cache
     cost_usd: float | None = None  # cloud requests only
     cost_flag: str = ""  # "" (priced from the usage), "estimated", or "cost_unknown"
+    queue_wait_seconds: float | None = None  # time spent in the queue, if it waited
     privacy_zone: str = ""  # the request's zone (F13), once planned
     privacy_action: str = ""  # "blocked" (a zone rule kept backends out) | "stripped"
     started: float = field(default_factory=time.perf_counter)
@@ -89,6 +90,8 @@ class RequestRecord:
         fields["attempts"] = self.attempts
         fields["error_type"] = self.error_type
         fields["error"] = self.error
+        if self.queue_wait_seconds is not None:
+            fields["queue_wait_ms"] = round(self.queue_wait_seconds * 1000, 3)
         if self.privacy_action == "stripped":
             fields["context_stripped"] = True
         if self.cost_usd is not None:  # cloud requests: local lines stay as they were

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from nexus.config import CLOUD_TYPES
 from nexus.pricing import Price
+from nexus.routing.limits import TokenBucket
 from nexus.transport.pool import TLS
 
 LATENCY_EWMA_ALPHA = 0.2
@@ -141,6 +142,7 @@ class Backend:
     context_length: int | None = None  # configured: overrides the probed one
     tls: TLS | None = None  # certificate policy for https (None: verify with system CAs)
     max_concurrent: int | None = None  # configured capacity (requests served at once)
+    limiter: TokenBucket | None = None  # configured rate limit (F22)
     reported_slots: int | None = None  # what its last probe said (llama.cpp total_slots)
     zone: str = "restricted"  # privacy zone: "restricted" | "open"
     tier: int = 3  # capability tier of its models, 1..5 (F13)
@@ -158,6 +160,7 @@ class Backend:
     total_requests: int = 0
     failed_requests: int = 0
     avg_latency_ms: float = 0.0
+    service_seconds: float = 0.0  # how long a request holds a slot (EWMA): queue estimates
     probe_latency_ms: float | None = None
     consecutive_failures: int = 0
     consecutive_successes: int = 0
@@ -192,6 +195,10 @@ class Backend:
         capacity = self.max_concurrent or self.reported_slots
         return capacity is not None and self.pending_requests >= capacity
 
+    def limited(self, now: float) -> bool:
+        """Out of its rate limit's tokens for now."""
+        return self.limiter is not None and not self.limiter.ready(now)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -210,6 +217,9 @@ class Backend:
             "last_error": self.last_error,
             "pending_requests": self.pending_requests,
             "capacity": self.capacity,
+            "rate_limit_per_minute": (
+                None if self.limiter is None else round(self.limiter.rate * 60, 3)
+            ),
             "total_requests": self.total_requests,
             "failed_requests": self.failed_requests,
             "avg_latency_ms": round(self.avg_latency_ms, 3),
@@ -228,6 +238,9 @@ class Registry:
         # Told of every removal, so per-backend state elsewhere (metric series, quality
         # profiles) goes with the backend instead of piling up.
         self.on_remove: list[Callable[[Backend], None]] = []
+        # Told when a backend may serve what it could not before (added, status or models
+        # changed): the queue looks again at who waits.
+        self.on_change: list[Callable[[Backend], None]] = []
 
     # -- membership ---------------------------------------------------------------------
 
@@ -236,6 +249,7 @@ class Registry:
             raise ValueError(f"backend {backend.name!r} already exists")
         self._backends[backend.id] = backend
         self._index(backend, backend.models)
+        self._changed(backend)
         return backend
 
     def remove_backend(self, backend_id: str) -> Backend | None:
@@ -287,8 +301,11 @@ class Registry:
         self, backend_id: str, status: BackendStatus, error: str | None = None
     ) -> None:
         backend = self._backends[backend_id]
+        changed = backend.status is not status
         backend.status = status
         backend.last_error = error
+        if changed:
+            self._changed(backend)
 
     def update_models(self, backend_id: str, models: Iterable[Model]) -> None:
         backend = self._backends[backend_id]
@@ -299,6 +316,11 @@ class Registry:
             self._index(backend, new)
         else:
             backend.models = new
+        self._changed(backend)
+
+    def _changed(self, backend: Backend) -> None:
+        for listener in self.on_change:
+            listener(backend)
 
     def increment_pending(self, backend: Backend) -> None:
         backend.pending_requests += 1

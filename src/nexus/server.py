@@ -28,6 +28,7 @@ from nexus import logs
 from nexus.app import App, build_app
 from nexus.asgi import protocol
 from nexus.config import Config
+from nexus.pipeline.wait import shutting_down
 from nexus.state import AppState
 
 log = logging.getLogger("nexus")
@@ -58,8 +59,16 @@ class Server:
             "shutting down: finishing in-flight requests (up to %gs)",
             self.config.server.shutdown_grace_seconds,
         )
-        self.state.draining = True
+        self.begin_drain()
         self._stop.set()
+
+    def begin_drain(self) -> None:
+        """New requests get 503; so do queued ones, at once (they never started: a client
+        can retry them elsewhere now rather than after the grace period)."""
+        state = self.state
+        state.draining = True
+        if state.queue is not None and state.queue.closed is None:
+            state.queue.close(shutting_down)
 
     async def serve(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -120,7 +129,7 @@ class Server:
 
     async def stop(self) -> None:
         """Stop listening, close every connection, then stop the app's services."""
-        self.state.draining = True
+        self.begin_drain()
         await self.app.close_viewers()
         server = self._uvicorn
         if server is not None:

@@ -18,6 +18,7 @@ from nexus.transport import Transport
 
 if TYPE_CHECKING:
     from nexus.discovery import Discovery  # zeroconf is imported only when discovery is on
+    from nexus.pipeline.wait import Queue
 
 
 @dataclass(eq=False)
@@ -31,6 +32,7 @@ class AppState:
     quality: QualityTracker
     transport: Transport  # to backends, for traffic (probes have their own)
     discovery: Discovery | None = None  # set when discovery.enabled
+    queue: Queue | None = None  # set when queuing.enabled
     started: float = field(default_factory=time.monotonic)
     background: list[asyncio.Task[None]] = field(default_factory=list)
     requests: set[asyncio.Task[object]] = field(default_factory=set)  # proxied, in flight

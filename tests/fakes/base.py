@@ -149,7 +149,10 @@ class FakeBackend(FakeServer):
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         self.active_requests += 1
+        self.peak_requests = max(self.peak_requests, self.active_requests)
         try:
+            if self.gate is not None:
+                await self.gate.wait()
             return await self._chat_inner(request)
         finally:
             self.active_requests -= 1

@@ -71,6 +71,9 @@ class FakeServer:
         self.active_streams = 0
         self.cancelled_streams = 0
         self.active_requests = 0  # chat/embeddings handlers in flight
+        self.peak_requests = 0  # the most that were ever in flight at once
+        # Set to hold every chat answer until the test opens it (gate.set()).
+        self.gate: asyncio.Event | None = None
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._stopping = False

@@ -99,6 +99,8 @@ class Dashboard:
 
     def __init__(self, state: AppState, sites: Sites) -> None:
         self.hub = Hub(state.registry, uptime=lambda: state.uptime_seconds)
+        if state.queue is not None:
+            self.hub.queue_depth = state.queue.depth
         self.sites = sites
         state.recorder.sinks.append(self.hub.record)
         self.assets = load_assets()

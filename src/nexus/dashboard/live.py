@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -134,6 +134,9 @@ def history_entry(seq: int, record: RequestRecord) -> Json:
         "chain": [clip(m, 200) for m in record.fallback_chain[:10]],
         "error_type": clip(record.error_type, 60),
         "error": clip(record.error),
+        "queued_ms": (
+            None if record.queue_wait_seconds is None else round(record.queue_wait_seconds * 1000)
+        ),
     }
 
 
@@ -194,6 +197,8 @@ class Hub:
     ) -> None:
         self.registry = registry
         self.uptime = uptime
+        self.queue_depth: Callable[[], Mapping[str, int]] | None = None  # set with a queue
+        self._sent_queued: int | None = None
         self.tick = tick
         self.registry_every = registry_every
         self.charts_every = charts_every
@@ -321,7 +326,12 @@ class Hub:
             "history": self.history,
             "notices": list(self.notices),
             "charts": self.charts(),
+            "queued": self.queued(),
         }
+
+    def queued(self) -> int | None:
+        """Requests waiting in the queue now (None: there is no queue)."""
+        return None if self.queue_depth is None else sum(self.queue_depth().values())
 
     # -- the broadcaster ---------------------------------------------------------------------
 
@@ -373,6 +383,9 @@ class Hub:
             self._last_charts = mono
             self._charts_bucket = bucket
             message["charts"] = self.charts(now)
+        queued = self.queued()
+        if queued != self._sent_queued:
+            self._sent_queued = message["queued"] = queued
         if len(message) == 3:
             return None
         return message

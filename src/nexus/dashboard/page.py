@@ -217,6 +217,8 @@ def summary(snap: Json) -> str:
         ("inflight", str(pending), "in flight", ""),
         ("uptime", fmt_duration(snap["uptime"]), "uptime", ""),
     ]
+    if (queued := snap.get("queued")) is not None:
+        tiles.insert(5, ("queued", str(queued), "waiting in queue", "warn" if queued else ""))
     return "".join(
         f'<div class="tile{" lvl-" + lvl if lvl else ""}" data-tile="{key}">'
         f'<span class="tile-value">{esc(value)}</span>'

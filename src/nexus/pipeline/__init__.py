@@ -4,7 +4,8 @@
 
     admit    draining, overload, body type (and later: tenant key, limits, quotas)
     plan     parse the body once, requirements, aliases and fallbacks -> the models to try
-    wait     (later: the queue, when every capable backend is busy)
+    wait     the queue, when every capable backend is busy (entered by forward, for each
+             attempt whose backends are all full: a slot reserved, or a 503 with an ETA)
     forward  the backend call: transport, failover, stream relay
     record   the one owner of the outcome: status and error written, answer sent, sinks fed
 
@@ -28,7 +29,6 @@ from nexus.pipeline.forward import Forwarder
 from nexus.pipeline.inbound import client_reply
 from nexus.pipeline.plan import Planner
 from nexus.pipeline.record import Outcome, Reply, Streamed, settle
-from nexus.pipeline.wait import wait
 from nexus.records import RequestRecord, request_id
 from nexus.state import AppState
 from nexus.transport.sse import frame
@@ -95,7 +95,6 @@ class Pipeline:
         admit(self.state, ex)
         ex.raw = await read_body(ex.scope, ex.receive, self.max_body, self.body_seconds)
         self.planner.plan(ex)
-        await wait(ex)
         try:
             return await self.forwarder.forward(ex)
         except NexusError as exc:

@@ -39,11 +39,12 @@ from nexus.pipeline.outbound import NativeOutbound, Outbound, outbound_for
 from nexus.pipeline.record import Reply, Streamed
 from nexus.pipeline.relay import Relay
 from nexus.pipeline.upstream import upstream_failure
+from nexus.pipeline.wait import Queue
 from nexus.quality import QualityTracker
 from nexus.records import RequestRecord
 from nexus.registry import Backend, DiscoverySource, Registry
 from nexus.routing.privacy import fresh_context
-from nexus.routing.router import Plan, Route, Router
+from nexus.routing.router import Busy, Plan, Route, Router
 from nexus.transport import Answer, Transport
 
 MDNS = DiscoverySource.MDNS
@@ -53,6 +54,7 @@ MAX_ERROR_BODY = 64 * 1024
 BUSY_STATUSES = {529: 503}
 STREAM_TYPES = ("text/event-stream", "application/x-ndjson")
 PANIC_CONNECT_SECONDS = 0.5
+SERVICE_EWMA_ALPHA = 0.2
 REFUSING_STATUSES = (500, 501)  # what a server answers when it rejects what it was asked
 
 
@@ -65,8 +67,10 @@ class Forwarder:
         health: HealthChecker,
         quality: QualityTracker,
         transport: Transport,
+        queue: Queue | None = None,
     ) -> None:
         self.registry = registry
+        self.queue = queue
         self.router = router
         self.health = health
         self.quality = quality
@@ -77,7 +81,7 @@ class Forwarder:
         self.idle = server.stream_idle_timeout_seconds
         self.max_event = server.max_stream_event_bytes
         self.panic_connect = min(PANIC_CONNECT_SECONDS, server.connect_timeout_seconds)
-        self.attempts_per_model = 1 + config.routing.max_retries
+        self.attempts_per_model = 1 + config.routing.max_retries  # (the queue's too)
         self.penalty = config.health_check.interval_seconds
 
     async def forward(self, ex: Exchange) -> Reply | Streamed:
@@ -94,7 +98,11 @@ class Forwarder:
         suspect: tuple[Route, BackendRefused] | None = None
         while True:
             try:
-                route = self.router.select(plan, req, self.attempts_per_model)
+                try:
+                    route = self.router.select(plan, req, self.attempts_per_model)
+                except Busy as busy:
+                    assert self.queue is not None  # the router says Busy only with a queue
+                    route = await self.queue.wait(ex, busy)
             except NexusError as exc:
                 note_privacy(record, plan, None)
                 if suspect is not None:
@@ -140,7 +148,10 @@ class Forwarder:
         outbound = NativeOutbound(inbound) if ex.native and inbound else outbound_for(backend.type)
         path, payload = outbound.request(ex, route)
         headers = self._headers(ex, backend)
-        self.registry.increment_pending(backend)
+        if not route.reserved:  # (the queue took the slot and the token for it)
+            self.registry.increment_pending(backend)
+            if backend.limiter is not None:
+                backend.limiter.take(time.monotonic())
         sent = time.perf_counter()
         try:
             try:
@@ -166,6 +177,10 @@ class Forwarder:
                 answer.release()
         finally:
             self.registry.decrement_pending(backend)
+            held = time.perf_counter() - sent
+            backend.service_seconds += SERVICE_EWMA_ALPHA * (held - backend.service_seconds)
+            if self.queue is not None:
+                self.queue.dispatch(backend)
 
     def _headers(self, ex: Exchange, backend: Backend) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -331,6 +346,8 @@ class Forwarder:
             headers.append((b"x-nexus-fallback-model", header_safe(route.model)))
         if route.stripped:
             headers.append((b"x-nexus-context-stripped", b"true"))
+        if (waited := ex.record.queue_wait_seconds) is not None:
+            headers.append((b"x-nexus-queue-wait-ms", str(round(waited * 1000)).encode()))
         if cost is not None:
             headers.append((b"x-nexus-cost-estimated", f"{cost:.6f}".encode()))
         return headers

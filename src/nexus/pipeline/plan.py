@@ -4,25 +4,30 @@ The body is parsed once; the requirements (model, token estimate, vision, tools,
 stream) are derived from the parsed object, and the router turns the requested model into
 the ordered list of models to try (aliases, then the fallback chain), with the zone and
 tier every answer must keep. The client's routing headers (``X-Nexus-Strict``,
-``X-Nexus-Flexible``, ``X-Nexus-Session``) are read here. No I/O.
+``X-Nexus-Flexible``, ``X-Nexus-Session``, the priority and ``X-Nexus-Queue-Timeout``) are
+read here. No I/O.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
 
 from nexus import logs
 from nexus.asgi import Scope
+from nexus.config import QueuingConfig
 from nexus.errors import InvalidRequest
 from nexus.pipeline.exchange import Exchange
 from nexus.pipeline.inbound import Inbound, NativeOnly
+from nexus.pipeline.wait import PRIORITIES
 from nexus.routing.affinity import conversation_key
 from nexus.routing.requirements import Requirements
 from nexus.routing.router import FLEXIBLE, STRICT, Router
 
 MODE_HEADERS = {b"x-nexus-strict": STRICT, b"x-nexus-flexible": FLEXIBLE}
+QUEUE_TIMEOUT_HEADER = b"x-nexus-queue-timeout"
 SESSION_HEADER = b"x-nexus-session"
 
 
@@ -36,9 +41,15 @@ def parse(raw: bytes) -> Any:
 
 
 class Planner:
-    def __init__(self, router: Router, log_content: bool) -> None:
+    def __init__(
+        self, router: Router, log_content: bool, queuing: QueuingConfig | None = None
+    ) -> None:
         self.router = router
         self.log_content = log_content
+        # The queue's headers are read only when there is a queue.
+        self.priority_header = (
+            queuing.priority_header.lower().encode() if queuing and queuing.enabled else None
+        )
 
     def plan(self, ex: Exchange) -> None:
         body = parse(ex.raw)
@@ -53,7 +64,7 @@ class Planner:
         record = ex.record
         record.model = req.model
         record.stream = req.stream
-        mode, session = routing_headers(ex.scope)
+        mode, session = routing_headers(ex.scope, ex, self.priority_header)
         plan = ex.plan = self.router.plan(req.model, req, mode)
         if plan.sticky:
             plan.conversation, plan.continued = conversation_key(plan.models[0], ex.body, session)
@@ -76,12 +87,22 @@ class Planner:
         return ex.endpoint.inspect(openai)
 
 
-def routing_headers(scope: Scope) -> tuple[str, str | None]:
+def routing_headers(
+    scope: Scope, ex: Exchange | None = None, priority_header: bytes | None = None
+) -> tuple[str, str | None]:
     """The client's routing mode ("", "strict" or "flexible") and session name, in one
-    pass over the headers. A mode header says true or false; anything else, or both modes
-    at once, is the client's mistake and a 400 naming the header."""
+    pass over the headers; the queue's priority and timeout go on ``ex``. A mode header
+    says true or false; anything else, or both modes at once, is the client's mistake and a
+    400 naming the header (as is an unknown priority or a timeout that is not a number)."""
     mode, session = "", None
     for name, value in scope["headers"]:
+        if priority_header is not None and ex is not None:
+            if name == priority_header:
+                ex.priority = priority(name, value)
+                continue
+            if name == QUEUE_TIMEOUT_HEADER:
+                ex.queue_timeout = seconds(name, value)
+                continue
         if name in MODE_HEADERS:
             wanted = value.decode("latin-1").strip().lower()
             title = name.decode().title()
@@ -102,3 +123,32 @@ def routing_headers(scope: Scope) -> tuple[str, str | None]:
         elif name == SESSION_HEADER:
             session = value.decode("latin-1")
     return mode, session
+
+
+def priority(name: bytes, value: bytes) -> int:
+    wanted = value.decode("latin-1").strip().lower()
+    if wanted not in PRIORITIES:
+        title = name.decode().title()
+        raise InvalidRequest(
+            f"header {title} must be one of {', '.join(PRIORITIES)}, got "
+            f"{value[:40].decode('latin-1')!r}",
+            param=title,
+            code="invalid_header",
+        )
+    return PRIORITIES.index(wanted)
+
+
+def seconds(name: bytes, value: bytes) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not number > 0 or math.isinf(number):
+        title = name.decode().title()
+        raise InvalidRequest(
+            f"header {title} must be a positive number of seconds, got "
+            f"{value[:40].decode('latin-1')!r}",
+            param=title,
+            code="invalid_header",
+        )
+    return number

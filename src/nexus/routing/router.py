@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from nexus.config import RoutingConfig, WeightsConfig
-from nexus.errors import InvalidRequest, ModelNotFound, NexusError, NoHealthyBackend
+from nexus.errors import InvalidRequest, ModelNotFound, NexusError, NoHealthyBackend, RateLimited
 from nexus.quality import QualityTracker
 from nexus.registry import Backend, BackendStatus, DiscoverySource, Model, Registry
 from nexus.routing import aliases, privacy, tiers
@@ -43,6 +43,16 @@ DRAINING = BackendStatus.DRAINING
 MDNS = DiscoverySource.MDNS
 
 
+class Busy(Exception):
+    """Every backend that could serve the request is at capacity or out of its rate limit,
+    and tier-equivalent fallbacks too. Raised only with the queue on: the request waits."""
+
+    def __init__(self, backends: list[Backend], retry_after: float) -> None:
+        super().__init__("every capable backend is busy")
+        self.backends = backends
+        self.retry_after = retry_after  # until a rate-limited one has a token (0: none is)
+
+
 @dataclass(slots=True)
 class Route:
     backend: Backend
@@ -51,6 +61,7 @@ class Route:
     fallback: bool = False
     panic: bool = False  # an unhealthy backend, tried because no healthy one can serve
     stripped: bool = False  # fresh-context overflow: only system + last user message sent
+    reserved: bool = False  # the queue took the backend's slot (and token) for this request
 
 
 @dataclass(slots=True)
@@ -69,6 +80,7 @@ class Plan:
     overflow: bool = False  # fresh-context overflow to the open zone is allowed
     overflowing: bool = False  # ... and has begun: open backends only, history stripped
     substituted: bool = False  # flexible substitutes were added to ``models``
+    full: list[Backend] = field(default_factory=list)  # capable, but busy or rate-limited
     sticky: bool = False  # conversation affinity applies (several backends could serve)
     conversation: int | None = None  # the conversation's hash, when sticky
     continued: bool = False  # ... and this is not its first turn
@@ -147,11 +159,19 @@ def unmet(model: Model, req: Requirements) -> str | None:
 
 class Router:
     def __init__(
-        self, registry: Registry, config: RoutingConfig, quality: QualityTracker | None = None
+        self,
+        registry: Registry,
+        config: RoutingConfig,
+        quality: QualityTracker | None = None,
+        *,
+        queueing: bool = False,
     ) -> None:
         self.registry = registry
         self.config = config
         self.quality = quality
+        # With the queue on, a backend at capacity takes no more: the request waits (Busy).
+        # Off, it takes them all the same (into its own queue), as before there was one.
+        self.queueing = queueing
         self.affinity = Affinity(config.affinity_ttl_seconds, config.affinity_max_conversations)
         self.fresh_context = config.privacy.cross_zone_overflow == privacy.FRESH_CONTEXT
         self._rotation = itertools.count()
@@ -200,13 +220,31 @@ class Router:
         return plan
 
     def select(self, plan: Plan, req: Requirements, attempts_per_model: int) -> Route:
-        """The next backend to try for ``plan``, or a NexusError explaining why none can."""
+        """The next backend to try for ``plan``, or a NexusError explaining why none can
+        (``Busy`` when capable backends exist but all are full: the queue's business)."""
         while True:
             route = self._next(plan, req, attempts_per_model)
             if route is not None:
                 return route
+            # (Unhealthy backends tried in panic never make a request wait: it is answered.)
+            if plan.full and not plan.panic and (plan.substituted or plan.mode != FLEXIBLE):
+                raise self._full(plan)
             if not self._widen(plan, req):
                 raise self._no_route(plan, req)
+
+    def _full(self, plan: Plan) -> Exception:
+        now = time.monotonic()
+        full = list(dict.fromkeys(plan.full))
+        waits = [b.limiter.wait_seconds(now) for b in full if b.limiter is not None]
+        retry_after = min(waits) if len(waits) == len(full) else 0.0
+        if self.queueing:
+            return Busy(full, retry_after)
+        names = ", ".join(b.name for b in full)
+        return RateLimited(
+            f"every backend that can serve model '{plan.requested}' is at its rate limit "
+            f"({names}); retry in {retry_after:.1f} s",
+            retry_after,
+        )
 
     def _widen(self, plan: Plan, req: Requirements) -> bool:
         """The next stage, when the current one has nothing left to try; False at the end.
@@ -233,6 +271,8 @@ class Router:
         now = time.monotonic()
         tried = plan.tried
         zone = OPEN if plan.overflowing else plan.zone
+        if plan.full:
+            plan.full.clear()
         for index, model in enumerate(plan.models):
             holders = self.registry.get_backends_for_model(model)
             if tried:
@@ -244,7 +284,15 @@ class Router:
             candidates = self._candidates(plan, model, holders, req, zone)
             if not candidates:
                 continue
-            pool = [b for b in candidates if b.penalized_until <= now] or candidates
+            ready = [b for b in candidates if not self._full_now(b, now)]
+            if not ready:
+                plan.full += candidates
+                if plan.overflow and not plan.overflowing:
+                    route = self._overflow(plan, model, holders, req)
+                    if route is not None:
+                        return route
+                continue
+            pool = [b for b in ready if b.penalized_until <= now] or ready
             if len(pool) > 1:
                 pool = prefer_local(with_room(pool))
                 # Any LAN device can announce itself by mDNS: a discovered backend serves a
@@ -283,13 +331,24 @@ class Router:
     ) -> Route | None:
         """Every restricted backend of ``model`` is at capacity: an open one with room takes
         the request with a fresh context (the admin allowed it), and so would any retry."""
-        outside = [b for b in self._candidates(plan, model, holders, req, OPEN) if not b.busy]
+        now = time.monotonic()
+        outside = [
+            b
+            for b in self._candidates(plan, model, holders, req, OPEN)
+            if not b.busy and not b.limited(now)
+        ]
         if not outside:
             return None
         plan.overflowing = True
         backend = self._pick(outside, model)
         plan.tried.add((backend.id, model))
         return Route(backend, model, "capacity-overflow", stripped=True)
+
+    def _full_now(self, backend: Backend, now: float) -> bool:
+        """Takes no request now: out of rate-limit tokens, or (queue on) at capacity."""
+        if backend.limiter is not None and not backend.limiter.ready(now):
+            return True
+        return self.queueing and backend.busy
 
     def _sticky(self, plan: Plan, pool: list[Backend]) -> Backend | None:
         """The backend that served this conversation's last turn, if it may serve this one:

@@ -22,6 +22,7 @@
     uptimeAt: 0, // server uptime at clock() == uptimeClock
     uptimeClock: 0,
     offset: 0, // server clock - client clock, seconds
+    queued: null, // requests waiting in the queue (null: no queue)
   };
 
   // -- DOM helpers ------------------------------------------------------------------------------
@@ -204,6 +205,9 @@
       ["inflight", String(pending), "in flight", ""],
       ["uptime", fmtDuration(uptime), "uptime", ""],
     ];
+    if (state.queued !== null && state.queued !== undefined) {
+      tiles.splice(5, 0, ["queued", String(state.queued), "waiting in queue", state.queued ? "warn" : ""]);
+    }
     fill(
       "summary",
       tiles.map(([key, value, label, l]) =>
@@ -353,6 +357,7 @@
     if (e.stream) tags.push(h("span", { class: "tag" }, "stream"));
     if (e.endpoint !== "chat") tags.push(h("span", { class: "tag" }, e.endpoint));
     if (e.retries) tags.push(h("span", { class: "tag" }, `${e.retries} retr${e.retries === 1 ? "y" : "ies"}`));
+    if (e.queued_ms !== null && e.queued_ms !== undefined) tags.push(h("span", { class: "tag" }, `queued ${fmtMs(e.queued_ms)}`));
     let tokens = "";
     if (e.tokens_in !== null || e.tokens_out !== null) tokens = `${e.tokens_in || 0}→${e.tokens_out || 0} tok`;
     const cells = () => [
@@ -429,6 +434,7 @@
     state.version = msg.version;
     state.uptimeAt = msg.uptime || 0;
     state.uptimeClock = Date.now() / 1000;
+    state.queued = msg.queued;
     renderAll();
   }
 
@@ -442,6 +448,7 @@
     for (const id of msg.removed || []) backendsChanged = state.backends.delete(id) || backendsChanged;
     if (msg.charts) state.charts = msg.charts;
     if (msg.history) addHistory(msg.history);
+    if ("queued" in msg) state.queued = msg.queued;
     if (msg.notices && msg.notices.length) {
       state.notices.push(...msg.notices);
       state.notices.splice(0, Math.max(0, state.notices.length - 20));
@@ -451,7 +458,7 @@
     if (backendsChanged && !msg.charts) renderTraffic(); // the legend lists every backend
     if (backendsChanged || msg.charts) renderBackends();
     if (backendsChanged) renderMatrix();
-    if (backendsChanged || msg.charts || msg.history) renderSummary();
+    if (backendsChanged || msg.charts || msg.history || "queued" in msg) renderSummary();
   }
 
   function handle(msg) {
