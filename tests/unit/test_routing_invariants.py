@@ -136,7 +136,8 @@ class Routing(RuleBasedStateMachine):
         ]
         privacy = {"cross_zone_overflow": "fresh-context" if overflow else "block"}
         routing = {"fallbacks": chains, "max_retries": 5, "privacy": privacy}
-        path = write_config(self.dir, entries, routing=routing)
+        # (The queue has its own state machine; here a full backend takes requests anyway.)
+        path = write_config(self.dir, entries, routing=routing, queuing={"enabled": False})
         self.app = build_app(config_mod.load(path, env={}))
         registry = self.app.state.registry
         for i, spec in enumerate(backends):

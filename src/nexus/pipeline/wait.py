@@ -160,7 +160,9 @@ class Queue:
 
     def dispatch(self, freed: Backend | None = None) -> None:
         """Offer the room there is to the waiters, most urgent first; each that can be
-        served gets its backend reserved now. ``freed``: only waiters that wait for it."""
+        served gets its backend reserved now. ``freed``: one slot of that backend came free,
+        so only waiters that wait for it are asked, and the one given that slot ends the round
+        (the rest found no room before it freed, and there is none now)."""
         if not any(self.levels):
             return
         for level in self.levels:
@@ -183,6 +185,8 @@ class Queue:
                 self._reserve(route)
                 level.remove(waiter)
                 waiter.future.set_result(route)
+                if route.backend is freed:
+                    return
 
     def _reserve(self, route: Route) -> None:
         backend = route.backend
