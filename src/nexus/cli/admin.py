@@ -178,14 +178,17 @@ def _caps(caps: dict[str, bool | None]) -> str:
     return ", ".join(k for k in ("vision", "tools", "json_mode", "embeddings") if caps.get(k))
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @json_option
 @click.option(
     "--backend", "backend_ref", metavar="ID", help="Only models of this backend (id or name)."
 )
 @url_option
-def models(as_json: bool, backend_ref: str | None, url: str | None) -> None:
-    """List all available models."""
+@click.pass_context
+def models(ctx: click.Context, as_json: bool, backend_ref: str | None, url: str | None) -> None:
+    """List all available models (or load, unload, migrate one)."""
+    if ctx.invoked_subcommand is not None:
+        return
     items = call(url, "GET", "/v1/models")["data"]
     if backend_ref:
         known = call(url, "GET", "/admin/backends")["backends"]
@@ -211,6 +214,65 @@ def models(as_json: bool, backend_ref: str | None, url: str | None) -> None:
             for m in items
         ],
     )
+
+
+# Each action answers with an operation at once; nexus.cli.fleet follows it (imported in the
+# command, as it imports this module's helpers).
+backend_option = click.option(
+    "--backend", "backend_ref", metavar="ID", required=True, help="Backend (id, name or URL)."
+)
+wait_option = click.option(
+    "--wait", is_flag=True, help="Follow the operation until it succeeds or fails."
+)
+
+
+@models.command("load")
+@click.argument("model")
+@backend_option
+@click.option("--pull", is_flag=True, help="Download the model first if the backend lacks it.")
+@wait_option
+@json_option
+@url_option
+def load_model(
+    model: str, backend_ref: str, pull: bool, wait: bool, as_json: bool, url: str | None
+) -> None:
+    """Load MODEL into a backend's memory."""
+    from nexus.cli.fleet import submit
+
+    body = {"model": model, "backend": backend_ref, "pull": pull}
+    submit(url, "/admin/models/load", body, wait=wait, as_json=as_json)
+
+
+@models.command("unload")
+@click.argument("model")
+@backend_option
+@wait_option
+@json_option
+@url_option
+def unload_model(model: str, backend_ref: str, wait: bool, as_json: bool, url: str | None) -> None:
+    """Unload MODEL from a backend's memory (refused while it serves requests)."""
+    from nexus.cli.fleet import submit
+
+    body = {"model": model, "backend": backend_ref}
+    submit(url, "/admin/models/unload", body, wait=wait, as_json=as_json)
+
+
+@models.command("migrate")
+@click.argument("model")
+@click.option("--from", "source", metavar="ID", required=True, help="Backend it leaves.")
+@click.option("--to", "target", metavar="ID", required=True, help="Backend it moves to.")
+@wait_option
+@json_option
+@url_option
+def migrate_model(
+    model: str, source: str, target: str, wait: bool, as_json: bool, url: str | None
+) -> None:
+    """Move MODEL: load it on --to, wait until it serves there and --from's requests end,
+    then unload it from --from."""
+    from nexus.cli.fleet import submit
+
+    body = {"model": model, "from": source, "to": target}
+    submit(url, "/admin/models/migrate", body, wait=wait, as_json=as_json)
 
 
 def _duration(seconds: float) -> str:
