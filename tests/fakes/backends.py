@@ -51,7 +51,19 @@ class FakeVLLM(FakeBackend):
         return [
             ("GET", "/health", self._probe(self._health)),
             ("GET", "/version", self._probe(self._version)),
+            ("POST", "/tokenize", self._tokenize),
         ]
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's /tokenize: {"model", "prompt"} -> {"count", "max_model_len", "tokens"}
+        (one token per whitespace-separated word here, so tests know the count)."""
+        body = await request.json()
+        if self.find_model(str(body.get("model"))) is None:
+            return self.model_not_found(str(body.get("model")))
+        words = str(body.get("prompt", "")).split()
+        return json_response(
+            {"count": len(words), "max_model_len": 8192, "tokens": list(range(len(words)))}
+        )
 
     def _not_found(self, request: web.Request) -> web.StreamResponse:
         return json_response({"detail": "Not Found"}, status=404)

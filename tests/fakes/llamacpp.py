@@ -48,7 +48,17 @@ class FakeLlamaCpp(FakeBackend):
         return [
             ("GET", "/health", self._probe(self._health, native=True)),
             ("GET", "/props", self._probe(self._props, native=True)),
+            ("POST", "/tokenize", self._tokenize),
         ]
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        """llama-server's /tokenize: {"content": text} -> {"tokens": [ids]} (one token per
+        whitespace-separated word here, so tests know the count)."""
+        if not self.has_health:  # llama-cpp-python has no /tokenize
+            return json_response({"detail": "Not Found"}, status=404)
+        body = await request.json()
+        words = str(body.get("content", "")).split()
+        return json_response({"tokens": list(range(len(words)))})
 
     def _not_found(self, request: web.Request) -> web.StreamResponse:
         if not self.has_health:  # llama-cpp-python

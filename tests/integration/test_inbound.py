@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anthropic
 import ollama
 import openai
@@ -296,3 +297,24 @@ async def test_a_backend_without_legacy_completions_is_remembered(tmp_path: Path
             with pytest.raises(openai.BadRequestError) as none_left:  # known from now on
                 await nexus.client.completions.create(model="qwen", prompt="x", max_tokens=4)
             assert "no legacy completions" in str(none_left.value)
+
+
+@pytest.mark.parametrize("kind", ["llamacpp", "vllm"])
+async def test_count_tokens_asks_a_llamacpp_or_vllm_backend_to_tokenize(
+    tmp_path: Path, kind: str
+) -> None:
+    from nexus.dialects import anthropic as dialect
+    from tests.fakes import FakeLlamaCpp
+
+    fake_class = FakeLlamaCpp if kind == "llamacpp" else FakeVLLM
+    async with fake_class([FakeModel("local-model")]) as fake:
+        async with running_nexus(tmp_path, [backend_entry(fake, "box", kind)]) as nexus:
+            body = {"model": "local-model", "messages": [{"role": "user", "content": "a b c d e"}]}
+            reply = await claude_client(nexus).messages.with_raw_response.count_tokens(**body)  # type: ignore[arg-type]
+            assert reply.headers["x-nexus-token-count"] == "exact"
+            expected = len(dialect.prompt_text(body).split())  # the fakes count words
+            assert (await reply.parse()).input_tokens == expected
+            assert [r.path for r in fake.requests if r.method == "POST"] == ["/tokenize"]
+            async with aiohttp.ClientSession() as session:
+                async with session.get(nexus.url + "/metrics") as resp:
+                    assert 'nexus_token_counts_total{method="exact"}' in await resp.text()

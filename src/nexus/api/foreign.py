@@ -12,7 +12,7 @@ import orjson
 
 from nexus import __version__, tokens
 from nexus.asgi.routes import Request, Response, Router
-from nexus.backends import ProbeError
+from nexus.backends import ProbeError, tokenize
 from nexus.dialects import anthropic, ollama
 from nexus.errors import InvalidRequest
 from nexus.registry import Backend, Model
@@ -71,8 +71,9 @@ class ForeignListings:
         return Response.json(ollama.version(__version__))
 
     async def count_tokens(self, request: Request) -> Response:
-        """Anthropic's token count, from the tokenizer registry: exact where an offline
-        tokenizer exists, Claude's approximation, or the estimate (the header says which)."""
+        """Anthropic's token count, from the tokenizer registry: exact from the serving
+        llama.cpp or vLLM backend's own /tokenize, or where an offline tokenizer exists;
+        Claude's approximation; or the estimate (the header says which)."""
         body = await _json(request)
         try:
             anthropic.from_messages_request(
@@ -81,11 +82,19 @@ class ForeignListings:
         except InvalidRequest as exc:
             return Response(anthropic.error_body(400, exc.message), status=400)
         model = str(body.get("model"))
-        # The provider of a cloud backend serving the model names its tokenizer.
+        text = anthropic.prompt_text(body)
         holders = self.state.registry.get_backends_for_model(model)
+        for backend in filter(tokenize.can_tokenize, holders):
+            counted = await tokenize.count(self.state.health.client, backend, model, text)
+            if counted is not None:
+                tokens.COUNTED["exact"] += counted
+                return Response.json({"input_tokens": counted}).with_header(
+                    b"x-nexus-token-count", b"exact"
+                )
+        # The provider of a cloud backend serving the model names its tokenizer.
         fallback = "anthropic" if model.startswith("claude") else "other"
         provider = next((b.type for b in holders if b.type in TOKENIZED), fallback)
-        count = tokens.count_text(anthropic.prompt_text(body), provider=provider, model=model)
+        count = tokens.count_text(text, provider=provider, model=model)
         return Response.json(
             {"input_tokens": count.tokens},
         ).with_header(b"x-nexus-token-count", count.method.encode())
