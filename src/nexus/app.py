@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from nexus import logs
+from nexus import logs, tokens
 from nexus.api import admin, foreign, proxied, status
 from nexus.asgi import ASGIApp, Receive, Scope, Send
 from nexus.asgi.guards import Sites
 from nexus.asgi.routes import Router
 from nexus.backends import ProbeClient, auth, make_adapters
+from nexus.budget import Budget
 from nexus.config import Config
 from nexus.dashboard import Dashboard
 from nexus.health import HealthChecker
@@ -37,6 +38,7 @@ from nexus.routing import tiers
 from nexus.routing.limits import TokenBucket
 from nexus.routing.router import Router as ModelRouter
 from nexus.state import AppState
+from nexus.store import open_store
 from nexus.transport import TLS, Pool
 
 log = logging.getLogger("nexus")
@@ -122,6 +124,12 @@ class App:
                 log.warning("backend %s is unusable: %s", backend.name, missing)
         for warning in tiers.fallback_warnings(state.config):
             log.warning("config: %s", warning)
+        if state.store is not None:
+            await state.store.open()  # (StartupError: a corrupt or locked file, in one line)
+        if state.budget is not None:
+            await state.budget.start()
+            # The tokenizer's encodings load in ~0.6 s: not on the first request's time.
+            state.background.append(asyncio.create_task(_preload_tokenizers()))
         await state.health.start()
         await self.dashboard.hub.start()
         if state.discovery is not None:
@@ -139,11 +147,19 @@ class App:
             task.cancel()
         await asyncio.gather(*state.background, return_exceptions=True)
         state.recorder.flush()  # the last requests' records, before the log's last flush
+        if state.budget is not None:
+            await state.budget.stop()  # the last spend written: a clean stop loses nothing
+        if state.store is not None:
+            await state.store.close()
         logs.flush()
         await state.health.stop()
         state.health.client.transport.close()
         state.transport.close()
         await self.dashboard.hub.stop()
+
+
+async def _preload_tokenizers() -> None:
+    await asyncio.to_thread(tokens.preload)
 
 
 def _probe_pool(config: Config) -> Pool:
@@ -191,6 +207,11 @@ def build_app(config: Config) -> App:
         from nexus.discovery import Discovery
 
         state.discovery = Discovery(registry, config.discovery, health)
+    if config.budget.monthly_limit:
+        state.store = open_store(config.storage)
+        state.budget = Budget(config.budget, state.store, config.storage.flush_interval_seconds)
+        router.budget = metrics.budget = state.budget
+        recorder.sinks.append(state.budget.charge)
     attempts = 1 + config.routing.max_retries
     if queuing.enabled:
         state.queue = Queue(queuing, registry, router, attempts)

@@ -30,6 +30,7 @@ CLOUD_URLS = {
 }
 ZONES = ("restricted", "open")
 OVERFLOW_MODES = ("block", "fresh-context")
+HARD_LIMIT_ACTIONS = ("local-only", "queue", "reject")
 STRATEGIES = ("smart", "round_robin", "priority_only", "random")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
 LOG_FORMATS = ("pretty", "json")
@@ -346,6 +347,53 @@ class QueuingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StorageConfig:
+    path: str = setting(
+        "",
+        "SQLite file of what Nexus keeps across restarts (cloud spend). Default: "
+        "$XDG_DATA_HOME/nexus/nexus.db (~/.local/share/nexus/nexus.db). Created on first "
+        "use, and only opened when a feature needs it (a budget).",
+    )
+    flush_interval_seconds: float = setting(
+        1.0,
+        "How often buffered writes (spend) reach the file: a crash (kill -9, power loss) "
+        "loses at most this much; a clean shutdown loses nothing.",
+        min=0.05,
+        max=60,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetConfig:
+    monthly_limit: float = setting(
+        0,
+        "Monthly spend limit on cloud backends, in USD (0: no budget). Spend is the cost of "
+        "every cloud request, from the usage the provider reports.",
+        min=0,
+    )
+    soft_limit_percent: float = setting(
+        80,
+        "From this share of the limit on, cloud backends serve only when no local backend "
+        "can (a WARN line once per crossing).",
+        min=1,
+        max=100,
+    )
+    hard_limit_action: str = setting(
+        "local-only",
+        "At the limit: local-only (cloud excluded; nothing local -> 503), queue (requests only "
+        "a cloud backend could serve wait in the queue for local capacity) or reject (429 "
+        "budget_exceeded until the cycle resets).",
+        choices=HARD_LIMIT_ACTIONS,
+    )
+    billing_cycle_day: int = setting(
+        1,
+        "Day of the month the spend resets, at 00:00 UTC (29-31 in a shorter month: its last day).",
+        min=1,
+        max=31,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = setting("info", "Log level.", choices=LOG_LEVELS)
     format: str = setting("pretty", "Log format.", choices=LOG_FORMATS)
@@ -365,6 +413,8 @@ class Config:
     routing: RoutingConfig = setting(RoutingConfig(), "Routing.")
     backends: list[BackendConfig] = setting([], "Static backends.")
     queuing: QueuingConfig = setting(QueuingConfig(), "Request queue (F18).")
+    budget: BudgetConfig = setting(BudgetConfig(), "Monthly spend limit on cloud backends (F14).")
+    storage: StorageConfig = setting(StorageConfig(), "Where Nexus keeps state across restarts.")
     logging: LoggingConfig = setting(LoggingConfig(), "Logging.")
     source: str = field(default="", compare=False, metadata={"internal": True})
 
@@ -583,6 +633,10 @@ def validate(config: Config) -> None:
                 "(CIDR) nor a host name"
             )
 
+    if config.budget.hard_limit_action == "queue" and not config.queuing.enabled:
+        raise ConfigError(
+            f'{where}: budget.hard_limit_action: "queue" needs the queue (queuing.enabled)'
+        )
     if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", config.queuing.priority_header):
         raise ConfigError(
             f"{where}: queuing.priority_header: {config.queuing.priority_header!r} is not a "

@@ -16,7 +16,9 @@ Exception tree::
     ├── PayloadTooLarge             413  body over server.max_request_bytes
     ├── UnsupportedMediaType        415  body is not JSON
     ├── RateLimited                 429  every capable backend is out of its rate limit
-    │                                    (queue off), with Retry-After
+    │   │                                (queue off), with Retry-After
+    │   └── BudgetExceeded          429  the monthly budget is spent and only a cloud backend
+    │                                    could serve (hard_limit_action "reject")
     ├── ServiceUnavailable          503  with Retry-After
     │   ├── NoHealthyBackend        503  model known, but no healthy backend can serve it
     │   ├── Overloaded              503  server.max_concurrent_requests reached
@@ -34,6 +36,9 @@ Exception tree::
                                          the status the request log records)
 
 Upstream 4xx answers are not errors of ours: they are relayed as they came.
+
+Apart from the tree, :class:`StartupError` says why Nexus cannot start (a corrupt or locked
+state store...), in one line for the console.
 """
 
 from __future__ import annotations
@@ -155,6 +160,10 @@ class RateLimited(NexusError):
         self.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
 
 
+class BudgetExceeded(RateLimited):
+    code = "budget_exceeded"
+
+
 class ServiceUnavailable(NexusError):
     status = 503
     type = "service_unavailable"
@@ -225,3 +234,7 @@ def describe(exc: BaseException) -> str:
     follows "unreachable:", "unavailable (...)" and the like."""
     text = str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc)
     return (text or type(exc).__name__)[:200]
+
+
+class StartupError(Exception):
+    """Nexus cannot start; the message is the one line the console shows."""

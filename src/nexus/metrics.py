@@ -28,6 +28,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from nexus import tokens
+from nexus.budget import LEVELS, Budget
 from nexus.config import RoutingConfig
 from nexus.records import RequestRecord
 from nexus.registry import Backend, Registry
@@ -141,6 +143,18 @@ class RegistryCollector(Collector):
         )
 
 
+def budget_gauges(budget: Budget) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "nexus_budget_spent_usd", "Cloud spend in the current billing cycle", budget.spent
+    )
+    yield GaugeMetricFamily("nexus_budget_limit_usd", "The monthly budget", budget.limit)
+    yield GaugeMetricFamily(
+        "nexus_budget_status",
+        "Budget state: 0 normal, 1 past the soft limit, 2 at the hard limit",
+        LEVELS[budget.status()],
+    )
+
+
 class Metrics(Collector):
     def __init__(self, registry: Registry, routing: RoutingConfig | None = None) -> None:
         self.registry = registry
@@ -200,6 +214,7 @@ class Metrics(Collector):
             ("reason",),
         )
         self.queue_depth: Callable[[], Mapping[str, int]] | None = None  # set with a queue
+        self.budget: Budget | None = None  # set with a budget
         self.unknown_endpoints = CounterVec(
             "nexus_unknown_endpoint_total",
             "Requests to endpoints Nexus does not serve, by method",
@@ -240,6 +255,16 @@ class Metrics(Collector):
             self.probe_duration,
         ):
             yield vec.family()
+        counted = CounterMetricFamily(
+            "nexus_token_counts",
+            "Tokens counted by Nexus's tokenizer registry, by how far the count can be trusted",
+            labels=["method"],
+        )
+        for method, count in tokens.COUNTED.items():
+            counted.add_metric([method], count)
+        yield counted
+        if self.budget is not None:
+            yield from budget_gauges(self.budget)
         if self.queue_depth is not None:
             depth = GaugeMetricFamily(
                 "nexus_queue_depth", "Requests waiting in the queue", labels=["priority"]

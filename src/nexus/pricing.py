@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from genai_prices.types import ModelPrice
 
+    from nexus.registry import Backend
+
 logger = logging.getLogger(__name__)
 
 # Nexus backend types -> genai-prices provider ids (the same words today; kept explicit so a
@@ -37,6 +39,11 @@ class Price:
     input_per_mtok: float
     output_per_mtok: float
     cached_input_per_mtok: float | None = None
+
+
+def price_for(backend: Backend, model: str) -> Price | None:
+    """A cloud backend's price for `model`: its configured `prices`, else the bundled list."""
+    return backend.prices.get(model) or lookup(backend.type, model)
 
 
 def lookup(provider: str, model: str) -> Price | None:

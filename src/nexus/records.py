@@ -44,6 +44,7 @@ class RequestRecord:
     tokens_cached: int | None = None  # of the prompt, served from the provider's cache
     cost_usd: float | None = None  # cloud requests only
     cost_flag: str = ""  # "" (priced from the usage), "estimated", or "cost_unknown"
+    completion_chars: int = 0  # text relayed from a cloud stream (its cost if usage never came)
     queue_wait_seconds: float | None = None  # time spent in the queue, if it waited
     privacy_zone: str = ""  # the request's zone (F13), once planned
     privacy_action: str = ""  # "blocked" (a zone rule kept backends out) | "stripped"

@@ -17,8 +17,10 @@ from nexus.routing.router import Router
 from nexus.transport import Transport
 
 if TYPE_CHECKING:
+    from nexus.budget import Budget
     from nexus.discovery import Discovery  # zeroconf is imported only when discovery is on
     from nexus.pipeline.wait import Queue
+    from nexus.store import Store
 
 
 @dataclass(eq=False)
@@ -33,6 +35,8 @@ class AppState:
     transport: Transport  # to backends, for traffic (probes have their own)
     discovery: Discovery | None = None  # set when discovery.enabled
     queue: Queue | None = None  # set when queuing.enabled
+    store: Store | None = None  # opened when a feature needs it (a budget)
+    budget: Budget | None = None  # set when budget.monthly_limit
     started: float = field(default_factory=time.monotonic)
     background: list[asyncio.Task[None]] = field(default_factory=list)
     requests: set[asyncio.Task[object]] = field(default_factory=set)  # proxied, in flight

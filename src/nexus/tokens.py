@@ -121,6 +121,13 @@ class _Encoder(Protocol):
 
 _lock = threading.Lock()
 _encoders: dict[str, _Encoder | None] = {}
+# Tokens counted so far, by how far they can be trusted (nexus_token_counts_total).
+COUNTED: dict[str, int] = {"exact": 0, "approximate": 0, "estimated": 0}
+
+
+def _counted(count: Count) -> Count:
+    COUNTED[count.method] += count.tokens
+    return count
 
 
 def estimate(chars: int) -> int:
@@ -254,8 +261,8 @@ def count_text(text: str, *, provider: str, model: str) -> Count:
     """Tokens in `text` as `model` on a `provider` backend would count them."""
     encoder, method, _ = _tokenizer(provider, model)
     if encoder is None:
-        return Count(estimate(len(text)), "estimated")
-    return Count(len(encoder.encode_ordinary(text)), method)
+        return _counted(Count(estimate(len(text)), "estimated"))
+    return _counted(Count(len(encoder.encode_ordinary(text)), method))
 
 
 @dataclass(slots=True)
@@ -283,9 +290,9 @@ def count_chat(body: dict[str, Any], *, provider: str, model: str) -> Count:
     tally.fixed += _REPLY_PRIMING
     _tally_tools(tally, _tool_definitions(body), _TOOL_FRAMING[name or "o200k_base"])
     if encoder is None:
-        return Count(estimate(sum(map(len, tally.texts))) + tally.fixed, "estimated")
+        return _counted(Count(estimate(sum(map(len, tally.texts))) + tally.fixed, "estimated"))
     tokens = sum(len(encoder.encode_ordinary(text)) for text in tally.texts) + tally.fixed
-    return Count(tokens, "approximate" if tally.approximate else method)
+    return _counted(Count(tokens, "approximate" if tally.approximate else method))
 
 
 def _image_tokens(provider: str, model: str) -> tuple[int, int]:

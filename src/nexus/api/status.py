@@ -108,6 +108,7 @@ def add_routes(router: Router, state: AppState) -> None:
     async def stats(request: Request) -> Response:
         data = state.metrics.stats(state.quality.stats())
         data["requests"]["in_flight"] = state.in_flight
+        data["budget"] = state.budget.stats() if state.budget is not None else None
         return Response.json(data)
 
     async def metrics(request: Request) -> Response:

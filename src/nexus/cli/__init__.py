@@ -6,6 +6,7 @@ import click
 
 from nexus import __version__
 from nexus.cli.admin import backends, health, models
+from nexus.cli.budget import budget
 from nexus.cli.config_cmd import config
 from nexus.cli.serve import serve
 
@@ -21,6 +22,7 @@ cli.add_command(backends)
 cli.add_command(models)
 cli.add_command(health)
 cli.add_command(config)
+cli.add_command(budget)
 
 
 def main() -> None:

@@ -49,6 +49,11 @@ def serve(
     }
     cfg = load_or_exit(config_path, overrides)
     from nexus import logs, server
+    from nexus.errors import StartupError
 
     logs.setup(cfg.logging)
-    server.run(cfg)
+    try:
+        server.run(cfg)
+    except StartupError as exc:
+        logs.flush()
+        raise click.ClickException(str(exc)) from None

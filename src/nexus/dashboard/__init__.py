@@ -101,6 +101,7 @@ class Dashboard:
         self.hub = Hub(state.registry, uptime=lambda: state.uptime_seconds)
         if state.queue is not None:
             self.hub.queue_depth = state.queue.depth
+        self.hub.budget = state.budget
         self.sites = sites
         state.recorder.sinks.append(self.hub.record)
         self.assets = load_assets()

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -29,6 +29,9 @@ from nexus import __version__
 from nexus.asgi import Receive, Send
 from nexus.records import RequestRecord
 from nexus.registry import Backend, BackendStatus, Registry
+
+if TYPE_CHECKING:
+    from nexus.budget import Budget
 
 log = logging.getLogger("nexus.dashboard")
 
@@ -199,6 +202,8 @@ class Hub:
         self.uptime = uptime
         self.queue_depth: Callable[[], Mapping[str, int]] | None = None  # set with a queue
         self._sent_queued: int | None = None
+        self.budget: Budget | None = None  # set with a budget
+        self._sent_budget: Json | None = None
         self.tick = tick
         self.registry_every = registry_every
         self.charts_every = charts_every
@@ -327,6 +332,18 @@ class Hub:
             "notices": list(self.notices),
             "charts": self.charts(),
             "queued": self.queued(),
+            "budget": self.budget_view(),
+        }
+
+    def budget_view(self) -> Json | None:
+        """This cycle's cloud spend against the limit (None: no budget)."""
+        if self.budget is None:
+            return None
+        budget = self.budget
+        return {
+            "spent": round(budget.spent, 2),
+            "limit": budget.limit,
+            "status": budget.status(),
         }
 
     def queued(self) -> int | None:
@@ -386,6 +403,9 @@ class Hub:
         queued = self.queued()
         if queued != self._sent_queued:
             self._sent_queued = message["queued"] = queued
+        budget = self.budget_view()
+        if budget != self._sent_budget:
+            self._sent_budget = message["budget"] = budget
         if len(message) == 3:
             return None
         return message

@@ -217,6 +217,10 @@ def summary(snap: Json) -> str:
         ("inflight", str(pending), "in flight", ""),
         ("uptime", fmt_duration(snap["uptime"]), "uptime", ""),
     ]
+    if (budget := snap.get("budget")) is not None:
+        level = {"hard-limit": "bad", "soft-limit": "warn"}.get(budget["status"], "")
+        spent = f"${budget['spent']:.2f} / ${budget['limit']:.2f}"
+        tiles.insert(4, ("budget", spent, f"cloud budget · {budget['status']}", level))
     if (queued := snap.get("queued")) is not None:
         tiles.insert(5, ("queued", str(queued), "waiting in queue", "warn" if queued else ""))
     return "".join(

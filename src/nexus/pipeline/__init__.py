@@ -121,6 +121,9 @@ class Pipeline:
         rid = ex.record.request_id
         if not ex.started:
             assert error is not None
+            if self.state.budget is not None:  # on every answer while a budget is set
+                for name, value in self.state.budget.headers():
+                    error.headers[name.decode()] = value.decode()
             if inbound is None:
                 await respond_error(send, error, rid)
             else:

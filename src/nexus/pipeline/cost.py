@@ -11,6 +11,7 @@ from nexus import pricing, tokens
 from nexus.pricing import Price
 from nexus.records import RequestRecord
 from nexus.registry import Backend
+from nexus.routing.requirements import Requirements
 
 log = logging.getLogger("nexus")
 
@@ -20,13 +21,14 @@ class Costs:
         self._unknown: set[tuple[str, str]] = set()  # logged once each
 
     def price(self, backend: Backend, model: str) -> Price | None:
-        return backend.prices.get(model) or pricing.lookup(backend.type, model)
+        return pricing.price_for(backend, model)
 
     def charge(
-        self, record: RequestRecord, backend: Backend, model: str, prompt_chars: int
+        self, record: RequestRecord, backend: Backend, model: str, req: Requirements
     ) -> None:
         """Set the record's cost from its usage; without usage (a stream cut early), from the
-        prompt's size, flagged ``estimated``; without a price, 0 flagged ``cost_unknown``."""
+        counted prompt (else its size) and the text relayed so far, flagged ``estimated``;
+        without a price, 0 flagged ``cost_unknown``."""
         if not backend.cloud:
             return
         price = self.price(backend, model)
@@ -43,12 +45,19 @@ class Costs:
             return
         prompt = record.tokens_prompt
         if prompt is None:
-            prompt = tokens.estimate(prompt_chars)
+            prompt = req.prompt_tokens
+            if prompt is None:
+                prompt = tokens.estimate(req.prompt_chars)
             record.cost_flag = "estimated"
+        completion = record.tokens_completion
+        if completion is None:
+            completion = tokens.estimate(record.completion_chars)
+            if completion:
+                record.cost_flag = "estimated"
         record.cost_usd = pricing.cost(
             price,
             prompt_tokens=prompt,
-            completion_tokens=record.tokens_completion or 0,
+            completion_tokens=completion,
             cached_tokens=record.tokens_cached or 0,
         )
 

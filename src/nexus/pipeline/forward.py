@@ -298,7 +298,7 @@ class Forwarder:
             raw = orjson.dumps(parsed)
         record = ex.record
         record.usage(outbound.usage(parsed))
-        self.costs.charge(record, route.backend, route.model, ex.requirements.prompt_chars)
+        self.costs.charge(record, route.backend, route.model, ex.requirements)
         self.registry.update_latency(route.backend, (time.perf_counter() - sent) * 1000)
         return Reply(200, raw, self.route_headers(ex, route, record.cost_usd), native=ex.native)
 
@@ -323,7 +323,7 @@ class Forwarder:
         await ex.send({"type": "http.response.start", "status": 200, "headers": head})
         ex.started = True
         error = await relay.pump(ex.send, events)
-        self.costs.charge(record, backend, route.model, ex.requirements.prompt_chars)
+        self.costs.charge(record, backend, route.model, ex.requirements)
         if error is None:
             self.registry.update_latency(backend, first_ms)
         elif isinstance(error, BackendError):
@@ -348,6 +348,8 @@ class Forwarder:
             headers.append((b"x-nexus-context-stripped", b"true"))
         if (waited := ex.record.queue_wait_seconds) is not None:
             headers.append((b"x-nexus-queue-wait-ms", str(round(waited * 1000)).encode()))
+        if self.router.budget is not None:
+            headers += self.router.budget.headers()
         if cost is not None:
             headers.append((b"x-nexus-cost-estimated", f"{cost:.6f}".encode()))
         return headers

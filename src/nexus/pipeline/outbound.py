@@ -19,7 +19,7 @@ from nexus.dialects import StreamFailed, anthropic, gemini
 from nexus.errors import BackendBadResponse, NexusError
 from nexus.pipeline.exchange import Exchange
 from nexus.pipeline.inbound import Inbound
-from nexus.pipeline.relay import OpenAIStream, Translation, parse_event
+from nexus.pipeline.relay import OpenAIStream, Translation, delta_chars, parse_event
 from nexus.routing.router import Route
 from nexus.transport.sse import event_data
 
@@ -78,6 +78,7 @@ class OpenAIOutbound:
             route.backend.name,
             requested if route.model != requested else None,
             strip=not ex.requirements.include_usage,
+            count=route.backend.cloud,
         )
 
     def usage(self, answer: dict[str, Any]) -> Any:
@@ -195,6 +196,8 @@ class ForeignStream:
                     f"backend '{self.backend}' reported an error mid-stream: {exc}",
                     logged=f"backend '{self.backend}' reported an error mid-stream",
                 ) from None
+            for chunk in chunks:
+                self.record.completion_chars += delta_chars(chunk)
             out += _frames(chunks)
             if self.closes_on_finish and self.translator.finished:
                 out.append(self._close())
@@ -209,6 +212,7 @@ class ForeignStream:
         if self.done:
             return b"", None
         if not self.translator.finished:
+            self.record.usage(self.translator.usage)  # what came (the prompt's, usually)
             return b"", BackendBadResponse(f"backend '{self.backend}' ended the stream early")
         return b"".join(_frames(self.translator.finish())) + self._close(), None
 

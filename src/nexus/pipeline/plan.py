@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from nexus import logs
+from nexus import logs, tokens
 from nexus.asgi import Scope
 from nexus.config import QueuingConfig
 from nexus.errors import InvalidRequest
@@ -66,6 +66,8 @@ class Planner:
         record.stream = req.stream
         mode, session = routing_headers(ex.scope, ex, self.priority_header)
         plan = ex.plan = self.router.plan(req.model, req, mode)
+        if self.router.budget is not None and req.is_chat:
+            count_prompt(ex, self.router)
         if plan.sticky:
             plan.conversation, plan.continued = conversation_key(plan.models[0], ex.body, session)
 
@@ -85,6 +87,21 @@ class Planner:
         ex.body = openai
         ex.raw = orjson.dumps(openai)
         return ex.endpoint.inspect(openai)
+
+
+def count_prompt(ex: Exchange, router: Router) -> None:
+    """With a budget, a chat a cloud backend may serve has its prompt counted by that
+    provider's tokenizer: the cost estimate that keeps the budget, and the fallback cost of a
+    stream cut before its usage came. Local-only traffic is never tokenized."""
+    req, plan = ex.requirements, ex.plan
+    assert plan is not None
+    for model in plan.models:
+        for backend in router.registry.get_backends_for_model(model):
+            if backend.cloud:
+                req.prompt_tokens = tokens.count_chat(
+                    ex.body, provider=backend.type, model=model
+                ).tokens
+                return
 
 
 def routing_headers(

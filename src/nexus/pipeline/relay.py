@@ -58,14 +58,22 @@ class OpenAIStream:
     once), the model renamed when an alias or fallback served, usage noted for the record,
     and the usage-only chunk dropped when Nexus asked for it on the client's behalf."""
 
-    __slots__ = ("backend", "done", "record", "rename", "strip_usage")
+    __slots__ = ("backend", "count", "done", "record", "rename", "strip_usage")
     framing = "sse"
 
-    def __init__(self, record: RequestRecord, backend: str, rename: str | None, strip: bool):
+    def __init__(
+        self,
+        record: RequestRecord,
+        backend: str,
+        rename: str | None,
+        strip: bool,
+        count: bool = False,
+    ) -> None:
         self.record = record
         self.backend = backend
         self.rename = rename  # the model name the client asked for, when it differs
         self.strip_usage = strip
+        self.count = count  # note the text relayed (a cloud stream: its cost if cut)
         self.done = False
 
     def convert(self, blocks: list[bytes]) -> bytes:
@@ -82,6 +90,8 @@ class OpenAIStream:
                 out.append(b"data: [DONE]\n\n")
                 continue
             chunk = parse_event(data, self.backend)
+            if self.count:
+                self.record.completion_chars += delta_chars(chunk)
             if b'"usage"' in data and isinstance(chunk.get("usage"), dict):
                 self.record.usage(chunk["usage"])
                 if self.strip_usage and chunk.get("choices") == []:
@@ -96,6 +106,22 @@ class OpenAIStream:
         if self.done:
             return b"", None
         return b"", BackendBadResponse(f"backend '{self.backend}' ended the stream without [DONE]")
+
+
+def delta_chars(chunk: dict[str, Any]) -> int:
+    """Characters of text an OpenAI chunk carries (its content and reasoning deltas)."""
+    choices = chunk.get("choices")
+    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+        return 0
+    delta = choices[0].get("delta")
+    if not isinstance(delta, dict):
+        return 0
+    chars = 0
+    for key in ("content", "reasoning_content"):
+        text = delta.get(key)
+        if isinstance(text, str):
+            chars += len(text)
+    return chars
 
 
 def parse_event(data: bytes, backend: str) -> dict[str, Any]:

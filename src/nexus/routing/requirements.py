@@ -32,6 +32,8 @@ class Requirements:
     embeddings: bool = False
     completions: bool = False  # legacy /v1/completions: only backends that serve it
     only_type: str | None = None  # only backends of this type (a request only they can serve)
+    max_tokens: int = 0  # the completion's limit, as the client set it (0: none)
+    prompt_tokens: int | None = None  # counted by the tokenizer registry (with a budget)
 
     @property
     def is_plain_chat(self) -> bool:
@@ -165,6 +167,7 @@ def inspect_chat(body: Any) -> Requirements:
         model=model,
         estimated_tokens=chars // 4 + (max_completion or max_tokens or 0),
         prompt_chars=chars,
+        max_tokens=max_completion or max_tokens or 0,
         needs_vision=vision,
         needs_tools=bool(tools),
         needs_json_mode=fmt is not None and fmt["type"] in JSON_FORMATS,
@@ -209,6 +212,7 @@ def inspect_completions(body: Any) -> Requirements:
         model=model,
         estimated_tokens=chars // 4 + max_tokens,
         prompt_chars=chars,
+        max_tokens=max_tokens,
         stream=body.get("stream") or False,
         include_usage=bool(options.get("include_usage")),
         completions=True,

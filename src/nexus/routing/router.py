@@ -20,8 +20,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from nexus.budget import NORMAL, Budget
 from nexus.config import RoutingConfig, WeightsConfig
-from nexus.errors import InvalidRequest, ModelNotFound, NexusError, NoHealthyBackend, RateLimited
+from nexus.errors import (
+    BudgetExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    NexusError,
+    NoHealthyBackend,
+    RateLimited,
+)
 from nexus.quality import QualityTracker
 from nexus.registry import Backend, BackendStatus, DiscoverySource, Model, Registry
 from nexus.routing import aliases, privacy, tiers
@@ -75,6 +83,7 @@ class Plan:
     # restricted backends may serve this request, whatever failover or fallback follows.
     zone: str = OPEN
     zone_blocked: int = 0  # backends of the other zone a zone rule kept from serving it
+    budget_blocked: int = 0  # cloud backends the budget kept from serving it
     required_tier: int = tiers.DEFAULT_TIER  # nothing weaker may answer
     mode: str = ""  # "" | "strict" | "flexible" (the client's headers)
     overflow: bool = False  # fresh-context overflow to the open zone is allowed
@@ -172,6 +181,7 @@ class Router:
         # With the queue on, a backend at capacity takes no more: the request waits (Busy).
         # Off, it takes them all the same (into its own queue), as before there was one.
         self.queueing = queueing
+        self.budget: Budget | None = None  # set when a budget is configured (F14)
         self.affinity = Affinity(config.affinity_ttl_seconds, config.affinity_max_conversations)
         self.fresh_context = config.privacy.cross_zone_overflow == privacy.FRESH_CONTEXT
         self._rotation = itertools.count()
@@ -230,7 +240,29 @@ class Router:
             if plan.full and not plan.panic and (plan.substituted or plan.mode != FLEXIBLE):
                 raise self._full(plan)
             if not self._widen(plan, req):
+                if plan.budget_blocked and self.budget is not None:
+                    raise self._over_budget(plan, self.budget)
                 raise self._no_route(plan, req)
+
+    def _over_budget(self, plan: Plan, budget: Budget) -> Exception:
+        """Only a cloud backend could serve, and the budget says no: the admin's action."""
+        until = budget.cycle_end.date().isoformat()
+        if budget.action == "queue" and self.queueing:
+            return Busy([], 0.0)  # waits for local capacity (a backend that comes up)
+        context = {
+            **self._context(plan),
+            "budget_status": budget.status(),
+            "budget_remaining_usd": round(budget.remaining, 6),
+        }
+        details = "; ".join(f"{name}: {why}" for name, why in plan.excluded.items())
+        message = (
+            f"no local backend can serve model '{plan.requested}' and the monthly budget keeps "
+            f"cloud backends out (${budget.spent:.2f} of ${budget.limit:.2f} spent; the cycle "
+            f"resets on {until}; excluded: {details})"
+        )
+        if budget.action == "reject":
+            return BudgetExceeded(message, budget.seconds_to_reset(), context=context)
+        return NoHealthyBackend(message, context=context)
 
     def _full(self, plan: Plan) -> Exception:
         now = time.monotonic()
@@ -273,6 +305,8 @@ class Router:
         zone = OPEN if plan.overflowing else plan.zone
         if plan.full:
             plan.full.clear()
+        # Past the soft limit, a cloud backend serves only when no local one can.
+        thrifty = self.budget is not None and self.budget.status() != NORMAL
         for index, model in enumerate(plan.models):
             holders = self.registry.get_backends_for_model(model)
             if tried:
@@ -284,6 +318,8 @@ class Router:
             candidates = self._candidates(plan, model, holders, req, zone)
             if not candidates:
                 continue
+            if thrifty:
+                candidates = [b for b in candidates if not b.cloud] or candidates
             ready = [b for b in candidates if not self._full_now(b, now)]
             if not ready:
                 plan.full += candidates
@@ -444,6 +480,12 @@ class Router:
                 plan.excluded[backend.name] = f"{model}: tier {tier} < required {required}"
                 self._warn_tier(plan, model, tier)
                 continue
+            if backend.cloud and self.budget is not None:
+                refused = self.budget.refuses(backend, model, req)
+                if refused is not None:
+                    plan.excluded[backend.name] = refused
+                    plan.budget_blocked += 1
+                    continue
             if not plain and not serves_kind(backend, req):
                 plan.excluded[backend.name] = f"{backend.type} backends cannot serve this request"
                 continue

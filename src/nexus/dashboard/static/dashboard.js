@@ -23,6 +23,7 @@
     uptimeClock: 0,
     offset: 0, // server clock - client clock, seconds
     queued: null, // requests waiting in the queue (null: no queue)
+    budget: null, // {spent, limit, status} (null: no budget)
   };
 
   // -- DOM helpers ------------------------------------------------------------------------------
@@ -205,6 +206,11 @@
       ["inflight", String(pending), "in flight", ""],
       ["uptime", fmtDuration(uptime), "uptime", ""],
     ];
+    if (state.budget) {
+      const b = state.budget;
+      const lvlB = b.status === "hard-limit" ? "bad" : b.status === "soft-limit" ? "warn" : "";
+      tiles.splice(4, 0, ["budget", `$${b.spent.toFixed(2)} / $${b.limit.toFixed(2)}`, `cloud budget · ${b.status}`, lvlB]);
+    }
     if (state.queued !== null && state.queued !== undefined) {
       tiles.splice(5, 0, ["queued", String(state.queued), "waiting in queue", state.queued ? "warn" : ""]);
     }
@@ -435,6 +441,7 @@
     state.uptimeAt = msg.uptime || 0;
     state.uptimeClock = Date.now() / 1000;
     state.queued = msg.queued;
+    state.budget = msg.budget || null;
     renderAll();
   }
 
@@ -449,6 +456,7 @@
     if (msg.charts) state.charts = msg.charts;
     if (msg.history) addHistory(msg.history);
     if ("queued" in msg) state.queued = msg.queued;
+    if ("budget" in msg) state.budget = msg.budget;
     if (msg.notices && msg.notices.length) {
       state.notices.push(...msg.notices);
       state.notices.splice(0, Math.max(0, state.notices.length - 20));
@@ -458,7 +466,7 @@
     if (backendsChanged && !msg.charts) renderTraffic(); // the legend lists every backend
     if (backendsChanged || msg.charts) renderBackends();
     if (backendsChanged) renderMatrix();
-    if (backendsChanged || msg.charts || msg.history || "queued" in msg) renderSummary();
+    if (backendsChanged || msg.charts || msg.history || "queued" in msg || "budget" in msg) renderSummary();
   }
 
   function handle(msg) {

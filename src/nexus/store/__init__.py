@@ -1,0 +1,68 @@
+"""The state store: what Nexus keeps across restarts and shares between replicas.
+
+One interface, :class:`Store`, for every feature that keeps state (cloud spend today; keys,
+usage and limits with tenants). The embedded default is a SQLite file (``sqlite.py``); the
+interface is async and coarse (a batch of rows in, totals out) so that another engine, such
+as Redis for several replicas, fits behind it without touching callers.
+
+Callers never make a request wait on the store: they buffer what they write and flush it
+from their own background task (about once a second), and they keep in memory what the
+request path reads, refreshed after each flush.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from nexus.config import StorageConfig
+
+
+@dataclass(slots=True)
+class SpendRow:
+    """Cloud spend of one billing cycle, one backend and one model (added up)."""
+
+    cycle: str  # the cycle's first day, YYYY-MM-DD
+    backend: str
+    model: str
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, other: SpendRow) -> None:
+        self.requests += other.requests
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.cost_usd += other.cost_usd
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Create or migrate; raises StartupError with a one-line reason."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def add_spend(self, rows: list[SpendRow]) -> None:
+        """Add the rows to what is stored (several writers may add at once)."""
+        ...
+
+    async def spend(self, cycle: str) -> list[SpendRow]:
+        """Every row of a cycle, as all writers added them up."""
+        ...
+
+
+def default_path() -> Path:
+    """$XDG_DATA_HOME/nexus/nexus.db, else ~/.local/share/nexus/nexus.db."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local/share")
+    return Path(base) / "nexus" / "nexus.db"
+
+
+def open_store(config: StorageConfig) -> Store:
+    """The store the config names (not opened yet)."""
+    from nexus.store.sqlite import SQLiteStore
+
+    return SQLiteStore(Path(config.path).expanduser() if config.path else default_path())

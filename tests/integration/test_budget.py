@@ -1,0 +1,264 @@
+"""The monthly budget (F14) through ``nexus serve``'s wiring: a fake OpenAI cloud priced by
+config (every token a cent), a fake local vLLM, the ``openai`` SDK as the client, a real
+SQLite file, and the budget's clock injected where time matters."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from nexus import tokens
+from tests.fakes import FakeModel, FakeOpenAI, FakeVLLM
+from tests.helpers import Nexus, backend_entry, nexus_cli, running_nexus, spawn_nexus, write_config
+
+CENT = {"input": 10000.0, "output": 10000.0}  # USD per million tokens: a cent a token
+MSG: list[Any] = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_CLOUD_KEY", "sk-cloud-0123456789")
+
+
+def cloud_entry(fake: FakeOpenAI, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "cloud",
+        "url": fake.url,
+        "type": "openai",
+        "api_key_env": "TEST_CLOUD_KEY",
+        "priority": 1,  # preferred over the local box while the budget allows
+        "prices": {"cloud-only": CENT, "shared": CENT},
+        **extra,
+    }
+
+
+def sections(tmp_path: Path, **budget: Any) -> dict[str, Any]:
+    return {
+        "budget": {"monthly_limit": 1.0, "soft_limit_percent": 50, **budget},
+        "storage": {"path": str(tmp_path / "nexus.db")},
+    }
+
+
+@asynccontextmanager
+async def lab(tmp_path: Path, **budget: Any) -> AsyncIterator[tuple[Nexus, FakeVLLM, FakeOpenAI]]:
+    async with (
+        FakeVLLM([FakeModel("shared")]) as box,
+        FakeOpenAI([FakeModel("cloud-only"), FakeModel("shared")]) as cloud,
+    ):
+        backends = [backend_entry(box, "box", "vllm", zone="open"), cloud_entry(cloud)]
+        async with running_nexus(tmp_path, backends, **sections(tmp_path, **budget)) as nexus:
+            yield nexus, box, cloud
+
+
+async def ask(nexus: Nexus, model: str = "cloud-only", **extra: Any) -> Any:
+    return await nexus.client.chat.completions.with_raw_response.create(
+        model=model, messages=MSG, **extra
+    )
+
+
+def cost_of(reply: Any) -> float:
+    usage = reply.parse().usage
+    return (usage.prompt_tokens + usage.completion_tokens) / 100
+
+
+async def spend_past(nexus: Nexus, status: str) -> list[float]:
+    """Cloud requests until the budget reaches ``status`` (for the hard limit: until the
+    cloud is refused, which may come a request before, when that request would cross it);
+    their costs."""
+    costs = []
+    for _ in range(20):
+        try:
+            reply = await ask(nexus, extra_headers={"X-Nexus-Queue-Timeout": "0.2"})
+        except openai.APIStatusError:
+            if status == "hard-limit":
+                return costs
+            raise
+        costs.append(cost_of(reply))
+        nexus.state.recorder.flush()
+        if nexus.state.budget and nexus.state.budget.status() == status:
+            return costs
+    raise AssertionError(f"never reached {status}")
+
+
+async def test_soft_limit_prefers_local_and_the_hard_limit_keeps_cloud_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with lab(tmp_path) as (nexus, _, _):
+        reply = await ask(nexus, "shared")
+        assert reply.headers["x-nexus-backend"] == "cloud"  # normal: the admin's priority
+        assert reply.headers["x-nexus-budget-status"] == "normal"
+        before = float(reply.headers["x-nexus-budget-remaining"]) - cost_of(reply)
+        costs = await spend_past(nexus, "soft-limit")
+        reply = await ask(nexus, "shared")
+        assert reply.headers["x-nexus-backend"] == "box"  # soft: local preferred
+        assert reply.headers["x-nexus-budget-status"] == "soft-limit"
+        assert float(reply.headers["x-nexus-budget-remaining"]) == pytest.approx(
+            before - sum(costs), abs=1e-4
+        )
+        assert (await ask(nexus)).headers["x-nexus-backend"] == "cloud"  # nothing local has it
+        await spend_past(nexus, "hard-limit")
+        with pytest.raises(openai.APIStatusError) as caught:
+            await ask(nexus)
+        error = caught.value.response.json()["error"]
+        assert caught.value.status_code == 503 and error["code"] == "no_healthy_backend"
+        assert error["context"]["budget_status"] in ("soft-limit", "hard-limit")
+        assert "monthly budget keeps cloud backends out" in error["message"]
+        status = error["context"]["budget_status"]
+        assert caught.value.response.headers["x-nexus-budget-status"] == status
+        reply = await ask(nexus, "shared")
+        assert reply.headers["x-nexus-backend"] == "box"
+        warnings = [r.getMessage() for r in caplog.records if r.name == "nexus.budget"]
+        assert len(warnings) == {"soft-limit": 1, "hard-limit": 2}[status]  # one per crossing
+        # Visible: /v1/stats, /metrics, the CLI, the dashboard.
+        _, stats, _ = await nexus.get("/v1/stats")
+        budget = stats["budget"]
+        assert budget["limit_usd"] == 1.0 and budget["spent_usd"] > 0.9
+        assert budget["status"] == status
+        assert budget["by_backend_model"][0]["backend"] == "cloud"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(nexus.url + "/metrics") as resp:
+                text = await resp.text()
+        level = {"soft-limit": "1.0", "hard-limit": "2.0"}[status]
+        assert f"nexus_budget_status {level}" in text and "nexus_budget_limit_usd 1.0" in text
+        assert 'nexus_cost_usd_total{backend="cloud"' in text
+        code, out, _ = await nexus_cli("budget", "--url", nexus.url)
+        assert code == 0 and f"Status: {status}" in out and "cloud-only" in out
+        _, snap, _ = await nexus.get("/dashboard.json")
+        assert snap["budget"]["status"] == status
+
+
+async def test_reject_answers_429_until_the_cycle_resets(tmp_path: Path) -> None:
+    async with lab(tmp_path, hard_limit_action="reject", billing_cycle_day=20) as (nexus, _, _):
+        budget = nexus.state.budget
+        assert budget is not None
+        budget.clock = lambda: datetime(2027, 1, 19, 23, 0, tzinfo=UTC)  # an hour to the reset
+        budget.cycle_start, budget.cycle_end = (
+            datetime(2026, 12, 20, tzinfo=UTC),
+            datetime(2027, 1, 20, tzinfo=UTC),
+        )
+        await spend_past(nexus, "hard-limit")
+        with pytest.raises(openai.RateLimitError) as caught:
+            await ask(nexus)
+        assert caught.value.response.json()["error"]["code"] == "budget_exceeded"
+        assert caught.value.response.headers["retry-after"] == "3600"
+        assert (await ask(nexus, "shared")).headers["x-nexus-backend"] == "box"
+        # The new cycle: the cloud serves again.
+        budget.clock = lambda: datetime(2027, 1, 20, 0, 0, 1, tzinfo=UTC)
+        reply = await ask(nexus)
+        assert reply.headers["x-nexus-backend"] == "cloud"
+        assert reply.headers["x-nexus-budget-status"] == "normal"
+
+
+async def test_queue_makes_cloud_bound_requests_wait_for_local_capacity(tmp_path: Path) -> None:
+    async with lab(tmp_path, hard_limit_action="queue") as (nexus, _, _):
+        await spend_past(nexus, "hard-limit")
+        started = time.perf_counter()
+        with pytest.raises(openai.APIStatusError) as caught:
+            await ask(nexus, extra_headers={"X-Nexus-Queue-Timeout": "0.3"})
+        assert caught.value.response.json()["error"]["code"] == "queue_timeout"
+        assert time.perf_counter() - started >= 0.3  # it waited
+        assert (await ask(nexus, "shared")).headers["x-nexus-backend"] == "box"
+
+
+async def test_a_request_that_would_cross_the_limit_is_over_it(tmp_path: Path) -> None:
+    async with lab(tmp_path, soft_limit_percent=100) as (nexus, _, cloud):
+        await ask(nexus, max_tokens=10)  # ~22 tokens: 0.22 of 1.00
+        served = len(cloud.chat_requests)
+        with pytest.raises(openai.APIStatusError) as caught:
+            await ask(nexus, max_tokens=500)  # could cost up to $5: more than is left
+        assert "would cross the monthly limit" in caught.value.response.json()["error"]["message"]
+        assert len(cloud.chat_requests) == served  # never sent
+        assert (await ask(nexus, max_tokens=10)).headers["x-nexus-backend"] == "cloud"
+
+
+async def test_without_a_budget_nothing_is_stored_or_tokenized(tmp_path: Path) -> None:
+    async with FakeVLLM([FakeModel("shared")]) as box:
+        storage = {"path": str(tmp_path / "nexus.db")}
+        async with running_nexus(
+            tmp_path, [backend_entry(box, "box", "vllm")], storage=storage
+        ) as (nexus):
+            counted = dict(tokens.COUNTED)
+            reply = await ask(nexus, "shared")
+            assert "x-nexus-budget-status" not in reply.headers
+            assert counted == tokens.COUNTED
+            _, stats, _ = await nexus.get("/v1/stats")
+            assert stats["budget"] is None
+        assert not (tmp_path / "nexus.db").exists()
+
+
+async def test_spend_survives_a_restart_of_nexus_serve(tmp_path: Path) -> None:
+    async with FakeOpenAI([FakeModel("cloud-only")]) as cloud:
+        config = write_config(tmp_path, [cloud_entry(cloud)], **sections(tmp_path))
+        env = {"TEST_CLOUD_KEY": "sk-cloud-0123456789"}
+        total = 0.0
+        async with spawn_nexus(config, env=env) as first:
+            await first.wait_healthy()
+            client = openai.AsyncOpenAI(base_url=first.url + "/v1", api_key="x", max_retries=0)
+            for _ in range(2):
+                reply = await client.chat.completions.with_raw_response.create(
+                    model="cloud-only", messages=MSG
+                )
+                total += cost_of(reply)
+            await client.close()
+        async with spawn_nexus(config, env=env) as second:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(second.url + "/v1/stats") as resp:
+                    stats = await resp.json()
+        assert stats["budget"]["spent_usd"] == pytest.approx(total, abs=1e-6)
+
+
+async def test_kill_9_loses_at_most_the_last_second_of_spend(tmp_path: Path) -> None:
+    async with FakeOpenAI([FakeModel("cloud-only")]) as cloud:
+        sections_ = sections(tmp_path)
+        sections_["budget"]["monthly_limit"] = 1000.0
+        config = write_config(tmp_path, [cloud_entry(cloud)], **sections_)
+        env = {"TEST_CLOUD_KEY": "sk-cloud-0123456789"}
+        answered: list[tuple[float, float]] = []  # (when, cost)
+        async with spawn_nexus(config, env=env) as nexus:
+            await nexus.wait_healthy()
+            client = openai.AsyncOpenAI(base_url=nexus.url + "/v1", api_key="x", max_retries=0)
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                reply = await client.chat.completions.with_raw_response.create(
+                    model="cloud-only", messages=MSG
+                )
+                answered.append((time.monotonic(), cost_of(reply)))
+            killed = time.monotonic()
+            os.kill(nexus.proc.pid, signal.SIGKILL)
+            await nexus.proc.wait()
+            await client.close()
+        db = sqlite3.connect(tmp_path / "nexus.db")
+        stored = db.execute("SELECT coalesce(sum(cost_usd), 0) FROM spend").fetchone()[0]
+        db.close()
+        lost = sum(cost for _, cost in answered) - stored
+        assert lost >= -1e-9  # never more than was spent
+        # What was answered before the last flush interval (and a little slack) is stored.
+        safe = sum(cost for when, cost in answered if when < killed - 1.0 - 0.25)
+        assert stored >= safe - 1e-9, (stored, safe, len(answered))
+        assert len(answered) > 10
+        await asyncio.sleep(0)
+
+
+async def test_a_corrupt_store_stops_nexus_serve_with_one_line(tmp_path: Path) -> None:
+    async with FakeOpenAI([FakeModel("cloud-only")]) as cloud:
+        config = write_config(tmp_path, [cloud_entry(cloud)], **sections(tmp_path))
+        (tmp_path / "nexus.db").write_bytes(b"not a database " * 1000)
+        code, _, err = await nexus_cli(
+            "serve", "-c", str(config), env={"TEST_CLOUD_KEY": "sk-cloud-0123456789"}
+        )
+        assert code != 0
+        errors = [line for line in err.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and "not a SQLite database" in errors[0], err
+        assert "Traceback" not in err
