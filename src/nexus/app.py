@@ -129,7 +129,8 @@ class App:
         if state.budget is not None:
             await state.budget.start()
             # The tokenizer's encodings load in ~0.6 s: not on the first request's time.
-            state.background.append(asyncio.create_task(_preload_tokenizers()))
+            providers = sorted({b.type for b in state.registry if b.cloud})
+            state.background.append(asyncio.create_task(_preload_tokenizers(providers)))
         await state.health.start()
         await self.dashboard.hub.start()
         if state.discovery is not None:
@@ -158,8 +159,8 @@ class App:
         await self.dashboard.hub.stop()
 
 
-async def _preload_tokenizers() -> None:
-    await asyncio.to_thread(tokens.preload)
+async def _preload_tokenizers(providers: list[str]) -> None:
+    await asyncio.to_thread(tokens.preload, providers)
 
 
 def _probe_pool(config: Config) -> Pool:

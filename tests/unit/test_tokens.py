@@ -428,3 +428,13 @@ def test_importing_nexus_loads_no_tokenizer_or_price_package() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_preload_loads_only_what_the_providers_need(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded: list[str] = []
+    monkeypatch.setattr(tokens, "_encoder", lambda name: loaded.append(name) or object())
+    assert tokens.preload(["google", "anthropic"]) is True
+    assert loaded == ["cl100k_base"]
+    loaded.clear()
+    assert tokens.preload(["openai", "anthropic"]) is True
+    assert loaded == ["cl100k_base", "o200k_base"]
