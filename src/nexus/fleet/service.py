@@ -218,8 +218,8 @@ class Fleet:
         busy = in_flight(backend, model)
         if busy:
             raise Conflict(
-                f"{model} on {backend.name} is serving {busy} request(s) (Nexus counts them "
-                "per backend): try again when they finish; an unload never cuts a request",
+                f"unloading {model} from {backend.name} now could cut {busy} request(s) in "
+                "flight there: try again when they finish (an unload never cuts a request)",
                 context={"in_flight": busy},
             )
 
