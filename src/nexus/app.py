@@ -16,14 +16,17 @@ import asyncio
 import logging
 
 from nexus import logs, tokens
-from nexus.api import admin, foreign, proxied, status
+from nexus.api import admin, foreign, proxied, status, tenants
+from nexus.api.gate import Gate
 from nexus.asgi import ASGIApp, Receive, Scope, Send
 from nexus.asgi.guards import Sites
+from nexus.asgi.io import respond_error
 from nexus.asgi.routes import Router
 from nexus.backends import ProbeClient, auth, make_adapters
 from nexus.budget import Budget
 from nexus.config import Config
 from nexus.dashboard import Dashboard
+from nexus.errors import NexusError
 from nexus.health import HealthChecker
 from nexus.metrics import Metrics
 from nexus.pipeline import Pipeline
@@ -39,6 +42,7 @@ from nexus.routing.limits import TokenBucket
 from nexus.routing.router import Router as ModelRouter
 from nexus.state import AppState
 from nexus.store import open_store
+from nexus.tenants.service import Tenants
 from nexus.transport import TLS, Pool
 
 log = logging.getLogger("nexus")
@@ -97,22 +101,40 @@ class App:
         foreign.ForeignListings(state).add_routes(self.router)
         sites = dashboard.sites
         admin.Admin(state, sites).add_routes(self.router)
+        tenants.TenantsAdmin(state, sites).add_routes(self.router)
         dashboard.add_routes(self.router)
+        self.gate = Gate(state.tenants) if state.tenants is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             hot = self.hot.get(scope["path"])
             if hot is not None and scope["method"] == "POST":
-                await hot(scope, receive, send)
-            else:
+                await hot(scope, receive, send)  # (the pipeline checks the key itself)
+            elif self.gate is None or await self._pass(scope, send):
                 await self.router(scope, receive, send)
         elif kind == "websocket":
-            if scope["path"] == "/ws":
+            if scope["path"] == "/ws" and self.gate is not None and not await self._pass(scope):
+                await send({"type": "websocket.close", "code": 1008})
+            elif scope["path"] == "/ws":
                 await self.dashboard.websocket(scope, receive, send)
             else:
                 await receive()
                 await send({"type": "websocket.close", "code": 1008})
+
+    async def _pass(self, scope: Scope, send: Send | None = None) -> bool:
+        """Auth on: whether the caller may reach a cold endpoint; if not, it was answered."""
+        assert self.gate is not None
+        try:
+            instead = self.gate.check(scope)
+        except NexusError as exc:
+            if send is not None:
+                await respond_error(send, exc)
+            return False
+        if instead is not None and send is not None:
+            await instead(send)
+            return False
+        return True
 
     async def startup(self) -> None:
         state = self.state
@@ -128,6 +150,8 @@ class App:
             await state.store.open()  # (StartupError: a corrupt or locked file, in one line)
         if state.budget is not None:
             await state.budget.start()
+        if state.tenants is not None:
+            await state.tenants.start()
             # The tokenizer's encodings load in ~0.6 s: not on the first request's time.
             providers = sorted({b.type for b in state.registry if b.cloud})
             state.background.append(asyncio.create_task(_preload_tokenizers(providers)))
@@ -150,6 +174,8 @@ class App:
         state.recorder.flush()  # the last requests' records, before the log's last flush
         if state.budget is not None:
             await state.budget.stop()  # the last spend written: a clean stop loses nothing
+        if state.tenants is not None:
+            await state.tenants.stop()  # and the last usage
         if state.store is not None:
             await state.store.close()
         logs.flush()
@@ -208,11 +234,23 @@ def build_app(config: Config) -> App:
         from nexus.discovery import Discovery
 
         state.discovery = Discovery(registry, config.discovery, health)
+    storage = config.storage
+    if config.budget.monthly_limit or config.auth.enabled:
+        state.store = open_store(storage)
     if config.budget.monthly_limit:
-        state.store = open_store(config.storage)
-        state.budget = Budget(config.budget, state.store, config.storage.flush_interval_seconds)
+        assert state.store is not None
+        state.budget = Budget(config.budget, state.store, storage.flush_interval_seconds)
         router.budget = metrics.budget = state.budget
         recorder.sinks.append(state.budget.charge)
+    if config.auth.enabled:
+        assert state.store is not None
+        state.tenants = Tenants(
+            config.auth,
+            state.store,
+            flush_seconds=storage.flush_interval_seconds,
+            cycle_day=config.budget.billing_cycle_day,
+        )
+        recorder.sinks.append(state.tenants.record)
     attempts = 1 + config.routing.max_retries
     if queuing.enabled:
         state.queue = Queue(queuing, registry, router, attempts)

@@ -347,12 +347,49 @@ class QueuingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantConfig:
+    name: str = setting("", "Tenant name (letters, digits, . _ -).", required=True)
+    key_env: str = setting(
+        "",
+        "Environment variable holding this tenant's API key (never the key itself).",
+        required=True,
+    )
+    models: list[str] = setting([], 'Models it may use, glob patterns (e.g. "llama3*"); empty: all.')
+    rpm: int = setting(0, "Requests per minute (0: no limit).", min=0)
+    burst: int = setting(0, "Requests at once after a quiet spell (0: rpm).", min=0)
+    tpm: int = setting(0, "Tokens per minute, prompt and completion (0: no limit).", min=0)
+    monthly_tokens: int = setting(0, "Tokens per billing cycle (0: no quota).", min=0)
+    monthly_cost: float = setting(0, "USD per billing cycle (0: no quota).", min=0)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    enabled: bool = setting(
+        False,
+        "Require an API key (Authorization: Bearer, or x-api-key) on the API paths; each key "
+        "belongs to a tenant with its models, rate limits and quotas. /health and /metrics "
+        "stay open.",
+    )
+    tenants: list[TenantConfig] = setting(
+        [],
+        "Tenants declared here rather than with nexus tenants create (static set-ups); their "
+        "keys come from environment variables.",
+    )
+    failed_attempts_per_minute: int = setting(
+        10,
+        "Wrong keys one client address may send per minute; beyond, it gets 429 without its "
+        "key being looked at (brute force).",
+        min=1,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class StorageConfig:
     path: str = setting(
         "",
         "SQLite file of what Nexus keeps across restarts (cloud spend). Default: "
         "$XDG_DATA_HOME/nexus/nexus.db (~/.local/share/nexus/nexus.db). Created on first "
-        "use, and only opened when a feature needs it (a budget).",
+        "use, and only opened when a feature needs it (a budget, auth).",
     )
     flush_interval_seconds: float = setting(
         1.0,
@@ -414,6 +451,7 @@ class Config:
     backends: list[BackendConfig] = setting([], "Static backends.")
     queuing: QueuingConfig = setting(QueuingConfig(), "Request queue (F18).")
     budget: BudgetConfig = setting(BudgetConfig(), "Monthly spend limit on cloud backends (F14).")
+    auth: AuthConfig = setting(AuthConfig(), "API keys, tenants, their limits and quotas (F21).")
     storage: StorageConfig = setting(StorageConfig(), "Where Nexus keeps state across restarts.")
     logging: LoggingConfig = setting(LoggingConfig(), "Logging.")
     source: str = field(default="", compare=False, metadata={"internal": True})

@@ -15,10 +15,13 @@ Exception tree::
     ├── ModelNotFound               404  no backend has ever listed the model
     ├── PayloadTooLarge             413  body over server.max_request_bytes
     ├── UnsupportedMediaType        415  body is not JSON
+    ├── Unauthorized                401  auth on: no API key, or not one of ours
+    ├── ModelNotAllowed             403  the tenant's key may not use that model
     ├── RateLimited                 429  every capable backend is out of its rate limit
-    │   │                                (queue off), with Retry-After
-    │   └── BudgetExceeded          429  the monthly budget is spent and only a cloud backend
-    │                                    could serve (hard_limit_action "reject")
+    │   │                                (queue off), or the tenant's own limit; Retry-After
+    │   ├── BudgetExceeded          429  the monthly budget is spent and only a cloud backend
+    │   │                                could serve (hard_limit_action "reject")
+    │   └── QuotaExceeded           429  the tenant's monthly tokens or cost are used up
     ├── ServiceUnavailable          503  with Retry-After
     │   ├── NoHealthyBackend        503  model known, but no healthy backend can serve it
     │   ├── Overloaded              503  server.max_concurrent_requests reached
@@ -162,6 +165,22 @@ class RateLimited(NexusError):
 
 class BudgetExceeded(RateLimited):
     code = "budget_exceeded"
+
+
+class QuotaExceeded(RateLimited):
+    code = "quota_exceeded"
+
+
+class Unauthorized(NexusError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotAllowed(NexusError):
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
 
 
 class ServiceUnavailable(NexusError):

@@ -202,6 +202,16 @@ class Metrics(Collector):
             "(blocked), or history stripped for a cross-zone overflow (stripped)",
             ("zone", "action"),
         )
+        # Tenants are named by the admin (never by a client): a bounded label.
+        self.tenant_requests = CounterVec(
+            "nexus_tenant_requests_total", "Requests per tenant (auth on)", ("tenant", "status")
+        )
+        self.tenant_tokens = CounterVec(
+            "nexus_tenant_tokens_total", "Tokens per tenant, by type", ("tenant", "type")
+        )
+        self.tenant_cost = CounterVec(
+            "nexus_tenant_cost_usd_total", "What a tenant's cloud requests cost", ("tenant",)
+        )
         self.queue_wait = HistogramVec(
             "nexus_queue_wait_seconds",
             "Time requests spent waiting in the queue (those that waited)",
@@ -248,6 +258,9 @@ class Metrics(Collector):
             self.tokens,
             self.cost,
             self.privacy_blocks,
+            self.tenant_requests,
+            self.tenant_tokens,
+            self.tenant_cost,
             self.queue_wait,
             self.queue_rejections,
             self.unknown_endpoints,
@@ -297,6 +310,14 @@ class Metrics(Collector):
             self.tokens.inc((model, backend, "completion"), rec.tokens_completion)
         if rec.cost_usd:
             self.cost.inc((backend, model), rec.cost_usd)
+        if rec.tenant:
+            self.tenant_requests.inc((rec.tenant, str(rec.status)))
+            if rec.tokens_prompt:
+                self.tenant_tokens.inc((rec.tenant, "prompt"), rec.tokens_prompt)
+            if rec.tokens_completion:
+                self.tenant_tokens.inc((rec.tenant, "completion"), rec.tokens_completion)
+            if rec.cost_usd:
+                self.tenant_cost.inc((rec.tenant,), rec.cost_usd)
         if rec.queue_wait_seconds is not None:
             self.queue_wait.observe((), rec.queue_wait_seconds)
             if (reason := QUEUE_REJECTIONS.get(rec.error_type)) is not None:

@@ -46,6 +46,7 @@ class RequestRecord:
     cost_flag: str = ""  # "" (priced from the usage), "estimated", or "cost_unknown"
     completion_chars: int = 0  # text relayed from a cloud stream (its cost if usage never came)
     queue_wait_seconds: float | None = None  # time spent in the queue, if it waited
+    tenant: str = ""  # whose key it carried (auth on); never the key
     privacy_zone: str = ""  # the request's zone (F13), once planned
     privacy_action: str = ""  # "blocked" (a zone rule kept backends out) | "stripped"
     started: float = field(default_factory=time.perf_counter)
@@ -91,6 +92,8 @@ class RequestRecord:
         fields["attempts"] = self.attempts
         fields["error_type"] = self.error_type
         fields["error"] = self.error
+        if self.tenant:
+            fields["tenant"] = self.tenant
         if self.queue_wait_seconds is not None:
             fields["queue_wait_ms"] = round(self.queue_wait_seconds * 1000, 3)
         if self.privacy_action == "stripped":

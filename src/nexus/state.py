@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from nexus.discovery import Discovery  # zeroconf is imported only when discovery is on
     from nexus.pipeline.wait import Queue
     from nexus.store import Store
+    from nexus.tenants.service import Tenants
 
 
 @dataclass(eq=False)
@@ -37,6 +38,7 @@ class AppState:
     queue: Queue | None = None  # set when queuing.enabled
     store: Store | None = None  # opened when a feature needs it (a budget)
     budget: Budget | None = None  # set when budget.monthly_limit
+    tenants: Tenants | None = None  # set when auth.enabled
     started: float = field(default_factory=time.monotonic)
     background: list[asyncio.Task[None]] = field(default_factory=list)
     requests: set[asyncio.Task[object]] = field(default_factory=set)  # proxied, in flight

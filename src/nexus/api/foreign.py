@@ -11,12 +11,14 @@ from typing import Any
 import orjson
 
 from nexus import __version__, tokens
+from nexus.api.status import TENANT
 from nexus.asgi.routes import Request, Response, Router
 from nexus.backends import ProbeError, tokenize
 from nexus.dialects import anthropic, ollama
 from nexus.errors import InvalidRequest
 from nexus.registry import Backend, Model
 from nexus.state import AppState
+from nexus.tenants.model import Tenant
 
 PS_TIMEOUT = 2.0  # /api/ps asks every Ollama backend; a slow one must not hold the answer
 
@@ -35,19 +37,24 @@ class ForeignListings:
         router.add("GET", "/api/version", self.version)
         router.add("POST", "/v1/messages/count_tokens", self.count_tokens)
 
-    def _served(self) -> list[tuple[Backend, Model]]:
+    def _served(self, request: Request) -> list[tuple[Backend, Model]]:
+        """Models of healthy backends (auth on: those the caller's tenant may use)."""
+        tenant: Tenant | None = request.scope.get(TENANT)
         return [
-            (b, m) for b in self.state.registry.get_healthy_backends() for m in b.models.values()
+            (b, m)
+            for b in self.state.registry.get_healthy_backends()
+            for m in b.models.values()
+            if tenant is None or tenant.allows(m.id)
         ]
 
     async def tags(self, request: Request) -> Response:
-        models = [model for _, model in self._served()]
+        models = [model for _, model in self._served(request)]
         return Response.json(ollama.tags(models, modified_at=_now()))
 
     async def show(self, request: Request) -> Response:
         body = await _json(request)
         name = body.get("model") or body.get("name") if isinstance(body, dict) else None
-        for _, model in self._served():
+        for _, model in self._served(request):
             if model.id == name:
                 return Response.json(ollama.show(model, modified_at=_now()))
         return Response(ollama.error_body(f"model '{str(name)[:200]}' not found"), status=404)

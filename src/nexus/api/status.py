@@ -13,6 +13,9 @@ from nexus.registry import Backend, DiscoverySource, Model, Registry
 from nexus.routing import privacy
 from nexus.routing.aliases import resolve as resolve_alias
 from nexus.state import AppState
+from nexus.tenants.model import Tenant
+
+TENANT = "nexus.tenant"  # where the gate (nexus.api.gate) leaves the caller's tenant
 
 CAPABILITIES = ("chat", "vision", "tools", "json_mode", "embeddings")
 
@@ -93,6 +96,19 @@ def model_entry(registry: Registry, aliases: Mapping[str, str], model_id: str) -
     raise ModelNotFound(f"model '{model_id[:200]}' not found", param="model")
 
 
+def visible(request: Request, listing: dict[str, Any]) -> dict[str, Any]:
+    """Auth on: only the models the caller's tenant may use (an alias by either name)."""
+    tenant: Tenant | None = request.scope.get(TENANT)
+    if tenant is None:
+        return listing
+    data = [
+        entry
+        for entry in listing["data"]
+        if tenant.allows(entry["id"]) or tenant.allows(entry.get("alias_of", entry["id"]))
+    ]
+    return {**listing, "data": data}
+
+
 def add_routes(router: Router, state: AppState) -> None:
     async def health(request: Request) -> Response:
         return Response.json(health_summary(state.registry, state.uptime_seconds))
@@ -100,15 +116,19 @@ def add_routes(router: Router, state: AppState) -> None:
     aliases = state.config.routing.aliases
 
     async def models(request: Request) -> Response:
-        return Response.json(models_listing(state.registry, aliases))
+        return Response.json(visible(request, models_listing(state.registry, aliases)))
 
     async def model(request: Request) -> Response:
-        return Response.json(model_entry(state.registry, aliases, request.params["id"]))
+        entry = model_entry(state.registry, aliases, request.params["id"])
+        if not visible(request, {"data": [entry]})["data"]:
+            raise ModelNotFound(f"model '{request.params['id'][:200]}' not found", param="model")
+        return Response.json(entry)
 
     async def stats(request: Request) -> Response:
         data = state.metrics.stats(state.quality.stats())
         data["requests"]["in_flight"] = state.in_flight
         data["budget"] = state.budget.stats() if state.budget is not None else None
+        data["tenants"] = state.tenants.summary() if state.tenants is not None else None
         return Response.json(data)
 
     async def metrics(request: Request) -> Response:

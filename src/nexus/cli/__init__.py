@@ -9,6 +9,7 @@ from nexus.cli.admin import backends, health, models
 from nexus.cli.budget import budget
 from nexus.cli.config_cmd import config
 from nexus.cli.serve import serve
+from nexus.cli.tenants import keys, tenants
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,6 +24,8 @@ cli.add_command(models)
 cli.add_command(health)
 cli.add_command(config)
 cli.add_command(budget)
+cli.add_command(tenants)
+cli.add_command(keys)
 
 
 def main() -> None:

@@ -2,8 +2,9 @@
 
 ::
 
-    admit    draining, overload, body type (and later: tenant key, limits, quotas)
-    plan     parse the body once, requirements, aliases and fallbacks -> the models to try
+    admit    draining, overload, body type; the tenant's key (auth on)
+    plan     parse the body once, requirements, aliases and fallbacks -> the models to try;
+             then the tenant's models, quota and rate limit (auth on)
     wait     the queue, when every capable backend is busy (entered by forward, for each
              attempt whose backends are all full: a slot reserved, or a 503 with an ETA)
     forward  the backend call: transport, failover, stream relay
@@ -93,8 +94,16 @@ class Pipeline:
 
     async def _run(self, ex: Exchange) -> Reply | Streamed:
         admit(self.state, ex)
+        tenants = self.state.tenants
+        if tenants is not None:  # who, before reading a body a stranger sends
+            ex.tenant = tenants.authenticate(ex.scope)
+            ex.record.tenant = ex.tenant.name
         ex.raw = await read_body(ex.scope, ex.receive, self.max_body, self.body_seconds)
         self.planner.plan(ex)
+        if ex.tenant is not None:
+            assert tenants is not None and ex.plan is not None
+            ex.limits = await tenants.admit(ex.tenant, ex.requirements.model, ex.plan.models[0])
+            ex.plan.restrict(ex.tenant.allows)
         try:
             return await self.forwarder.forward(ex)
         except NexusError as exc:
@@ -121,6 +130,9 @@ class Pipeline:
         rid = ex.record.request_id
         if not ex.started:
             assert error is not None
+            if ex.limits is not None:
+                for name, value in ex.limits.headers():
+                    error.headers.setdefault(name.decode(), value.decode())
             if self.state.budget is not None:  # on every answer while a budget is set
                 for name, value in self.state.budget.headers():
                     error.headers[name.decode()] = value.decode()

@@ -12,6 +12,8 @@ from nexus.pipeline.inbound import Inbound, NativeOnly
 from nexus.records import RequestRecord
 from nexus.routing.requirements import Requirements
 from nexus.routing.router import Plan
+from nexus.tenants.limits import Decision
+from nexus.tenants.model import Tenant
 
 Inspector = Callable[[Any], Requirements]
 
@@ -52,6 +54,8 @@ class Exchange:
     priority: int = 2  # in the queue: 0 critical, 1 high, 2 normal, 3 low
     queue_timeout: float | None = None  # the client's X-Nexus-Queue-Timeout, seconds
     queue_deadline: float | None = None  # set when it first waits (time.monotonic)
+    tenant: Tenant | None = None  # whose key it carries (auth on)
+    limits: Decision | None = None  # the tenant's rate limit, for the x-ratelimit-* headers
 
     @property
     def authorization(self) -> str | None:

@@ -350,6 +350,8 @@ class Forwarder:
             headers.append((b"x-nexus-queue-wait-ms", str(round(waited * 1000)).encode()))
         if self.router.budget is not None:
             headers += self.router.budget.headers()
+        if ex.limits is not None:
+            headers += ex.limits.headers()
         if cost is not None:
             headers.append((b"x-nexus-cost-estimated", f"{cost:.6f}".encode()))
         return headers

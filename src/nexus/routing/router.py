@@ -93,6 +93,13 @@ class Plan:
     sticky: bool = False  # conversation affinity applies (several backends could serve)
     conversation: int | None = None  # the conversation's hash, when sticky
     continued: bool = False  # ... and this is not its first turn
+    allows: Callable[[str], bool] | None = None  # the models a tenant may use (auth on)
+
+    def restrict(self, allows: Callable[[str], bool]) -> None:
+        """Only models ``allows`` allows may answer: fallbacks too, and flexible substitutes.
+        (The requested model itself was checked before: the tenant may use it.)"""
+        self.allows = allows
+        self.models[1:] = [model for model in self.models[1:] if allows(model)]
 
 
 def smart_score(backend: Backend, weights: WeightsConfig, error_rate: float = 0.0) -> float:
@@ -412,7 +419,7 @@ class Router:
         zone, required = plan.zone, plan.required_tier
         options = []
         for model in self.registry.model_ids():
-            if model in plan.models:
+            if model in plan.models or (plan.allows is not None and not plan.allows(model)):
                 continue
             fit = [
                 t

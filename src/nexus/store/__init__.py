@@ -1,9 +1,9 @@
 """The state store: what Nexus keeps across restarts and shares between replicas.
 
-One interface, :class:`Store`, for every feature that keeps state (cloud spend today; keys,
-usage and limits with tenants). The embedded default is a SQLite file (``sqlite.py``); the
-interface is async and coarse (a batch of rows in, totals out) so that another engine, such
-as Redis for several replicas, fits behind it without touching callers.
+One interface, :class:`Store`, for every feature that keeps state: cloud spend (the budget),
+tenants, their keys and their usage (auth). The embedded default is a SQLite file
+(``sqlite.py``); the interface is async and coarse (a batch of rows in, totals out) so that
+another engine, such as Redis for several replicas, fits behind it without touching callers.
 
 Callers never make a request wait on the store: they buffer what they write and flush it
 from their own background task (about once a second), and they keep in memory what the
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from nexus.config import StorageConfig
+from nexus.tenants.model import ApiKey, Tenant, UsageRow
 
 
 @dataclass(slots=True)
@@ -52,6 +53,36 @@ class Store(Protocol):
 
     async def spend(self, cycle: str) -> list[SpendRow]:
         """Every row of a cycle, as all writers added them up."""
+        ...
+
+    # -- tenants and keys (changes bump a version every process polls) -------------------
+
+    async def version(self) -> int:
+        """A number that changes whenever a tenant or key does (cheap: polled every second)."""
+        ...
+
+    async def tenants(self) -> tuple[list[Tenant], list[ApiKey]]: ...
+
+    async def put_tenant(self, tenant: Tenant) -> None:
+        """Create or replace."""
+        ...
+
+    async def delete_tenant(self, name: str) -> bool:
+        """The tenant and its keys; False if there was none."""
+        ...
+
+    async def put_key(self, key: ApiKey) -> None: ...
+
+    async def revoke_key(self, key_id: str) -> bool: ...
+
+    # -- usage --------------------------------------------------------------------------------
+
+    async def add_usage(self, rows: list[UsageRow]) -> None:
+        """Add the rows to what is stored (several writers may add at once)."""
+        ...
+
+    async def usage(self, tenant: str | None, since: str) -> list[UsageRow]:
+        """Rows from day ``since`` (YYYY-MM-DD) on, of one tenant or all."""
         ...
 
 

@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import astuple
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+
+import orjson
 
 from nexus.errors import StartupError
 from nexus.store import SpendRow
+from nexus.tenants.model import ApiKey, Tenant, UsageRow
 
-T = TypeVar("T")
 BUSY_TIMEOUT_SECONDS = 5.0
 
 # Entry i migrates from version i to i + 1 (its statements run in one transaction); never
@@ -39,7 +42,49 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     )
     """,
     ),
+    (
+        """
+    CREATE TABLE tenants (
+        name TEXT PRIMARY KEY,
+        definition TEXT NOT NULL
+    )
+    """,
+        """
+    CREATE TABLE keys (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants (name) ON DELETE CASCADE,
+        hash TEXT NOT NULL,
+        created REAL NOT NULL,
+        expires REAL,
+        revoked INTEGER NOT NULL DEFAULT 0
+    )
+    """,
+        """
+    CREATE TABLE usage (
+        tenant TEXT NOT NULL,
+        day TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requests INTEGER NOT NULL DEFAULT 0,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant, day, model)
+    )
+    """,
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        "INSERT INTO meta (key, value) VALUES ('tenants_version', 0)",
+    ),
 )
+ADD_USAGE = """
+    INSERT INTO usage (tenant, day, model, requests, prompt_tokens, completion_tokens, cost_usd)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (tenant, day, model) DO UPDATE SET
+        requests = requests + excluded.requests,
+        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+        completion_tokens = completion_tokens + excluded.completion_tokens,
+        cost_usd = cost_usd + excluded.cost_usd
+"""
+BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'tenants_version'"
 ADD_SPEND = """
     INSERT INTO spend (cycle, backend, model, requests, prompt_tokens, completion_tokens, cost_usd)
     VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -78,6 +123,7 @@ class SQLiteStore:
             if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
                 raise StartupError(f"state store {where}: cannot use WAL mode")
             db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
             self._migrate(db)
         except sqlite3.DatabaseError as exc:
             db.close()
@@ -119,18 +165,7 @@ class SQLiteStore:
 
     def _add_spend(self, rows: list[SpendRow]) -> None:
         db = self._connection()
-        values = [
-            (
-                r.cycle,
-                r.backend,
-                r.model,
-                r.requests,
-                r.prompt_tokens,
-                r.completion_tokens,
-                r.cost_usd,
-            )
-            for r in rows
-        ]
+        values = [astuple(row) for row in rows]  # (the columns' order)
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(ADD_SPEND, values)
@@ -150,6 +185,109 @@ class SQLiteStore:
             (cycle,),
         )
         return [SpendRow(*row) for row in cursor]
+
+    # -- tenants and keys -------------------------------------------------------------------
+
+    async def version(self) -> int:
+        value: int = await self._run(
+            self._one, "SELECT value FROM meta WHERE key = ?", "tenants_version"
+        )
+        return value
+
+    def _one(self, sql: str, *args: Any) -> Any:
+        row = self._connection().execute(sql, args).fetchone()
+        return None if row is None else row[0]
+
+    async def tenants(self) -> tuple[list[Tenant], list[ApiKey]]:
+        result: tuple[list[Tenant], list[ApiKey]] = await self._run(self._tenants)
+        return result
+
+    def _tenants(self) -> tuple[list[Tenant], list[ApiKey]]:
+        db = self._connection()
+        tenants = [
+            Tenant(**orjson.loads(definition))
+            for (definition,) in db.execute("SELECT definition FROM tenants ORDER BY name")
+        ]
+        keys = [
+            ApiKey(key_id, tenant, digest, created, expires, bool(revoked))
+            for key_id, tenant, digest, created, expires, revoked in db.execute(
+                "SELECT id, tenant, hash, created, expires, revoked FROM keys ORDER BY created"
+            )
+        ]
+        return tenants, keys
+
+    async def put_tenant(self, tenant: Tenant) -> None:
+        await self._run(
+            self._write,
+            "INSERT INTO tenants (name, definition) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET definition = excluded.definition",
+            (tenant.name, orjson.dumps(tenant.to_dict()).decode()),
+        )
+
+    async def delete_tenant(self, name: str) -> bool:
+        changed: bool = await self._run(self._write, "DELETE FROM tenants WHERE name = ?", (name,))
+        return changed
+
+    async def put_key(self, key: ApiKey) -> None:
+        await self._run(
+            self._write,
+            "INSERT INTO keys (id, tenant, hash, created, expires, revoked)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (key.id, key.tenant, key.hash, key.created, key.expires, int(key.revoked)),
+        )
+
+    async def revoke_key(self, key_id: str) -> bool:
+        changed: bool = await self._run(
+            self._write, "UPDATE keys SET revoked = 1 WHERE id = ? AND revoked = 0", (key_id,)
+        )
+        return changed
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> bool:
+        """One change to tenants or keys, and the version bump every process polls."""
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            changed = db.execute(sql, args).rowcount > 0
+            if changed:
+                db.execute(BUMP)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return changed
+
+    # -- usage --------------------------------------------------------------------------------
+
+    async def add_usage(self, rows: list[UsageRow]) -> None:
+        if rows:
+            await self._run(self._add_usage, rows)
+
+    def _add_usage(self, rows: list[UsageRow]) -> None:
+        values = [astuple(row) for row in rows]  # (the columns' order)
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(ADD_USAGE, values)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def usage(self, tenant: str | None, since: str) -> list[UsageRow]:
+        rows: list[UsageRow] = await self._run(self._usage, tenant, since)
+        return rows
+
+    def _usage(self, tenant: str | None, since: str) -> list[UsageRow]:
+        sql = (
+            "SELECT tenant, day, model, requests, prompt_tokens, completion_tokens, cost_usd"
+            " FROM usage WHERE day >= ?"
+        )
+        args: tuple[str, ...] = (since,)
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            args += (tenant,)
+        cursor = self._connection().execute(sql + " ORDER BY tenant, day, model", args)
+        return [UsageRow(*row) for row in cursor]
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
