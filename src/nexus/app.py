@@ -16,7 +16,7 @@ import asyncio
 import logging
 
 from nexus import logs, tokens
-from nexus.api import admin, foreign, proxied, status, tenants
+from nexus.api import admin, fleet, foreign, proxied, status, tenants
 from nexus.api.gate import Gate
 from nexus.asgi import ASGIApp, Receive, Scope, Send
 from nexus.asgi.guards import Sites
@@ -27,6 +27,7 @@ from nexus.budget import Budget
 from nexus.config import Config
 from nexus.dashboard import Dashboard
 from nexus.errors import NexusError
+from nexus.fleet.service import Fleet
 from nexus.health import HealthChecker
 from nexus.metrics import Metrics
 from nexus.pipeline import Pipeline
@@ -41,7 +42,7 @@ from nexus.routing import tiers
 from nexus.routing.limits import TokenBucket
 from nexus.routing.router import Router as ModelRouter
 from nexus.state import AppState
-from nexus.store import open_store
+from nexus.store import StoredDemand, open_store
 from nexus.tenants.service import Tenants
 from nexus.transport import TLS, Pool
 
@@ -102,6 +103,8 @@ class App:
         sites = dashboard.sites
         admin.Admin(state, sites).add_routes(self.router)
         tenants.TenantsAdmin(state, sites).add_routes(self.router)
+        assert state.fleet is not None
+        fleet.add_routes(self.router, state.fleet, sites)
         dashboard.add_routes(self.router)
         self.gate = Gate(state.tenants) if state.tenants is not None else None
 
@@ -156,6 +159,8 @@ class App:
             providers = sorted({b.type for b in state.registry if b.cloud})
             state.background.append(asyncio.create_task(_preload_tokenizers(providers)))
         await state.health.start()
+        assert state.fleet is not None
+        await state.fleet.start()  # after the store opened: it reads the demand history
         await self.dashboard.hub.start()
         if state.discovery is not None:
             await state.discovery.start()
@@ -166,6 +171,8 @@ class App:
 
     async def shutdown(self) -> None:
         state = self.state
+        assert state.fleet is not None
+        await state.fleet.stop()  # before the store closes and the probe transport with it
         if state.discovery is not None:
             await state.discovery.stop()
         for task in state.background:
@@ -235,7 +242,7 @@ def build_app(config: Config) -> App:
 
         state.discovery = Discovery(registry, config.discovery, health)
     storage = config.storage
-    if config.budget.monthly_limit or config.auth.enabled:
+    if config.budget.monthly_limit or config.auth.enabled or config.fleet.enabled:
         state.store = open_store(storage)
     if config.budget.monthly_limit:
         assert state.store is not None
@@ -251,6 +258,15 @@ def build_app(config: Config) -> App:
             cycle_day=config.budget.billing_cycle_day,
         )
         recorder.sinks.append(state.tenants.record)
+    state.fleet = Fleet(
+        config.fleet,
+        registry,
+        probes.transport,  # the probes' pool: lifecycle calls never queue behind traffic
+        vram_gb={b.name: b.vram_gb for b in config.backends if b.vram_gb},
+        store=StoredDemand(state.store) if state.store is not None else None,
+        changed=health.check_soon,
+    )
+    recorder.sinks.append(state.fleet.observe)
     attempts = 1 + config.routing.max_retries
     if queuing.enabled:
         state.queue = Queue(queuing, registry, router, attempts)

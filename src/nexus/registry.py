@@ -157,6 +157,7 @@ class Backend:
     last_error: str | None = None
     models: dict[str, Model] = field(default_factory=dict)
     pending_requests: int = 0
+    serving: dict[str, int] = field(default_factory=dict)  # model -> requests sent (keys > 0)
     total_requests: int = 0
     failed_requests: int = 0
     avg_latency_ms: float = 0.0
@@ -329,6 +330,17 @@ class Registry:
     def decrement_pending(self, backend: Backend) -> None:
         # Never below zero, whatever order the finally-blocks of a cancelled request run in.
         backend.pending_requests = max(0, backend.pending_requests - 1)
+
+    def begin_serving(self, backend: Backend, model: str) -> None:
+        backend.serving[model] = backend.serving.get(model, 0) + 1
+
+    def end_serving(self, backend: Backend, model: str) -> None:
+        # Keys only while > 0: the dict never outgrows the models being served right now.
+        left = backend.serving.get(model, 0) - 1
+        if left > 0:
+            backend.serving[model] = left
+        else:
+            backend.serving.pop(model, None)
 
     def update_latency(self, backend: Backend, ms: float) -> None:
         if backend.avg_latency_ms == 0.0:

@@ -19,6 +19,7 @@ from nexus.transport import Transport
 if TYPE_CHECKING:
     from nexus.budget import Budget
     from nexus.discovery import Discovery  # zeroconf is imported only when discovery is on
+    from nexus.fleet.service import Fleet
     from nexus.pipeline.wait import Queue
     from nexus.store import Store
     from nexus.tenants.service import Tenants
@@ -39,6 +40,7 @@ class AppState:
     store: Store | None = None  # opened when a feature needs it (a budget)
     budget: Budget | None = None  # set when budget.monthly_limit
     tenants: Tenants | None = None  # set when auth.enabled
+    fleet: Fleet | None = None  # always set by build_app (lifecycle works with fleet off)
     started: float = field(default_factory=time.monotonic)
     background: list[asyncio.Task[None]] = field(default_factory=list)
     requests: set[asyncio.Task[object]] = field(default_factory=set)  # proxied, in flight

@@ -27,7 +27,7 @@ from nexus.api import fleet as fleet_api
 from nexus.cli.admin import models
 from nexus.cli.fleet import fleet as fleet_cli
 from nexus.cli.fleet import operations as operations_cli
-from nexus.fleet.config import FleetConfig
+from nexus.config import FleetConfig
 from nexus.fleet.demand import MemoryStore
 from nexus.fleet.service import Fleet
 from nexus.registry import BackendStatus
@@ -61,6 +61,10 @@ async def running_fleet(
 ) -> AsyncIterator[tuple[Nexus, Fleet]]:
     async with running_nexus(tmp_path, backends) as nexus:
         state = nexus.state
+        # The one nexus serve built is replaced by one with the test's clock, store, memory.
+        assert state.fleet is not None
+        await state.fleet.stop()
+        state.recorder.sinks.remove(state.fleet.observe)
         fleet = Fleet(
             FleetConfig(**settings),
             state.registry,
@@ -72,6 +76,7 @@ async def running_fleet(
         )
         fleet_api.add_routes(nexus.server.app.router, fleet, nexus.server.app.dashboard.sites)
         state.recorder.sinks.append(fleet.observe)
+        state.fleet = fleet
         await fleet.start()
         try:
             yield nexus, fleet
@@ -498,3 +503,51 @@ async def test_auto_apply_loads_the_recommended_model(tmp_path: Path) -> None:
             await wait_until(lambda: box.loaded() == ["qwen2.5:14b"], timeout=10, what="auto apply")
             (op,) = fleet.operations()
             assert op.recommendation and op.state in ("running", "succeeded")
+
+
+async def test_nexus_serve_keeps_demand_history_in_its_state_store(tmp_path: Path) -> None:
+    """The real wiring: [fleet] enabled, the SQLite store, two servers in a row."""
+    async with FakeOllama(OLLAMA_MODELS, model_sizes=SIZES, vram_bytes=24 * GiB) as box:
+        backends = [backend_entry(box, "box", "ollama", vram_gb=24)]
+        sections: dict[str, Any] = {
+            "fleet": {"enabled": True},
+            "storage": {"path": str(tmp_path / "nexus.db")},
+        }
+        async with running_nexus(tmp_path, backends, **sections) as nexus:
+            for _ in range(3):
+                await nexus.client.chat.completions.create(
+                    model="llama3:8b", messages=[{"role": "user", "content": "hi"}]
+                )
+            nexus.state.recorder.flush()
+            assert nexus.state.fleet is not None
+            counts = dict(nexus.state.fleet.demand.counts)
+            assert sum(counts["llama3:8b"].values()) == 3
+            code, out = await asyncio.to_thread(
+                lambda: (lambda r: (r.exit_code, r.output))(
+                    CliRunner().invoke(fleet_cli, ["--url", nexus.url, "--json"])
+                )
+            )
+            assert code == 0, out
+        async with running_nexus(tmp_path, backends, **sections) as restarted:
+            assert restarted.state.fleet is not None
+            assert restarted.state.fleet.demand.counts == counts
+
+
+async def test_operations_show_on_the_dashboard(tmp_path: Path) -> None:
+    async with FakeOllama(OLLAMA_MODELS, model_sizes=SIZES, vram_bytes=24 * GiB) as box:
+        async with running_nexus(tmp_path, [backend_entry(box, "box", "ollama")]) as nexus:
+            _, snap, _ = await nexus.get("/dashboard.json")
+            assert snap["fleet"] is None  # nothing to show: the panel stays hidden
+            status, op, _ = await nexus.post(
+                "/admin/models/load", {"model": "phi3:mini", "backend": "box"}
+            )
+            assert status == 202, op
+
+            async def shown() -> Any:
+                _, snap, _ = await nexus.get("/dashboard.json")
+                fleet = snap["fleet"]
+                done = fleet and fleet["operations"][-1]["state"] == "succeeded"
+                return fleet if done else None
+
+            fleet = await wait_until(shown, timeout=10, what="the load on the dashboard")
+            assert fleet["operations"][-1]["what"] == "load phi3:mini on box"

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from nexus.config import FleetConfig
 from nexus.errors import BackendUnreachable
-from nexus.fleet.config import FleetConfig
 from nexus.fleet.errors import NotSupported
 from nexus.fleet.operations import Operation
 from nexus.fleet.service import Fleet

@@ -7,7 +7,7 @@ import time
 import orjson
 import pytest
 
-from nexus.fleet.config import FleetConfig
+from nexus.config import FleetConfig
 from nexus.fleet.demand import Demand, MemoryStore, local_hour, weekend
 from nexus.fleet.service import Fleet
 from nexus.registry import Backend, Model, Registry

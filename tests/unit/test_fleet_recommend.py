@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from nexus.fleet.config import FleetConfig
+from nexus.config import FleetConfig
 from nexus.fleet.demand import Demand
 from nexus.fleet.recommend import Capacity, Forecast, GiB, forecast, place
 

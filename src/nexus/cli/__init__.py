@@ -8,6 +8,7 @@ from nexus import __version__
 from nexus.cli.admin import backends, health, models
 from nexus.cli.budget import budget
 from nexus.cli.config_cmd import config
+from nexus.cli.fleet import fleet, operations
 from nexus.cli.serve import serve
 from nexus.cli.tenants import keys, tenants
 
@@ -23,6 +24,8 @@ cli.add_command(backends)
 cli.add_command(models)
 cli.add_command(health)
 cli.add_command(config)
+cli.add_command(operations)
+cli.add_command(fleet)
 cli.add_command(budget)
 cli.add_command(tenants)
 cli.add_command(keys)

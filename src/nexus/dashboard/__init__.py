@@ -102,6 +102,7 @@ class Dashboard:
         if state.queue is not None:
             self.hub.queue_depth = state.queue.depth
         self.hub.budget = state.budget
+        self.hub.fleet = state.fleet
         self.sites = sites
         state.recorder.sinks.append(self.hub.record)
         self.assets = load_assets()

@@ -32,6 +32,9 @@ from nexus.registry import Backend, BackendStatus, Registry
 
 if TYPE_CHECKING:
     from nexus.budget import Budget
+    from nexus.fleet.service import Fleet
+
+FLEET_OPERATIONS = 10  # the last operations shown
 
 log = logging.getLogger("nexus.dashboard")
 
@@ -204,6 +207,8 @@ class Hub:
         self._sent_queued: int | None = None
         self.budget: Budget | None = None  # set with a budget
         self._sent_budget: Json | None = None
+        self.fleet: Fleet | None = None  # set by the dashboard
+        self._sent_fleet: Json | None = None
         self.tick = tick
         self.registry_every = registry_every
         self.charts_every = charts_every
@@ -333,7 +338,31 @@ class Hub:
             "charts": self.charts(),
             "queued": self.queued(),
             "budget": self.budget_view(),
+            "fleet": self.fleet_view(),
         }
+
+    def fleet_view(self) -> Json | None:
+        """The last lifecycle operations and the current recommendations (None: nothing)."""
+        if self.fleet is None:
+            return None
+        operations = [
+            {
+                "id": clip(op.id, 40),
+                "what": clip(op.describe(), 300),
+                "state": op.state.value,
+                "step": clip(op.step, 200),
+                "progress": op.progress,
+                "reason": clip(op.reason),
+            }
+            for op in self.fleet.operations()[-FLEET_OPERATIONS:]
+        ]
+        recommendations = [
+            {"id": clip(r.id, 40), "reason": clip(r.reason, 500), "confidence": r.confidence}
+            for r in self.fleet.recommendations()
+        ]
+        if not operations and not recommendations:
+            return None
+        return {"operations": operations, "recommendations": recommendations}
 
     def budget_view(self) -> Json | None:
         """This cycle's cloud spend against the limit (None: no budget)."""
@@ -406,6 +435,9 @@ class Hub:
         budget = self.budget_view()
         if budget != self._sent_budget:
             self._sent_budget = message["budget"] = budget
+        fleet = self.fleet_view()
+        if fleet != self._sent_fleet:
+            self._sent_fleet = message["fleet"] = fleet
         if len(message) == 3:
             return None
         return message

@@ -410,6 +410,29 @@ def history_row(e: Json) -> str:
     )
 
 
+def fleet(view: Json | None) -> str:
+    """Recommendations first (something to decide), then the last operations, newest first."""
+    if not view:
+        return ""
+    rows = [
+        f'<li class="rec"><span class="tag">recommended</span> {esc(r["reason"])} '
+        f'<span class="sub">confidence {r["confidence"]:.0%} · nexus fleet apply '
+        f"{esc(r['id'])}</span></li>"
+        for r in view["recommendations"]
+    ]
+    for op in reversed(view["operations"]):
+        detail = op["reason"] or op["step"]
+        rows.append(
+            f'<li class="op lvl-{_op_level(op["state"])}"><span class="tag">{esc(op["state"])}'
+            f"</span> {esc(op['what'])}{' · ' + esc(detail) if detail else ''}</li>"
+        )
+    return "".join(rows)
+
+
+def _op_level(state: str) -> str:
+    return {"succeeded": "ok", "failed": "bad"}.get(state, "warn")
+
+
 def history(entries: list[Json]) -> str:
     rows = "".join(history_row(e) for e in reversed(entries))
     return rows or '<li class="empty">No requests yet. They appear here as they finish.</li>'
@@ -469,6 +492,12 @@ def render(snap: Json, *, assets: dict[str, str]) -> str:
 <section class="panel" aria-labelledby="h-models">
 <h2 id="h-models">Models <span class="sub">× backends</span></h2>
 <div id="matrix">{matrix(backends)}</div>
+</section>
+<section class="panel" id="fleet-panel" aria-labelledby="h-fleet"{
+        "" if snap.get("fleet") else " hidden"
+    }>
+<h2 id="h-fleet">Fleet <span class="sub">operations and recommendations</span></h2>
+<ol class="fleet" id="fleet">{fleet(snap.get("fleet"))}</ol>
 </section>
 <section class="panel" aria-labelledby="h-history">
 <h2 id="h-history">Recent requests <span class="sub">last 100</span></h2>

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nexus.fleet.config import FleetConfig
+from nexus.config import FleetConfig
 from nexus.fleet.errors import NotSupported, OperationFailed
 from nexus.fleet.http import BackendHTTP
 from nexus.fleet.lifecycle import STATUS_SECONDS, Report, Residency, until

@@ -15,7 +15,7 @@ from __future__ import annotations
 from contextlib import aclosing
 from typing import Any
 
-from nexus.fleet.config import FleetConfig
+from nexus.config import FleetConfig
 from nexus.fleet.errors import OperationFailed
 from nexus.fleet.http import BackendHTTP, printable
 from nexus.fleet.lifecycle import STATUS_SECONDS, Report, Residency, until

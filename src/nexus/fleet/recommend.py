@@ -22,7 +22,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from nexus.fleet.config import FleetConfig
+from nexus.config import FleetConfig
 from nexus.fleet.demand import Demand, local_hour, weekend
 
 GiB = 2**30

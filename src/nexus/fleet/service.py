@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from nexus.config import FleetConfig
 from nexus.errors import BackendUnreachable, InvalidRequest, NexusError, NotFound
-from nexus.fleet.config import FleetConfig
 from nexus.fleet.demand import Demand, DemandStore, MemoryStore
 from nexus.fleet.errors import Conflict, NotSupported, OperationFailed
 from nexus.fleet.http import BackendHTTP

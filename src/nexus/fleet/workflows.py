@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from nexus.fleet.config import FleetConfig
+from nexus.config import FleetConfig
 from nexus.fleet.errors import OperationFailed
 from nexus.fleet.http import BackendHTTP
 from nexus.fleet.lifecycle import Lifecycle
@@ -29,10 +29,8 @@ WATCH_SECONDS = 0.1  # how often a migration looks at the registry and the in-fl
 
 
 def in_flight(backend: Backend, model: str) -> int:
-    """Requests ``backend`` is serving for ``model``. The registry counts them per backend
-    only, so until it counts them per model every request on the backend counts: an unload
-    refuses (or waits) over a request for another model too. It never cuts one."""
-    return backend.pending_requests
+    """Requests ``backend`` is serving for ``model`` right now."""
+    return backend.serving.get(model, 0)
 
 
 @asynccontextmanager

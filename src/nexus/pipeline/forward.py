@@ -153,6 +153,7 @@ class Forwarder:
             if backend.limiter is not None:
                 backend.limiter.take(time.monotonic())
         sent = time.perf_counter()
+        self.registry.begin_serving(backend, route.model)
         try:
             try:
                 answer = await self.transport.request(
@@ -176,6 +177,7 @@ class Forwarder:
             finally:
                 answer.release()
         finally:
+            self.registry.end_serving(backend, route.model)
             self.registry.decrement_pending(backend)
             held = time.perf_counter() - sent
             backend.service_seconds += SERVICE_EWMA_ALPHA * (held - backend.service_seconds)

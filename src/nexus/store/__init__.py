@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from nexus.config import StorageConfig
 from nexus.tenants.model import ApiKey, Tenant, UsageRow
@@ -84,6 +84,29 @@ class Store(Protocol):
     async def usage(self, tenant: str | None, since: str) -> list[UsageRow]:
         """Rows from day ``since`` (YYYY-MM-DD) on, of one tenant or all."""
         ...
+
+    # -- fleet demand -------------------------------------------------------------------------
+
+    async def load_demand(self) -> dict[str, Any] | None:
+        """The fleet's demand history as last saved (None: never saved)."""
+        ...
+
+    async def save_demand(self, snapshot: dict[str, Any]) -> None:
+        """Replace the fleet's demand history (a plain JSON-able snapshot)."""
+        ...
+
+
+@dataclass(slots=True)
+class StoredDemand:
+    """The fleet's DemandStore (``nexus.fleet.demand``) on the state store."""
+
+    store: Store
+
+    async def load(self) -> dict[str, Any] | None:
+        return await self.store.load_demand()
+
+    async def save(self, snapshot: dict[str, Any]) -> None:
+        await self.store.save_demand(snapshot)
 
 
 def default_path() -> Path:

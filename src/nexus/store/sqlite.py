@@ -74,6 +74,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         "INSERT INTO meta (key, value) VALUES ('tenants_version', 0)",
     ),
+    (
+        """
+    CREATE TABLE demand (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        snapshot TEXT NOT NULL
+    )
+    """,
+    ),
 )
 ADD_USAGE = """
     INSERT INTO usage (tenant, day, model, requests, prompt_tokens, completion_tokens, cost_usd)
@@ -288,6 +296,22 @@ class SQLiteStore:
             args += (tenant,)
         cursor = self._connection().execute(sql + " ORDER BY tenant, day, model", args)
         return [UsageRow(*row) for row in cursor]
+
+    # -- fleet demand ---------------------------------------------------------------------
+
+    async def load_demand(self) -> dict[str, Any] | None:
+        raw = await self._run(self._one, "SELECT snapshot FROM demand WHERE id = 1")
+        return None if raw is None else dict(orjson.loads(raw))
+
+    async def save_demand(self, snapshot: dict[str, Any]) -> None:
+        await self._run(self._save_demand, orjson.dumps(snapshot).decode())
+
+    def _save_demand(self, text: str) -> None:
+        self._connection().execute(
+            "INSERT INTO demand (id, snapshot) VALUES (1, ?)"
+            " ON CONFLICT (id) DO UPDATE SET snapshot = excluded.snapshot",
+            (text,),
+        )
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:

@@ -24,6 +24,7 @@
     offset: 0, // server clock - client clock, seconds
     queued: null, // requests waiting in the queue (null: no queue)
     budget: null, // {spent, limit, status} (null: no budget)
+    fleet: null, // {operations, recommendations} (null: nothing to show)
   };
 
   // -- DOM helpers ------------------------------------------------------------------------------
@@ -407,8 +408,26 @@
     while (list.children.length > HISTORY) list.lastElementChild.remove();
   }
 
+  function renderFleet() {
+    const view = state.fleet;
+    const panel = byId("fleet-panel");
+    if (panel) panel.hidden = !view;
+    if (!view) return;
+    const rows = view.recommendations.map((r) =>
+      h("li", { class: "rec" }, h("span", { class: "tag" }, "recommended"), " ", r.reason, " ",
+        h("span", { class: "sub" }, `confidence ${Math.round(r.confidence * 100)}% · nexus fleet apply ${r.id}`)));
+    for (const op of view.operations.slice().reverse()) {
+      const lvl = op.state === "succeeded" ? "ok" : op.state === "failed" ? "bad" : "warn";
+      const detail = op.reason || op.step;
+      rows.push(h("li", { class: `op lvl-${lvl}` }, h("span", { class: "tag" }, op.state), " ", op.what,
+        detail ? ` · ${detail}` : ""));
+    }
+    fill("fleet", rows);
+  }
+
   function renderAll() {
     renderSummary();
+    renderFleet();
     renderNotices(null);
     renderTraffic();
     renderBackends();
@@ -442,6 +461,7 @@
     state.uptimeClock = Date.now() / 1000;
     state.queued = msg.queued;
     state.budget = msg.budget || null;
+    state.fleet = msg.fleet || null;
     renderAll();
   }
 
@@ -457,6 +477,10 @@
     if (msg.history) addHistory(msg.history);
     if ("queued" in msg) state.queued = msg.queued;
     if ("budget" in msg) state.budget = msg.budget;
+    if ("fleet" in msg) {
+      state.fleet = msg.fleet;
+      renderFleet();
+    }
     if (msg.notices && msg.notices.length) {
       state.notices.push(...msg.notices);
       state.notices.splice(0, Math.max(0, state.notices.length - 20));
