@@ -153,11 +153,11 @@ class App:
             await state.store.open()  # (StartupError: a corrupt or locked file, in one line)
         if state.budget is not None:
             await state.budget.start()
-        if state.tenants is not None:
-            await state.tenants.start()
             # The tokenizer's encodings load in ~0.6 s: not on the first request's time.
             providers = sorted({b.type for b in state.registry if b.cloud})
             state.background.append(asyncio.create_task(_preload_tokenizers(providers)))
+        if state.tenants is not None:
+            await state.tenants.start()
         await state.health.start()
         assert state.fleet is not None
         await state.fleet.start()  # after the store opened: it reads the demand history

@@ -183,6 +183,20 @@ async def test_a_request_that_would_cross_the_limit_is_over_it(tmp_path: Path) -
         assert (await ask(nexus, max_tokens=10)).headers["x-nexus-backend"] == "cloud"
 
 
+async def test_a_budget_preloads_the_cloud_providers_encodings_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading an encoding takes ~0.5 s: with a budget it happens at start-up, in a thread,
+    for the configured cloud types only, not on the first cloud request's time."""
+    asked: list[Any] = []
+    monkeypatch.setattr(tokens, "preload", lambda providers=None: asked.append(providers))
+    async with lab(tmp_path):
+        deadline = time.monotonic() + 5
+        while not asked and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    assert asked == [["openai"]]
+
+
 async def test_without_a_budget_nothing_is_stored_or_tokenized(tmp_path: Path) -> None:
     async with FakeVLLM([FakeModel("shared")]) as box:
         storage = {"path": str(tmp_path / "nexus.db")}
