@@ -174,12 +174,20 @@ class Budget:
         price = pricing.price_for(backend, model)
         if price is None:
             return None  # costed 0 (cost_unknown): nothing to keep it from
-        prompt = req.prompt_tokens
-        if prompt is None:
-            prompt = tokens.estimate(req.prompt_chars)
         completion = req.max_tokens
         if not completion and backend.type == "anthropic":
             completion = backend.max_output_tokens
+        if req.prompt_tokens is None and req.prompt_count is not None:
+            # Counting a long prompt takes a millisecond; its bytes, microseconds. Far from
+            # the limit the bound fits and the exact count is never needed.
+            bound = pricing.cost(
+                price, prompt_tokens=req.prompt_count.bound, completion_tokens=completion
+            )
+            if self.allows(bound):
+                return None
+        prompt = req.counted_prompt()
+        if prompt is None:
+            prompt = tokens.estimate(req.prompt_chars)
         estimate = pricing.cost(price, prompt_tokens=prompt, completion_tokens=completion)
         if self.allows(estimate):
             return None

@@ -161,6 +161,33 @@ async def test_a_request_that_would_cross_the_limit_is_refused(tmp_path: Path) -
         await store.close()
 
 
+async def test_the_prompt_is_counted_only_when_its_bound_would_not_fit(tmp_path: Path) -> None:
+    """Far from the limit the prompt's byte size already fits: no tokenizing. Close to it,
+    the exact count decides, so a request the bound would refuse but the count lets through
+    still goes."""
+    from nexus.pricing import Price
+    from nexus.tokens import PromptCount
+
+    budget, store = await open_budget(tmp_path / "n.db", Clock(JAN_15), limit=1.0)
+    try:
+        cloud = Backend(name="cloud", url="https://api.openai.com", type="openai")
+        cloud.prices["gpt-4o"] = Price(input_per_mtok=100.0, output_per_mtok=100.0)
+        body = {"messages": [{"role": "user", "content": "hello " * 300}]}  # ~300 tokens
+        far = Requirements(model="gpt-4o", max_tokens=10)
+        far.prompt_count = PromptCount(body, provider="openai", model="gpt-4o")
+        assert budget.refuses(cloud, "gpt-4o", far) is None
+        assert far.prompt_tokens is None  # never counted
+
+        budget.charge(spend(0.85))  # $0.15 left: the ~1,800-byte bound ($0.18) does not fit
+        near = Requirements(model="gpt-4o", max_tokens=10)
+        near.prompt_count = PromptCount(body, provider="openai", model="gpt-4o")
+        assert budget.refuses(cloud, "gpt-4o", near) is None
+        assert near.prompt_tokens is not None and near.prompt_tokens < 700
+    finally:
+        await budget.stop()
+        await store.close()
+
+
 async def test_the_store_migrates_and_refuses_a_newer_schema(tmp_path: Path) -> None:
     path = tmp_path / "n.db"
     store = SQLiteStore(path)

@@ -16,6 +16,8 @@ import sys
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nexus import tokens
 from nexus.tokens import Count, count_chat, count_text, encoding_for, estimate
@@ -336,6 +338,33 @@ def test_malformed_bodies_never_raise(body: dict[str, Any]) -> None:
     for provider, model in [("openai", "gpt-4o"), ("ollama", "llama3")]:
         count = count_chat(body, provider=provider, model=model)
         assert count.tokens >= tokens._REPLY_PRIMING
+
+
+@needs_encodings
+@settings(max_examples=150, deadline=None)
+@given(
+    texts=st.lists(st.text(max_size=200), min_size=1, max_size=4),
+    model=st.sampled_from(["gpt-4o", "gpt-4", "claude-sonnet-4-5", "llama3"]),
+)
+def test_the_cheap_bound_is_never_below_the_count(texts: list[str], model: str) -> None:
+    """The budget trusts the bound to skip counting far from its limit: it must never be
+    lower than the count, for any text (emoji, CJK, lone surrogates, control characters)."""
+    provider = "anthropic" if model.startswith("claude") else "openai"
+    provider = "ollama" if model == "llama3" else provider
+    body = {"messages": [{"role": "user", "content": text} for text in texts]}
+    exact = count_chat(body, provider=provider, model=model).tokens
+    assert tokens.bound_chat(body, provider=provider, model=model) >= exact
+    lazy = tokens.PromptCount(body, provider=provider, model=model)
+    assert lazy.bound >= lazy.tokens == exact
+
+
+def test_a_prompt_count_counts_nothing_until_asked() -> None:
+    body = {"messages": [{"role": "user", "content": "hello " * 100}]}
+    before = dict(tokens.COUNTED)
+    lazy = tokens.PromptCount(body, provider="openai", model="gpt-4o")
+    assert lazy.bound >= 100
+    assert tokens.COUNTED == before
+    assert lazy.tokens == count_chat(body, provider="openai", model="gpt-4o").tokens
 
 
 # --- offline-ness and fallbacks --------------------------------------------------------------

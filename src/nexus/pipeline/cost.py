@@ -45,7 +45,7 @@ class Costs:
             return
         prompt = record.tokens_prompt
         if prompt is None:
-            prompt = req.prompt_tokens
+            prompt = req.counted_prompt()
             if prompt is None:
                 prompt = tokens.estimate(req.prompt_chars)
             record.cost_flag = "estimated"

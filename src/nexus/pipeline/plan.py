@@ -90,17 +90,16 @@ class Planner:
 
 
 def count_prompt(ex: Exchange, router: Router) -> None:
-    """With a budget, a chat a cloud backend may serve has its prompt counted by that
-    provider's tokenizer: the cost estimate that keeps the budget, and the fallback cost of a
-    stream cut before its usage came. Local-only traffic is never tokenized."""
+    """With a budget, a chat a cloud backend may serve gets its prompt counted by that
+    provider's tokenizer, on demand: the cost estimate that keeps the budget (only when a
+    cheap upper bound would not fit), and the fallback cost of a stream cut before its usage
+    came. Local-only traffic is never tokenized."""
     req, plan = ex.requirements, ex.plan
     assert plan is not None
     for model in plan.models:
         for backend in router.registry.get_backends_for_model(model):
             if backend.cloud:
-                req.prompt_tokens = tokens.count_chat(
-                    ex.body, provider=backend.type, model=model
-                ).tokens
+                req.prompt_count = tokens.PromptCount(ex.body, provider=backend.type, model=model)
                 return
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from nexus.errors import InvalidRequest
+from nexus.tokens import PromptCount
 
 MAX_MODEL_NAME = 256
 JSON_FORMATS = ("json_object", "json_schema")
@@ -33,7 +34,14 @@ class Requirements:
     completions: bool = False  # legacy /v1/completions: only backends that serve it
     only_type: str | None = None  # only backends of this type (a request only they can serve)
     max_tokens: int = 0  # the completion's limit, as the client set it (0: none)
-    prompt_tokens: int | None = None  # counted by the tokenizer registry (with a budget)
+    prompt_tokens: int | None = None  # known without counting (tests, translated requests)
+    prompt_count: PromptCount | None = None  # counted on demand (with a budget)
+
+    def counted_prompt(self) -> int | None:
+        """The prompt's tokens as the tokenizer registry counts them, if it may."""
+        if self.prompt_tokens is None and self.prompt_count is not None:
+            self.prompt_tokens = self.prompt_count.tokens
+        return self.prompt_tokens
 
     @property
     def is_plain_chat(self) -> bool:
