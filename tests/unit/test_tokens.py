@@ -363,7 +363,7 @@ def test_a_prompt_count_counts_nothing_until_asked() -> None:
     before = dict(tokens.COUNTED)
     lazy = tokens.PromptCount(body, provider="openai", model="gpt-4o")
     assert lazy.bound >= 100
-    assert tokens.COUNTED == before
+    assert before == tokens.COUNTED
     assert lazy.tokens == count_chat(body, provider="openai", model="gpt-4o").tokens
 
 
