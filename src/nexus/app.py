@@ -42,7 +42,8 @@ from nexus.routing import tiers
 from nexus.routing.limits import TokenBucket
 from nexus.routing.router import Router as ModelRouter
 from nexus.state import AppState
-from nexus.store import StoredDemand, open_store
+from nexus.store import Store, StoredDemand, open_store
+from nexus.tenants.limits import Limiter
 from nexus.tenants.service import Tenants
 from nexus.transport import TLS, Pool
 
@@ -192,6 +193,15 @@ class App:
         await self.dashboard.hub.stop()
 
 
+def shared_limiter(store: Store) -> Limiter:
+    """Rate limits every replica enforces together: the store is Redis (``storage.url``)."""
+    from nexus.store.redis import RedisStore
+    from nexus.store.redis_limits import RedisLimiter
+
+    assert isinstance(store, RedisStore)
+    return RedisLimiter(store)
+
+
 async def _preload_tokenizers(providers: list[str]) -> None:
     await asyncio.to_thread(tokens.preload, providers)
 
@@ -256,6 +266,7 @@ def build_app(config: Config) -> App:
             state.store,
             flush_seconds=storage.flush_interval_seconds,
             cycle_day=config.budget.billing_cycle_day,
+            limiter=shared_limiter(state.store) if storage.url else None,
         )
         recorder.sinks.append(state.tenants.record)
     state.fleet = Fleet(

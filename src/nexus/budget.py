@@ -32,7 +32,7 @@ from nexus.config import BudgetConfig
 from nexus.records import RequestRecord
 from nexus.registry import Backend
 from nexus.routing.requirements import Requirements
-from nexus.store import SpendRow, Store
+from nexus.store import SpendRow, Store, StoreUnavailable
 
 log = logging.getLogger("nexus.budget")
 
@@ -114,6 +114,8 @@ class Budget:
             await asyncio.sleep(self.flush_seconds)
             try:
                 await self.flush()
+            except StoreUnavailable:
+                pass  # logged by the store once per outage; the spend waits in the buffer
             except Exception:  # a full disk must not kill the flusher: retried next time
                 log.exception("could not write spend to the state store")
 
@@ -125,18 +127,17 @@ class Budget:
             for key, row in buffer.items():  # kept for the next flush
                 self._buffer.setdefault(key, SpendRow(*key)).add(row)
             raise
-        cycle = self.cycle
-        flushed = sum(row.cost_usd for row in buffer.values() if row.cycle == cycle)
-        await self._reload(flushed)
+        flushed = sum(row.cost_usd for row in buffer.values() if row.cycle == self.cycle)
+        self.unflushed -= flushed  # now in the store's total (even if re-reading it fails)
+        self.stored += flushed
+        await self._reload()
 
-    async def _reload(self, flushed: float = 0.0) -> None:
-        """The cycle's totals as every process sharing the store added them up. ``flushed``:
-        what this process just wrote, now in the store's total instead of ``unflushed``."""
+    async def _reload(self) -> None:
+        """The cycle's totals as every process sharing the store added them up."""
         cycle = self.cycle
         rows = await self.store.spend(cycle)
         if cycle != self.cycle:
             return  # the cycle rolled over meanwhile
-        self.unflushed -= flushed
         self.stored = sum(row.cost_usd for row in rows)
         self.rows = {(row.backend, row.model): row for row in rows}
         for row in self._buffer.values():  # charged since the flush began

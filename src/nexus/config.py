@@ -399,6 +399,13 @@ class StorageConfig:
         "$XDG_DATA_HOME/nexus/nexus.db (~/.local/share/nexus/nexus.db). Created on first "
         "use, and only opened when a feature needs it (a budget, auth).",
     )
+    url: str = setting(
+        "",
+        "Redis URL (redis://[:password@]host:6379/0, rediss:// for TLS) shared by several "
+        "Nexus replicas: keys, rate limits, quotas, usage and spend then live there instead "
+        "of the SQLite file. Needs `pip install nexus-orchestrator[redis]`. $NEXUS_STORAGE_URL "
+        "sets it from the environment, which keeps a password out of the file.",
+    )
     flush_interval_seconds: float = setting(
         1.0,
         "How often buffered writes (spend) reach the file: a crash (kill -9, power loss) "
@@ -557,6 +564,7 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "NEXUS_HOST": ("server", "host"),
     "NEXUS_LOG_LEVEL": ("logging", "level"),
     "NEXUS_DISCOVERY": ("discovery", "enabled"),
+    "NEXUS_STORAGE_URL": ("storage", "url"),  # keeps a Redis password out of the file
 }
 
 

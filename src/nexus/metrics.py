@@ -28,7 +28,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from nexus import tokens
+from nexus import store, tokens
 from nexus.budget import LEVELS, Budget
 from nexus.config import RoutingConfig
 from nexus.records import RequestRecord
@@ -276,6 +276,15 @@ class Metrics(Collector):
         for method, count in tokens.COUNTED.items():
             counted.add_metric([method], count)
         yield counted
+        errors = CounterMetricFamily(
+            "nexus_store_errors",
+            "Operations on the state store (SQLite file or Redis) that failed; requests go on "
+            "meanwhile from what this process knows",
+            labels=["operation"],
+        )
+        for operation, count in sorted(store.ERRORS.items()):
+            errors.add_metric([operation], count)
+        yield errors
         if self.budget is not None:
             yield from budget_gauges(self.budget)
         if self.queue_depth is not None:

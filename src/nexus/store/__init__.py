@@ -12,13 +12,26 @@ request path reads, refreshed after each flush.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from nexus.config import StorageConfig
 from nexus.tenants.model import ApiKey, Tenant, UsageRow
+
+ERRORS: Counter[str] = Counter()  # operation -> failures (nexus_store_errors_total)
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or written (Redis away, disk full). Already counted
+    and logged by the store: callers keep what they hold and retry on their next flush."""
+
+
+def count_error(operation: str) -> None:
+    ERRORS[operation] += 1
 
 
 @dataclass(slots=True)
@@ -106,7 +119,8 @@ class StoredDemand:
         return await self.store.load_demand()
 
     async def save(self, snapshot: dict[str, Any]) -> None:
-        await self.store.save_demand(snapshot)
+        with contextlib.suppress(StoreUnavailable):  # logged by the store; saved next pass
+            await self.store.save_demand(snapshot)
 
 
 def default_path() -> Path:
@@ -116,7 +130,12 @@ def default_path() -> Path:
 
 
 def open_store(config: StorageConfig) -> Store:
-    """The store the config names (not opened yet)."""
+    """The store the config names (not opened yet): Redis when ``url`` is set (imported only
+    then), else the SQLite file."""
+    if config.url:
+        from nexus.store.redis import RedisStore
+
+        return RedisStore(config.url)
     from nexus.store.sqlite import SQLiteStore
 
     return SQLiteStore(Path(config.path).expanduser() if config.path else default_path())

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from nexus.errors import StartupError
-from nexus.store import SpendRow
+from nexus.store import SpendRow, count_error
 from nexus.tenants.model import ApiKey, Tenant, UsageRow
 
 BUSY_TIMEOUT_SECONDS = 5.0
@@ -111,7 +111,11 @@ class SQLiteStore:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nexus-store")
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        except sqlite3.Error:  # a full disk, a file locked too long: counted, then raised
+            count_error(fn.__name__.lstrip("_"))
+            raise
 
     # -- lifecycle ----------------------------------------------------------------------------
 

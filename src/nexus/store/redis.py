@@ -1,0 +1,272 @@
+"""The shared state store: Redis, for several Nexus replicas behind one load balancer.
+
+``[storage] url = "redis://host:6379/0"`` puts what the SQLite file holds (spend, tenants,
+keys, usage, the fleet's demand) in Redis, so every replica reads and adds to the same
+totals. Sums are kept with Redis' own increments (``HINCRBY``/``HINCRBYFLOAT``, several in one
+``MULTI``), so two replicas adding at once both count. The per-tenant rate limits live here
+too (``RedisLimiter`` in ``redis_limits.py``): one script, one round trip per request.
+
+Layout, every key under ``nexus:``::
+
+    spend:<cycle>    hash  ["backend","model","requests|prompt|completion|cost"] -> number
+    usage:<day>      hash  ["tenant","model","requests|prompt|completion|cost"] -> number
+    usage:days       set   the days that have a usage hash
+    tenants          hash  name -> tenant JSON
+    keys             hash  key id -> key JSON (the key's SHA-256, never the key)
+    version          int   bumped by every change to tenants or keys
+    demand           str   the fleet's demand history (JSON)
+    rl:<tenant>:*    hash  rate-limit buckets (tokens, last refill)
+
+When Redis is away every call raises :class:`StoreUnavailable` quickly (no retries here: the
+callers keep what they have in memory and try again on their next flush). Each failure is
+counted in ``nexus_store_errors_total``; the first of an outage and the recovery are logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from nexus.errors import StartupError
+from nexus.store import SpendRow, StoreUnavailable, count_error
+from nexus.tenants.model import ApiKey, Tenant, UsageRow
+
+log = logging.getLogger("nexus.store")
+
+PREFIX = "nexus:"
+TIMEOUT_SECONDS = 0.5  # one round trip on a LAN is ~0.2 ms: 0.5 s means Redis is in trouble
+FIELDS = ("requests", "prompt", "completion", "cost")
+T = TypeVar("T")
+
+
+def connect(url: str) -> aioredis.Redis:
+    """A client that fails fast: a bounded wait, and no retries (the callers retry)."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=TIMEOUT_SECONDS,
+        socket_connect_timeout=TIMEOUT_SECONDS,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+        decode_responses=False,
+    )
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return scheme + sep + rest
+
+
+class RedisStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client = connect(url)
+        self.down = False  # inside an outage (logged once when it starts and when it ends)
+
+    async def call(self, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            result = await fn()
+        except (RedisError, OSError) as exc:
+            count_error(operation)
+            if not self.down:
+                self.down = True
+                log.warning(
+                    "state store: Redis at %s is unreachable (%s): serving from what this "
+                    "replica knows; writes are kept until it is back",
+                    safe_url(self.url),
+                    type(exc).__name__,
+                )
+            raise StoreUnavailable(f"Redis: {type(exc).__name__}") from exc
+        if self.down:
+            self.down = False
+            log.warning("state store: Redis at %s is reachable again", safe_url(self.url))
+        return result
+
+    async def open(self) -> None:
+        try:
+            await self.client.ping()
+        except (RedisError, OSError) as exc:
+            raise StartupError(
+                f"cannot reach the state store at {safe_url(self.url)} ({exc}); start Redis, "
+                "or remove [storage] url to use the embedded SQLite file"
+            ) from None
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    # -- spend --------------------------------------------------------------------------------
+
+    async def add_spend(self, rows: list[SpendRow]) -> None:
+        if rows:
+            await self.call("add_spend", lambda: self._add_sums(_sums(rows)))
+
+    async def spend(self, cycle: str) -> list[SpendRow]:
+        raw: dict[bytes, bytes] = await self.call(
+            "spend",
+            lambda: self.client.hgetall(f"{PREFIX}spend:{cycle}"),  # type: ignore[arg-type,return-value]
+        )
+        return [
+            SpendRow(cycle, backend, model, *sums)
+            for (backend, model), sums in _unpack(raw).items()
+        ]
+
+    async def _add_sums(self, sums: dict[str, list[tuple[bytes, int | float]]]) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            for key, fields in sums.items():
+                for field, value in fields:
+                    if isinstance(value, float):
+                        pipe.hincrbyfloat(key, field, value)
+                    else:
+                        pipe.hincrby(key, field, value)
+            await pipe.execute()
+
+    # -- tenants and keys ---------------------------------------------------------------------
+
+    async def version(self) -> int:
+        raw = await self.call("version", lambda: self.client.get(f"{PREFIX}version"))
+        return int(raw or 0)
+
+    async def tenants(self) -> tuple[list[Tenant], list[ApiKey]]:
+        async def read() -> list[Any]:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(f"{PREFIX}tenants")
+                pipe.hgetall(f"{PREFIX}keys")
+                result: list[Any] = await pipe.execute()
+                return result
+
+        raw_tenants, raw_keys = await self.call("tenants", read)
+        tenants = sorted(
+            (Tenant(**orjson.loads(v)) for v in raw_tenants.values()), key=lambda t: t.name
+        )
+        keys = sorted((ApiKey(**orjson.loads(v)) for v in raw_keys.values()), key=_created)
+        return tenants, keys
+
+    async def put_tenant(self, tenant: Tenant) -> None:
+        definition = orjson.dumps(tenant.to_dict())
+        await self.call("put_tenant", lambda: self._change("tenants", tenant.name, definition))
+
+    async def delete_tenant(self, name: str) -> bool:
+        async def delete() -> bool:
+            keys = await self.client.hgetall(f"{PREFIX}keys")
+            ids = [i for i, v in keys.items() if orjson.loads(v)["tenant"] == name]
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hdel(f"{PREFIX}tenants", name)
+                if ids:
+                    pipe.hdel(f"{PREFIX}keys", *ids)
+                pipe.incr(f"{PREFIX}version")
+                deleted: list[Any] = await pipe.execute()
+            return bool(deleted[0])
+
+        return await self.call("delete_tenant", delete)
+
+    async def put_key(self, key: ApiKey) -> None:
+        record = orjson.dumps(_key_record(key))
+        await self.call("put_key", lambda: self._change("keys", key.id, record))
+
+    async def revoke_key(self, key_id: str) -> bool:
+        async def revoke() -> bool:
+            raw = await self.client.hget(f"{PREFIX}keys", key_id)
+            if raw is None:
+                return False
+            record = orjson.loads(raw)
+            if record["revoked"]:
+                return False
+            record["revoked"] = True
+            await self._change("keys", key_id, orjson.dumps(record))
+            return True
+
+        return await self.call("revoke_key", revoke)
+
+    async def _change(self, table: str, field: str, value: bytes) -> None:
+        """One change to tenants or keys, and the version bump every replica polls."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(f"{PREFIX}{table}", field, value)
+            pipe.incr(f"{PREFIX}version")
+            await pipe.execute()
+
+    # -- usage --------------------------------------------------------------------------------
+
+    async def add_usage(self, rows: list[UsageRow]) -> None:
+        if not rows:
+            return
+
+        async def add() -> None:
+            await self._add_sums(_sums(rows))
+            await self.client.sadd(f"{PREFIX}usage:days", *{row.day for row in rows})
+
+        await self.call("add_usage", add)
+
+    async def usage(self, tenant: str | None, since: str) -> list[UsageRow]:
+        async def read() -> list[UsageRow]:
+            members: set[bytes] = await self.client.smembers(f"{PREFIX}usage:days")  # type: ignore[assignment]
+            days = sorted(d.decode() for d in members)
+            days = [day for day in days if day >= since]
+            async with self.client.pipeline(transaction=False) as pipe:
+                for day in days:
+                    pipe.hgetall(f"{PREFIX}usage:{day}")
+                hashes: list[Any] = await pipe.execute()
+            rows = [
+                UsageRow(names[0], day, names[1], *sums)
+                for day, raw in zip(days, hashes, strict=True)
+                for names, sums in _unpack(raw).items()
+                if tenant is None or names[0] == tenant
+            ]
+            return sorted(rows, key=lambda r: (r.tenant, r.day, r.model))
+
+        return await self.call("usage", read)
+
+    # -- fleet demand -------------------------------------------------------------------------
+
+    async def load_demand(self) -> dict[str, Any] | None:
+        raw = await self.call("load_demand", lambda: self.client.get(f"{PREFIX}demand"))
+        return None if raw is None else dict(orjson.loads(raw))
+
+    async def save_demand(self, snapshot: dict[str, Any]) -> None:
+        text = orjson.dumps(snapshot)
+        await self.call("save_demand", lambda: self.client.set(f"{PREFIX}demand", text))
+
+
+def _created(key: ApiKey) -> float:
+    return key.created
+
+
+def _key_record(key: ApiKey) -> dict[str, Any]:
+    return {**key.to_dict(), "hash": key.hash}
+
+
+def _sums(rows: list[SpendRow] | list[UsageRow]) -> dict[str, list[tuple[bytes, int | float]]]:
+    """Rows as increments: hash key -> (field, amount), zero amounts left out."""
+    sums: dict[str, list[tuple[bytes, int | float]]] = {}
+    for row in rows:
+        if isinstance(row, SpendRow):
+            key, first = f"{PREFIX}spend:{row.cycle}", row.backend
+        else:
+            key, first = f"{PREFIX}usage:{row.day}", row.tenant
+        values = (row.requests, row.prompt_tokens, row.completion_tokens, float(row.cost_usd))
+        sums.setdefault(key, []).extend(
+            (orjson.dumps([first, row.model, what]), value)
+            for what, value in zip(FIELDS, values, strict=True)
+            if value
+        )
+    return sums
+
+
+def _unpack(raw: dict[bytes, bytes]) -> dict[tuple[str, str], tuple[int, int, int, float]]:
+    """A sums hash back into (first, second) -> (requests, prompt, completion, cost)."""
+    rows: dict[tuple[str, str], list[float]] = {}
+    for field, value in raw.items():
+        first, second, what = orjson.loads(field)
+        rows.setdefault((first, second), [0, 0, 0, 0.0])[FIELDS.index(what)] = float(value)
+    return {
+        names: (int(sums[0]), int(sums[1]), int(sums[2]), sums[3])
+        for names, sums in sorted(rows.items())
+    }

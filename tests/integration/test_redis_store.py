@@ -1,0 +1,233 @@
+"""The state store's contract, held by both engines: the SQLite file and a real Redis.
+
+Every caller (budget, tenants, fleet) is written against ``Store``; these tests make sure the
+Redis engine answers exactly as the SQLite one does, including two writers adding at once,
+and that the shared rate limiter keeps one limit for several replicas, falling back to this
+replica's own buckets (quickly) when Redis is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from nexus.store import ERRORS, SpendRow, Store, StoreUnavailable
+from nexus.store.sqlite import SQLiteStore
+from nexus.tenants.model import ApiKey, Tenant, UsageRow
+from tests.redis_server import RedisServer, redis_server
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    with redis_server(tmp_path / "redis") as server:
+        yield server
+
+
+def make_store(kind: str, tmp_path: Path, redis_url: str) -> Store:
+    if kind == "sqlite":
+        return SQLiteStore(tmp_path / "nexus.db")
+    from nexus.store.redis import RedisStore
+
+    return RedisStore(redis_url)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[list[Store]]:
+    """Two stores on the same data, as two processes (or replicas) would have."""
+    if request.param == "redis":
+        with redis_server(tmp_path / "redis") as server:
+            async with _opened(request.param, tmp_path, server.url) as pair:
+                yield pair
+    else:
+        async with _opened(request.param, tmp_path, "") as pair:
+            yield pair
+
+
+class _opened:
+    def __init__(self, kind: str, tmp_path: Path, url: str) -> None:
+        self.pair = [make_store(kind, tmp_path, url) for _ in range(2)]
+
+    async def __aenter__(self) -> list[Store]:
+        for store in self.pair:
+            await store.open()
+        return self.pair
+
+    async def __aexit__(self, *exc: object) -> None:
+        for store in self.pair:
+            await store.close()
+
+
+async def test_spend_adds_up_across_writers(stores: list[Store]) -> None:
+    one, two = stores
+    row = SpendRow("2027-01-01", "cloud", "gpt-4o", 1, 10, 20, 0.25)
+    await asyncio.gather(*(s.add_spend([row]) for s in (one, two, one, two)))
+    await one.add_spend([SpendRow("2027-01-01", "claude", "haiku", 2, 1, 1, 0.5)])
+    await one.add_spend([SpendRow("2027-02-01", "cloud", "gpt-4o", 1, 1, 1, 9.0)])
+    assert await two.spend("2027-01-01") == [
+        SpendRow("2027-01-01", "claude", "haiku", 2, 1, 1, 0.5),
+        SpendRow("2027-01-01", "cloud", "gpt-4o", 4, 40, 80, 1.0),
+    ]
+    assert await two.spend("2026-12-01") == []
+
+
+async def test_tenants_and_keys_round_trip_and_bump_the_version(stores: list[Store]) -> None:
+    one, two = stores
+    start = await two.version()
+    team = Tenant("team", ["llama*"], rpm=60, burst=5, tpm=1000, monthly_cost=5.0, created=1.0)
+    await one.put_tenant(team)
+    await one.put_tenant(Tenant("bot", created=2.0))
+    await one.put_key(ApiKey("abcd1234", "team", "f" * 64, 10.0, expires=99.0))
+    await one.put_key(ApiKey("zzzz9999", "bot", "e" * 64, 11.0))
+    assert await two.version() > start
+    tenants, keys = await two.tenants()
+    assert tenants == [Tenant("bot", created=2.0), team]
+    assert keys == [
+        ApiKey("abcd1234", "team", "f" * 64, 10.0, expires=99.0),
+        ApiKey("zzzz9999", "bot", "e" * 64, 11.0),
+    ]
+    before = await two.version()
+    assert await one.revoke_key("abcd1234") is True
+    assert await one.revoke_key("abcd1234") is False  # already revoked: no change
+    assert await one.revoke_key("nope0000") is False
+    assert await two.version() > before
+    assert (await two.tenants())[1][0].revoked is True
+    assert await one.delete_tenant("team") is True
+    assert await one.delete_tenant("team") is False
+    tenants, keys = await two.tenants()
+    assert [t.name for t in tenants] == ["bot"] and [k.id for k in keys] == ["zzzz9999"]
+
+
+async def test_usage_adds_up_and_filters_by_tenant_and_day(stores: list[Store]) -> None:
+    one, two = stores
+    rows = [
+        UsageRow("team", "2027-01-30", "m", 1, 10, 5, 0.01),
+        UsageRow("team", "2027-02-01", "m", 1, 10, 5, 0.01),
+        UsageRow("bot", "2027-02-02", "x", 3, 0, 0, 0.0),
+    ]
+    await asyncio.gather(one.add_usage(rows), two.add_usage(rows))
+    assert await one.usage(None, "2027-02-01") == [
+        UsageRow("bot", "2027-02-02", "x", 6, 0, 0, 0.0),
+        UsageRow("team", "2027-02-01", "m", 2, 20, 10, pytest.approx(0.02)),  # type: ignore[arg-type]
+    ]
+    assert await two.usage("team", "2027-01-01") == [
+        UsageRow("team", "2027-01-30", "m", 2, 20, 10, pytest.approx(0.02)),  # type: ignore[arg-type]
+        UsageRow("team", "2027-02-01", "m", 2, 20, 10, pytest.approx(0.02)),  # type: ignore[arg-type]
+    ]
+
+
+async def test_demand_history_round_trips(stores: list[Store]) -> None:
+    one, two = stores
+    assert await two.load_demand() is None
+    await one.save_demand({"models": {"llama3": [1, 2, 3]}})
+    assert await two.load_demand() == {"models": {"llama3": [1, 2, 3]}}
+
+
+async def test_redis_away_fails_fast_counted_and_comes_back(redis: RedisServer) -> None:
+    from nexus.store.redis import RedisStore
+
+    store = RedisStore(redis.url)
+    await store.open()
+    try:
+        await store.add_spend([SpendRow("2027-01-01", "b", "m", 1, 1, 1, 1.0)])
+        redis.kill()
+        before = ERRORS["add_spend"]
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.add_spend([SpendRow("2027-01-01", "b", "m", 1, 1, 1, 1.0)])
+        assert time.monotonic() - started < 2
+        assert ERRORS["add_spend"] == before + 1
+        redis.start()  # same port, same append-only file
+        await store.add_spend([SpendRow("2027-01-01", "b", "m", 1, 1, 1, 1.0)])
+        assert (await store.spend("2027-01-01"))[0].requests == 2
+    finally:
+        await store.close()
+
+
+async def test_open_names_an_unreachable_redis_in_one_line(tmp_path: Path) -> None:
+    from nexus.errors import StartupError
+    from nexus.store.redis import RedisStore
+    from tests.redis_server import free_port
+
+    store = RedisStore(f"redis://:secret-pw@127.0.0.1:{free_port()}/0")
+    with pytest.raises(StartupError) as caught:
+        await store.open()
+    await store.close()
+    message = str(caught.value)
+    assert "cannot reach the state store at redis://***@127.0.0.1:" in message
+    assert "secret-pw" not in message and "\n" not in message
+
+
+# -- the shared rate limiter --------------------------------------------------------------------
+
+
+async def test_replicas_share_one_request_bucket(redis: RedisServer) -> None:
+    """Three limiters (three replicas) hammering one tenant admit burst + rate x time, not
+    three times that."""
+    from nexus.store.redis import RedisStore
+    from nexus.store.redis_limits import RedisLimiter
+
+    replicas = [RedisStore(redis.url) for _ in range(3)]
+    for store in replicas:
+        await store.open()
+    try:
+        limiters = [RedisLimiter(store) for store in replicas]
+        tenant = Tenant("team", rpm=60, burst=5)  # one a second after a burst of 5
+        started = time.monotonic()
+        decisions = await asyncio.gather(*(limiters[i % 3].acquire(tenant) for i in range(60)))
+        elapsed = time.monotonic() - started
+        admitted = [d for d in decisions if d.allowed]
+        assert 5 <= len(admitted) <= 5 + int(elapsed) + 1
+        refused = next(d for d in decisions if not d.allowed)
+        assert refused.exhausted == "requests" and 0 < refused.retry_after <= 1.0
+        assert dict(refused.headers())[b"x-ratelimit-limit-requests"] == b"60"
+        assert admitted[0].headers()  # remaining and reset on every admitted answer
+    finally:
+        for store in replicas:
+            await store.close()
+
+
+async def test_tokens_spent_on_one_replica_limit_the_others(redis: RedisServer) -> None:
+    from nexus.store.redis import RedisStore
+    from nexus.store.redis_limits import RedisLimiter
+
+    one_store, two_store = RedisStore(redis.url), RedisStore(redis.url)
+    await one_store.open()
+    await two_store.open()
+    try:
+        one, two = RedisLimiter(one_store), RedisLimiter(two_store)
+        tenant = Tenant("team", tpm=600)  # 10 tokens a second
+        assert (await two.acquire(tenant)).allowed
+        one.spend_tokens(tenant, 1200)  # a minute's worth and as much again: in debt
+        await asyncio.gather(*one._sending)
+        refused = await two.acquire(tenant)
+        assert not refused.allowed and refused.exhausted == "tokens"
+        assert 55 < refused.retry_after <= 61
+    finally:
+        await one_store.close()
+        await two_store.close()
+
+
+async def test_with_redis_away_each_replica_limits_alone_without_waiting(
+    redis: RedisServer,
+) -> None:
+    from nexus.store.redis import RedisStore
+    from nexus.store.redis_limits import RedisLimiter
+
+    store = RedisStore(redis.url)
+    await store.open()
+    try:
+        limiter = RedisLimiter(store)
+        tenant = Tenant("team", rpm=60, burst=2)
+        redis.kill()
+        before = ERRORS["rate_limit"]
+        started = time.monotonic()
+        decisions = [await limiter.acquire(tenant) for _ in range(20)]
+        assert time.monotonic() - started < 2  # one failed round trip, then local at once
+        assert [d.allowed for d in decisions[:3]] == [True, True, False]
+        assert ERRORS["rate_limit"] == before + 1
+    finally:
+        await store.close()
