@@ -82,6 +82,7 @@ class Tenants:
         self.static_keys: list[ApiKey] = []  # from the environment: any format, no id
         self.version = -1
         self.used: dict[str, list[float]] = {}  # tenant -> [tokens, cost] this cycle
+        self._used_cycle: datetime | None = None  # the cycle ``used`` is of (its start)
         self._buffer: dict[tuple[str, str, str], UsageRow] = {}
         self._failures: OrderedDict[str, TokenBucket] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
@@ -114,6 +115,14 @@ class Tenants:
         import os
 
         environ = self.environ if self.environ is not None else os.environ
+        declared_names = {declared.name for declared in self.config.tenants}
+        stored, _ = await self.store.tenants()
+        for gone in stored:
+            if gone.static and gone.name not in declared_names:
+                # Taken out of the config file: nobody could delete it otherwise (the API
+                # refuses to change a static tenant), and keys made for it would still work.
+                log.info("tenant %s is no longer in the config file: deleted", gone.name)
+                await self.store.delete_tenant(gone.name)
         for declared in self.config.tenants:
             tenant = Tenant(
                 declared.name,
@@ -222,9 +231,10 @@ class Tenants:
     def _check_quota(self, tenant: Tenant) -> None:
         if not (tenant.monthly_tokens or tenant.monthly_cost):
             return
-        tokens, cost = self.used.get(tenant.name, (0.0, 0.0))
-        end = cycle_bounds(self.clock(), self.cycle_day)[1]
-        reset = (end - self.clock()).total_seconds()
+        now = self.clock()
+        tokens, cost = self._this_cycle(now).get(tenant.name, (0.0, 0.0))
+        end = cycle_bounds(now, self.cycle_day)[1]
+        reset = (end - now).total_seconds()
         if tenant.monthly_tokens and tokens >= tenant.monthly_tokens:
             raise QuotaExceeded(
                 f"tenant '{tenant.name}' used its {tenant.monthly_tokens} tokens of this cycle "
@@ -241,18 +251,23 @@ class Tenants:
     # -- what they used -------------------------------------------------------------------------
 
     def record(self, record: RequestRecord) -> None:
-        """Recorder sink: a finished request of a tenant."""
+        """Recorder sink: a finished request of a tenant. One that reached no backend (refused,
+        or for a model nobody serves) used nothing, and its model may be any name a client
+        made up: it leaves no usage row."""
         name = record.tenant
         tenant = self.by_name.get(name) if name else None
-        if tenant is None:
+        if tenant is None or not record.backend:
             return
         prompt, completion = record.tokens_prompt or 0, record.tokens_completion or 0
         cost = record.cost_usd or 0.0
-        day = datetime.fromtimestamp(record.timestamp, UTC).date().isoformat()
+        # Dated by the service's clock, as the cycle is: a row and the quota it counts
+        # against never disagree on what day it is.
+        now = self.clock()
+        day = now.astimezone(UTC).date().isoformat()
         model = record.routed_model or record.model
         row = UsageRow(name, day, model, 1, prompt, completion, cost)
         self._buffer.setdefault((name, day, model), UsageRow(name, day, model)).add(row)
-        used = self.used.setdefault(name, [0.0, 0.0])
+        used = self._this_cycle(now).setdefault(name, [0.0, 0.0])
         used[0] += prompt + completion
         used[1] += cost
         if prompt or completion:
@@ -288,6 +303,17 @@ class Tenants:
                 totals[0] += row.prompt_tokens + row.completion_tokens
                 totals[1] += row.cost_usd
         self.used = used
+        self._used_cycle = start
+
+    def _this_cycle(self, now: datetime) -> dict[str, list[float]]:
+        """``used``, or nothing if a new cycle began since it was read (the store's totals
+        of the new cycle are read at the next flush): a quota is lifted at the reset, not up
+        to a flush later."""
+        start = cycle_bounds(now, self.cycle_day)[0]
+        if start != self._used_cycle:
+            self.used = {}
+            self._used_cycle = start
+        return self.used
 
     # -- the admin's operations -----------------------------------------------------------------
 
@@ -359,10 +385,11 @@ class Tenants:
 
     def summary(self) -> dict[str, Any]:
         """For /v1/stats: each tenant's use of this cycle against its quotas."""
+        used = self._this_cycle(self.clock())
         return {
             name: {
-                "tokens": int(self.used.get(name, (0, 0))[0]),
-                "cost_usd": round(self.used.get(name, (0, 0.0))[1], 6),
+                "tokens": int(used.get(name, (0, 0))[0]),
+                "cost_usd": round(used.get(name, (0, 0.0))[1], 6),
                 "monthly_tokens": tenant.monthly_tokens,
                 "monthly_cost": tenant.monthly_cost,
             }
