@@ -804,7 +804,7 @@ async def test_a_revoked_key_is_refused_by_another_process_within_seconds(tmp_pa
             assert code == 0, err
             assert await status_at(one.url) == 401  # at once where it was revoked
             await wait_until(
-                lambda: _is(status_at(two.url), 401), timeout=2.5, what="two refusing the key"
+                lambda: _is(status_at(two.url), 401), timeout=3, what="two refusing the key"
             )
             # Usage of both processes adds up in the one file.
             _, data, _ = await http(two.url, "GET", "/admin/usage/team")
