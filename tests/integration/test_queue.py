@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -37,10 +39,11 @@ def queued(nexus: Nexus) -> int:
     return len(nexus.state.queue)
 
 
-async def ask(nexus: Nexus, priority: str | None = None, **extra: Any) -> Any:
+async def ask(nexus: Nexus, priority: str | None = None, model: str = MODEL, **extra: Any) -> Any:
     headers = {"X-Nexus-Priority": priority} if priority else {}
+    headers.update(extra.pop("extra_headers", {}))
     return await nexus.client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=MSG, extra_headers=headers, **extra
+        model=model, messages=MSG, extra_headers=headers, **extra
     )
 
 
@@ -237,6 +240,90 @@ async def test_the_log_line_says_how_long_a_request_waited(
         nexus.state.recorder.flush()
         lines = [r.request.to_dict() for r in caplog.records if hasattr(r, "request")]
         assert [line.get("queue_wait_ms", 0) >= 100 for line in lines] == [False, True]
+
+
+async def test_the_eta_grows_with_the_service_time_and_the_queue_ahead(tmp_path: Path) -> None:
+    async with one_slot(tmp_path) as (nexus, fake):
+        fake.chat_behavior, fake.delay = fake.chat_behavior.SLOW, 2.0
+        started = time.monotonic()
+        await ask(nexus)  # observed: this backend holds a request ~2 s
+        took = time.monotonic() - started
+        fake.gate = asyncio.Event()
+        first = asyncio.create_task(ask(nexus))
+        await wait_until(lambda: fake.active_requests == 1, what="the slot taken")
+
+        async def eta() -> int:
+            with pytest.raises(openai.APIStatusError) as caught:
+                await ask(nexus, extra_headers={"X-Nexus-Queue-Timeout": "0.1"})
+            error = caught.value.response.json()["error"]
+            assert error["code"] == "queue_timeout"
+            assert caught.value.response.headers["retry-after"] == str(
+                error["context"]["eta_seconds"]
+            )
+            return int(error["context"]["eta_seconds"])
+
+        alone = await eta()  # next in line: one service time (1 s before any was observed)
+        assert 2 <= alone <= math.ceil(took) + 1, (alone, took)
+        waiting = []
+        for n in (1, 2):
+            waiting.append(asyncio.create_task(ask(nexus)))
+            await wait_until(lambda n=n: queued(nexus) == n, what=f"{n} queued")
+        third = await eta()  # two ahead of it: three service times
+        assert 6 <= third <= math.ceil(3 * took) + 1, (third, took)
+        assert third > alone
+        fake.chat_behavior = fake.chat_behavior.OK
+        fake.gate.set()
+        await asyncio.gather(first, *waiting)
+
+
+# -- fallbacks before waiting (F13) ---------------------------------------------------------
+
+
+@asynccontextmanager
+async def primary_and_fallback(
+    tmp_path: Path, *, primary_tier: int, fallback_tier: int
+) -> AsyncIterator[tuple[Nexus, FakeVLLM, FakeVLLM]]:
+    """Model "a" on backend A and its configured fallback "b" on B, one slot each."""
+    async with FakeVLLM([FakeModel("a")]) as a, FakeVLLM([FakeModel("b")]) as b:
+        backends = [
+            backend_entry(a, "A", "vllm", max_concurrent=1, tier=primary_tier),
+            backend_entry(b, "B", "vllm", max_concurrent=1, tier=fallback_tier),
+        ]
+        routing = {"fallbacks": {"a": ["b"]}}
+        async with running_nexus(tmp_path, backends, routing=routing) as nexus:
+            yield nexus, a, b
+
+
+async def test_a_busy_primary_goes_to_a_same_tier_fallback_instead_of_waiting(
+    tmp_path: Path,
+) -> None:
+    async with primary_and_fallback(tmp_path, primary_tier=3, fallback_tier=3) as (nexus, a, b):
+        a.gate = asyncio.Event()
+        first = asyncio.create_task(ask(nexus, model="a"))
+        await wait_until(lambda: a.active_requests == 1, what="A's slot taken")
+        reply = await asyncio.wait_for(ask(nexus, model="a"), 5)
+        assert reply.headers["x-nexus-backend"] == "B"
+        assert reply.headers["x-nexus-fallback-model"] == "b"
+        assert "x-nexus-queue-wait-ms" not in reply.headers  # it never waited
+        assert [r.json["model"] for r in b.chat_requests] == ["b"]
+        a.gate.set()
+        assert (await first).headers["x-nexus-backend"] == "A"
+
+
+async def test_a_busy_primary_waits_rather_than_fall_to_a_lower_tier(tmp_path: Path) -> None:
+    async with primary_and_fallback(tmp_path, primary_tier=4, fallback_tier=2) as (nexus, a, b):
+        a.gate = asyncio.Event()
+        first = asyncio.create_task(ask(nexus, model="a"))
+        await wait_until(lambda: a.active_requests == 1, what="A's slot taken")
+        second = asyncio.create_task(ask(nexus, model="a"))
+        await wait_until(lambda: queued(nexus) == 1, what="the second queued")
+        a.gate.set()
+        await first
+        reply = await asyncio.wait_for(second, 5)
+        assert reply.headers["x-nexus-backend"] == "A"
+        assert "x-nexus-fallback-model" not in reply.headers
+        assert "x-nexus-queue-wait-ms" in reply.headers
+        assert b.chat_requests == []
 
 
 # -- rate limits ---------------------------------------------------------------------------

@@ -180,7 +180,10 @@ class Forwarder:
             self.registry.end_serving(backend, route.model)
             self.registry.decrement_pending(backend)
             held = time.perf_counter() - sent
-            backend.service_seconds += SERVICE_EWMA_ALPHA * (held - backend.service_seconds)
+            if backend.service_seconds:
+                backend.service_seconds += SERVICE_EWMA_ALPHA * (held - backend.service_seconds)
+            else:  # the first observation is the estimate (not a fifth of it)
+                backend.service_seconds = held
             if self.queue is not None:
                 self.queue.dispatch(backend)
 
