@@ -5,6 +5,8 @@ SQLite file, and the budget's clock injected where time matters."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import signal
 import sqlite3
@@ -18,9 +20,10 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from nexus import tokens
-from tests.fakes import FakeModel, FakeOpenAI, FakeVLLM
+from tests.fakes import Behavior, FakeModel, FakeOpenAI, FakeVLLM
 from tests.helpers import Nexus, backend_entry, nexus_cli, running_nexus, spawn_nexus, write_config
 
 CENT = {"input": 10000.0, "output": 10000.0}  # USD per million tokens: a cent a token
@@ -276,3 +279,99 @@ async def test_a_corrupt_store_stops_nexus_serve_with_one_line(tmp_path: Path) -
         errors = [line for line in err.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1 and "not a SQLite database" in errors[0], err
         assert "Traceback" not in err
+
+
+async def test_a_cloud_stream_cut_before_its_usage_is_costed_from_counted_tokens(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="nexus.request")
+    model = "gpt-4o-mini"  # a model Nexus has a tokenizer for: its prompt is counted
+    messages: list[Any] = [{"role": "user", "content": "hello world " * 50}]
+    async with FakeOpenAI([FakeModel(model)]) as cloud:
+        entry = cloud_entry(cloud, prices={model: CENT})
+        lab = sections(tmp_path, monthly_limit=100.0)
+        async with running_nexus(tmp_path, [entry], **lab) as nexus:
+            cloud.chat_behavior, cloud.cut_after = Behavior.CUT_STREAM, 2  # deltas, no usage
+            relayed = ""
+            with pytest.raises(openai.APIError, match="failed mid-stream"):  # the cut
+                stream = await nexus.client.chat.completions.create(
+                    model=model, messages=messages, stream=True
+                )
+                async for chunk in stream:
+                    assert chunk.usage is None
+                    relayed += "".join(c.delta.content or "" for c in chunk.choices)
+            assert relayed  # some text came through before the cut
+            assert cloud.chat_requests[0].json["stream_options"] == {"include_usage": True}
+            nexus.state.recorder.flush()
+            prompt = tokens.count_chat({"messages": messages}, provider="openai", model=model)
+            assert prompt.method == "exact"
+            assert prompt.tokens < tokens.estimate(len("hello world " * 50))  # not its size
+            counted = (prompt.tokens + tokens.estimate(len(relayed))) / 100  # a cent a token
+            lines = [r.request.to_dict() for r in caplog.records if hasattr(r, "request")]
+            assert len(lines) == 1
+            line = lines[0]
+            assert line["cost_flag"] == "estimated" and line["tokens_prompt"] is None
+            assert line["cost_usd"] == pytest.approx(counted)
+            budget = nexus.state.budget
+            assert budget is not None and budget.spent == pytest.approx(counted)
+            text = nexus.state.metrics.exposition().decode()
+            assert f'nexus_cost_usd_total{{backend="cloud",model="{model}"}} {counted}' in text
+
+
+def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def next_cycle_start(now: datetime, day: int) -> datetime:
+    """The next 00:00 UTC on ``day`` of a month (day <= 28 here, so every month has it)."""
+    if now.day < day:
+        return datetime(now.year, now.month, day, tzinfo=UTC)
+    year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
+    return datetime(year, month, day, tzinfo=UTC)
+
+
+async def test_the_budget_is_shown_by_the_cli_metrics_and_stats_of_nexus_serve(
+    tmp_path: Path,
+) -> None:
+    async with FakeOpenAI([FakeModel("cloud-only")]) as cloud:
+        budget = {"billing_cycle_day": 15, "monthly_limit": 2.0}
+        config = write_config(tmp_path, [cloud_entry(cloud)], **sections(tmp_path, **budget))
+        env = {"TEST_CLOUD_KEY": "sk-cloud-0123456789"}
+        async with spawn_nexus(config, env=env) as nexus:
+            await nexus.wait_healthy()
+            client = openai.AsyncOpenAI(base_url=nexus.url + "/v1", api_key="x", max_retries=0)
+            spent, status = 0.0, "normal"
+            while status == "normal":  # past the soft limit (50 %): a status other than 0
+                reply = await client.chat.completions.with_raw_response.create(
+                    model="cloud-only", messages=MSG
+                )
+                spent += cost_of(reply)
+                status = reply.headers["x-nexus-budget-status"]
+            await client.close()
+            assert status == "soft-limit" and 1.0 <= spent < 2.0
+            now = datetime.now(UTC)
+            async with aiohttp.ClientSession() as session:
+                async with session.get(nexus.url + "/v1/stats") as resp:
+                    stats = (await resp.json())["budget"]
+                async with session.get(nexus.url + "/metrics") as resp:
+                    metrics = metric_values(await resp.text())
+            code, out, err = await nexus_cli("budget", "--json", "--url", nexus.url)
+        assert code == 0, err
+        shown = json.loads(out)
+        assert shown == stats  # the CLI shows what the server says, all of it
+        assert stats["spent_usd"] == pytest.approx(spent, abs=1e-6)
+        assert stats["remaining_usd"] == pytest.approx(2.0 - spent, abs=1e-6)
+        assert stats["status"] == "soft-limit" and stats["limit_usd"] == 2.0
+        assert datetime.fromisoformat(stats["cycle_end"]) == next_cycle_start(now, 15)
+        [row] = stats["by_backend_model"]
+        assert row["backend"] == "cloud" and row["model"] == "cloud-only"
+        assert row["cost_usd"] == pytest.approx(spent, abs=1e-6)
+        assert metrics[("nexus_budget_spent_usd", ())] == pytest.approx(spent, abs=1e-6)
+        assert metrics[("nexus_budget_limit_usd", ())] == 2.0
+        assert metrics[("nexus_budget_status", ())] == 1.0  # soft-limit
+        labels = (("backend", "cloud"), ("model", "cloud-only"))
+        assert metrics[("nexus_cost_usd_total", labels)] == pytest.approx(spent, abs=1e-6)
