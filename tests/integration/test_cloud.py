@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 
@@ -257,6 +258,20 @@ async def test_provider_error_mid_stream_ends_with_an_error_event(tmp_path: Path
                 ):  # type: ignore[arg-type]
                     pass
         assert nexus.pending() == {"claude": 0, "gemini": 0}
+        for model in MODELS:  # on the wire: chunks, one error event, then [DONE]; nothing raw
+            body = {"model": model, "messages": MSG, "stream": True}
+            headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(nexus.url + "/v1/chat/completions", json=body, headers=headers) as r,
+            ):
+                raw = await r.read()
+            blocks = [b for b in raw.split(b"\n\n") if b]
+            assert all(b.startswith(b"data: ") for b in blocks), raw[:300]
+            assert blocks[-1] == b"data: [DONE]" and raw.count(b"[DONE]") == 1
+            error = json.loads(blocks[-2][6:])["error"]
+            assert error["code"] == "backend_error" and "mid-stream" in error["message"]
+            assert b"event:" not in raw and b"overloaded_error" not in raw
 
 
 async def test_failover_local_to_cloud_and_back(tmp_path: Path) -> None:

@@ -148,14 +148,17 @@ async def test_stream_without_usage_asks_upstream_but_hides_it(
     assert fake.chat_requests[-1].json["stream_options"] == {"include_usage": True}
 
 
-async def test_stream_without_done_upstream_is_relayed_as_is(tmp_path: Path) -> None:
+async def test_stream_without_done_upstream_is_relayed_then_called_an_error(
+    tmp_path: Path,
+) -> None:
     async with FakeVLLM([FakeModel("qwen")], send_done=False) as fake:
         async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")]) as nexus:
             events = await sse_events(
                 nexus,
                 {"model": "qwen", "stream": True, "messages": [{"role": "user", "content": "x"}]},
             )
-            assert b"[DONE]" not in events and len(events) >= 3
+            assert len(events) >= 4 and events.count(b"[DONE]") == 1
+            assert b"without [DONE]" in events[-2] and events[-1] == b"[DONE]"
 
 
 async def test_authorization_is_passed_through(vllm_nexus: tuple[Nexus, FakeVLLM]) -> None:

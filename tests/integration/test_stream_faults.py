@@ -1,4 +1,4 @@
-"""Streams: no total cap, idle and mid-stream failures end with one error event,
+"""Streams: no total cap, idle and mid-stream failures end with one error event and [DONE],
 and a client that leaves cancels the upstream and releases every counter."""
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ async def test_stall_mid_stream_ends_with_one_error_event(tmp_path: Path) -> Non
             tmp_path, [backend_entry(fake, "v", "vllm")], server=server
         ) as nexus:
             events = await read_stream(nexus.url)
-            assert len(events) == 3 and b"[DONE]" not in events
-            error = json.loads(events[-1])["error"]
+            assert len(events) == 4 and events[-1] == b"[DONE]"  # after the error event
+            error = json.loads(events[-2])["error"]
             assert error["code"] == "backend_timeout" and "stalled" in error["message"]
             await wait_until(
                 lambda: nexus.pending() == {"v": 0} and fake.active_streams == 0,
@@ -59,8 +59,8 @@ async def test_cut_mid_stream_ends_with_error_event(tmp_path: Path) -> None:
         fake.chat_behavior, fake.cut_after = Behavior.CUT_STREAM, 2
         async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")]) as nexus:
             events = await read_stream(nexus.url)
-            assert b"[DONE]" not in events
-            assert json.loads(events[-1])["error"]["type"] == "upstream_error"
+            assert events[-1] == b"[DONE]" and events.count(b"[DONE]") == 1
+            assert json.loads(events[-2])["error"]["type"] == "upstream_error"
             assert nexus.pending() == {"v": 0}
 
 

@@ -95,12 +95,15 @@ async def test_without_alternative(tmp_path: Path, fault: str, stream: bool) -> 
             status, body, headers = await call(nexus, stream, fault)
             if isinstance(expected, tuple):
                 assert status == 200
-                assert b"[DONE]" not in body
-                error = json.loads(body[-1])["error"]
+                assert body[-1] == b"[DONE]" and body.count(b"[DONE]") == 1
+                error = json.loads(body[-2])["error"]
                 assert error["code"] == expected[1] and error["request_id"]
             elif expected == 200:
                 assert status == 200
-                assert (body[-1] == b"[DONE]") if stream else body["choices"]
+                if stream:  # a whole answer: [DONE] and no error event before it
+                    assert body[-1] == b"[DONE]" and not any(b'"error"' in e for e in body)
+                else:
+                    assert body["choices"]
             else:
                 assert status == expected, body
                 assert set(body) == {"error"} and body["error"]["message"]
@@ -129,12 +132,16 @@ async def test_with_alternative(tmp_path: Path, fault: str, stream: bool) -> Non
             elif isinstance(expected, tuple):
                 # The first byte had gone out: no switch, the stream ends with an error event.
                 assert status == 200 and headers["X-Nexus-Backend"] == "bad"
-                assert json.loads(body[-1])["error"]["code"] == expected[1]
+                assert json.loads(body[-2])["error"]["code"] == expected[1]
+                assert body[-1] == b"[DONE]"
             else:
                 assert status == 200, body
                 expect_backend = "bad" if fault == "slow" else "good"
                 assert headers["X-Nexus-Backend"] == expect_backend
-                assert (body[-1] == b"[DONE]") if stream else body["choices"]
+                if stream:  # a whole answer: [DONE] and no error event before it
+                    assert body[-1] == b"[DONE]" and not any(b'"error"' in e for e in body)
+                else:
+                    assert body["choices"]
             await settle_counters(nexus)
             bad.chat_behavior = Behavior.OK
             await still_serving(nexus, good)

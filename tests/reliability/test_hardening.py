@@ -473,7 +473,7 @@ async def test_endless_stream_event_ends_the_stream_with_an_error_event(tmp_path
         with PeakRSS() as rss:
             status, _, events = await sse_events(nexus, timeout=30)
         assert status == 200
-        assert len(events) == 2, [e[:100] for e in events]
+        assert len(events) == 3 and events[2] == b"[DONE]", [e[:100] for e in events]
         first = orjson.loads(events[0])
         assert first["choices"][0]["delta"]["content"] == "Hello"
         error = error_of(events[1])
@@ -790,10 +790,10 @@ async def test_non_json_event_ends_the_stream_with_an_error_event(tmp_path: Path
         status, _, events = await sse_events(nexus)
         assert status == 200
         assert orjson.loads(events[0])["choices"][0]["delta"]["content"] == "Hello"
-        assert b"not JSON" not in b"".join(events[:-1])
-        error = error_of(events[-1])
+        assert b"not JSON" not in b"".join(events[:-2])  # only our error event names it
+        error = error_of(events[-2])
         assert error["code"] == "backend_error" and "not JSON" in error["message"]
-        assert b"[DONE]" not in events
+        assert events[-1] == b"[DONE]" and events.count(b"[DONE]") == 1
 
 
 async def test_stream_without_done_ends_with_an_error_event(tmp_path: Path) -> None:
@@ -805,6 +805,6 @@ async def test_stream_without_done_ends_with_an_error_event(tmp_path: Path) -> N
             "Hello",
             " world",
         ]
-        error = error_of(events[-1])
+        error = error_of(events[-2])
         assert error["code"] == "backend_error" and "[DONE]" in error["message"]
-        assert len(events) == 3 and b"[DONE]" not in events
+        assert len(events) == 4 and events[-1] == b"[DONE]"  # ours, after the error

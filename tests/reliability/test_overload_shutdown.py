@@ -112,8 +112,8 @@ async def test_streams_cut_by_the_grace_period_get_an_error_event_and_their_own_
                     nexus.proc.send_signal(signal.SIGTERM)
                     rest = await asyncio.wait_for(r.content.read(), 10)
             events = [e[6:] for e in rest.split(b"\n\n") if e.startswith(b"data: ")]
-            error = json.loads(events[-1])["error"]
-            assert error["code"] == "shutting_down" and b"[DONE]" not in rest
+            error = json.loads(events[-2])["error"]
+            assert error["code"] == "shutting_down" and events[-1] == b"[DONE]"
             async with asyncio.timeout(10):
                 assert await nexus.proc.wait() == 0
             lines = [json.loads(line) for line in nexus.lines if line.startswith("{")]

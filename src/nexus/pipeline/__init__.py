@@ -32,7 +32,7 @@ from nexus.pipeline.plan import Planner
 from nexus.pipeline.record import Outcome, Reply, Streamed, settle
 from nexus.records import RequestRecord, request_id
 from nexus.state import AppState
-from nexus.transport.sse import frame
+from nexus.transport.sse import DONE, frame
 
 __all__ = ["Endpoint", "Pipeline"]
 log = logging.getLogger("nexus")
@@ -141,11 +141,12 @@ class Pipeline:
             else:
                 await respond(send, error.status, inbound.error(error), error_headers(error, rid))
             return
-        # The client has a 200 and part of a stream: the error goes in-band, then the end.
+        # The client has a 200 and part of a stream: the error goes in-band, then the end
+        # (OpenAI's [DONE], so that every client's read loop ends where the error says why).
         if error is None:
             tail = b""
         elif inbound is None:
-            tail = frame(error.body(rid))
+            tail = frame(error.body(rid)) + frame(DONE)
         else:
             tail = inbound.stream_error(error)
         try:
