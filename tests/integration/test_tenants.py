@@ -813,3 +813,17 @@ async def test_a_revoked_key_is_refused_by_another_process_within_seconds(tmp_pa
 
 async def _is(status: Any, expected: int) -> bool:
     return bool(await status == expected)
+
+
+async def test_a_tenants_key_never_reaches_a_backend(tmp_path: Path) -> None:
+    """Without auth, a local backend sees the client's Authorization (it may check its own
+    keys); with auth on, that header carries a Nexus key, which stays with Nexus."""
+    async with lab(tmp_path) as (nexus, fake):
+        key = await tenant_with_key(nexus.url, "team")
+        await ask(nexus, key)
+        async with claude(nexus, key) as c:
+            await c.messages.create(model="llama3:8b", max_tokens=16, messages=MSG)
+        assert len(fake.chat_requests) == 2
+        for request in fake.chat_requests:
+            assert "Authorization" not in request.headers
+            assert key not in json.dumps(dict(request.headers))

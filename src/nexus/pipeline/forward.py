@@ -201,6 +201,8 @@ class Forwarder:
             # F01: local backends see the client's credentials; a cloud backend (which has
             # its own key) and a backend any LAN device could have announced never do.
             return headers
+        if ex.tenant is not None:
+            return headers  # auth on: the client's credential is its Nexus key, ours alone
         if ex.authorization:
             headers["Authorization"] = ex.authorization
         return headers
