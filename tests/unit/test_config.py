@@ -184,3 +184,41 @@ def test_normalize_choice() -> None:
     assert config.normalize_choice("Round-Robin", config.STRATEGIES) == "round_robin"
     assert config.normalize_choice("WARNING", config.LOG_LEVELS) == "warn"
     assert config.normalize_choice("nope", config.BACKEND_TYPES) is None
+
+
+def test_backend_type_is_a_synonym_of_type_but_not_both(tmp_path: Path) -> None:
+    entry = "[[backends]]\nname = 'a'\nurl = 'http://x'\n"
+    cfg = load(write(tmp_path, entry + "backend_type = 'vLLM'\n"), env={})
+    assert [(b.type, b.backend_type) for b in cfg.backends] == [("vllm", "")]
+    assert cfg.backends[0].zone == "restricted"
+    cloud = "[[backends]]\nname = 'c'\nbackend_type = 'anthropic'\napi_key_env = 'K'\n"
+    cfg = load(write(tmp_path, cloud), env={})
+    assert cfg.backends[0].type == "anthropic" and cfg.backends[0].zone == "open"
+    assert cfg.backends[0].url.startswith("https://")  # the provider's URL, as for type
+    path = write(tmp_path, entry + "type = 'vllm'\nbackend_type = 'vllm'\n")
+    with pytest.raises(ConfigError) as info:
+        load(path, env={})
+    assert "backends[0]: give type or backend_type, not both" in str(info.value)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic", "google"])
+def test_cloud_keys_come_only_from_the_environment(tmp_path: Path, kind: str) -> None:
+    entry = f"[[backends]]\nname = 'c'\ntype = '{kind}'\n"
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, entry + "api_key_env = 'K'\napi_key = 'sk-secret-123'\n"), env={})
+    message = str(info.value)
+    assert "backends[0].api_key: keys are never read from the config file" in message
+    assert "name the variable with api_key_env" in message
+    assert "sk-secret-123" not in message
+    with pytest.raises(ConfigError, match=rf"backends\[0\].api_key_env: required .* {kind}"):
+        load(write(tmp_path, entry), env={})
+    assert load(write(tmp_path, entry + "api_key_env = 'K'\n"), env={}).backends[0].type == kind
+
+
+def test_a_literal_key_is_refused_for_local_types_too(tmp_path: Path) -> None:
+    text = "[[backends]]\nname = 'a'\nurl = 'http://x'\ntype = 'vllm'\napi_key = 'k'\n"
+    with pytest.raises(ConfigError, match=r"never read from the config file.*api_key_env"):
+        load(write(tmp_path, text), env={})
+    local = "[[backends]]\nname = 'a'\nurl = 'http://x'\ntype = 'vllm'\n"
+    assert load(write(tmp_path, local), env={}).backends[0].api_key_env == ""
