@@ -23,8 +23,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nexus import tokens
+from nexus.store.sqlite import BUSY_TIMEOUT_SECONDS
 from tests.fakes import Behavior, FakeModel, FakeOpenAI, FakeVLLM
-from tests.helpers import Nexus, backend_entry, nexus_cli, running_nexus, spawn_nexus, write_config
+from tests.helpers import (
+    Nexus,
+    backend_entry,
+    nexus_cli,
+    running_nexus,
+    spawn_nexus,
+    wait_until,
+    write_config,
+)
 
 CENT = {"input": 10000.0, "output": 10000.0}  # USD per million tokens: a cent a token
 MSG: list[Any] = [{"role": "user", "content": "hi"}]
@@ -375,3 +384,73 @@ async def test_the_budget_is_shown_by_the_cli_metrics_and_stats_of_nexus_serve(
         assert metrics[("nexus_budget_status", ())] == 1.0  # soft-limit
         labels = (("backend", "cloud"), ("model", "cloud-only"))
         assert metrics[("nexus_cost_usd_total", labels)] == pytest.approx(spent, abs=1e-6)
+
+
+async def reach_the_hard_limit(nexus: Nexus, cloud: FakeOpenAI) -> None:
+    """One cloud request: estimated at its prompt (~$0.08, under the $0.15 limit, so sent),
+    it costs its usage ($0.16: 4 prompt and 12 completion tokens): spent is past the limit."""
+    assert (await ask(nexus)).headers["x-nexus-backend"] == "cloud"
+    nexus.state.recorder.flush()
+    budget = nexus.state.budget
+    assert budget is not None and budget.status() == "hard-limit" and budget.spent >= 0.15
+    assert len(cloud.chat_requests) == 1
+
+
+async def test_queue_at_the_hard_limit_serves_locally_once_a_local_backend_can(
+    tmp_path: Path,
+) -> None:
+    async with lab(tmp_path, hard_limit_action="queue", monthly_limit=0.15) as (nexus, box, cloud):
+        await reach_the_hard_limit(nexus, cloud)
+        waiting = asyncio.create_task(ask(nexus))  # "cloud-only": nothing local has it (yet)
+        assert nexus.state.queue is not None
+        await wait_until(lambda: len(nexus.state.queue or ()) == 1, what="the request queued")
+        assert not waiting.done()
+        box.models.append(FakeModel("cloud-only"))  # the local box gets the model...
+        backend = nexus.state.registry.find("box")
+        assert backend is not None
+        await nexus.state.health.check(backend)  # ...and Nexus sees it: the waiter is served
+        reply = await asyncio.wait_for(waiting, 10)
+        assert reply.headers["x-nexus-backend"] == "box"
+        assert int(reply.headers["x-nexus-queue-wait-ms"]) >= 0
+        assert reply.headers["x-nexus-budget-status"] == "hard-limit"
+        assert len(cloud.chat_requests) == 1  # the cloud never saw it
+        assert [r.json["model"] for r in box.chat_requests] == ["cloud-only"]
+
+
+async def test_local_only_at_the_hard_limit_keeps_the_cloud_out(tmp_path: Path) -> None:
+    async with lab(tmp_path, hard_limit_action="local-only", monthly_limit=0.15) as lab_:
+        nexus, _, cloud = lab_
+        await reach_the_hard_limit(nexus, cloud)
+        with pytest.raises(openai.APIStatusError) as caught:
+            await asyncio.wait_for(ask(nexus), 5)  # answered at once: no waiting
+        error = caught.value.response.json()["error"]
+        assert caught.value.status_code == 503 and error["code"] == "no_healthy_backend"
+        assert error["context"]["budget_status"] == "hard-limit"
+        assert "the monthly limit ($0.15) is reached" in error["message"]  # not "would cross"
+        assert caught.value.response.headers["x-nexus-budget-status"] == "hard-limit"
+        reply = await ask(nexus, "shared")  # the cloud is preferred (priority 1), but spent
+        assert reply.headers["x-nexus-backend"] == "box"
+        assert len(cloud.chat_requests) == 1
+
+
+async def test_a_locked_store_stops_nexus_serve_with_one_line_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "nexus.db"
+    holder = sqlite3.connect(path, isolation_level=None)  # another process's writer, in effect
+    try:
+        holder.execute("CREATE TABLE other (x)")  # a rollback-journal file: no one reads it
+        holder.execute("BEGIN EXCLUSIVE")  # while it holds this lock
+        async with FakeOpenAI([FakeModel("cloud-only")]) as cloud:
+            config = write_config(tmp_path, [cloud_entry(cloud)], **sections(tmp_path))
+            started = time.monotonic()
+            code, _, err = await nexus_cli(  # bounded: 30 s
+                "serve", "-c", str(config), env={"TEST_CLOUD_KEY": "sk-cloud-0123456789"}
+            )
+            waited = time.monotonic() - started
+    finally:
+        holder.close()
+    assert code != 0
+    errors = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, err
+    assert str(path) in errors[0] and "locked by another process" in errors[0]
+    assert "Traceback" not in err
+    assert waited >= BUSY_TIMEOUT_SECONDS  # it waited for the lock as long as it should
