@@ -333,6 +333,23 @@ async def test_corpus_is_all_4xx_openai_shaped(nexus: Nexus) -> None:
 
 
 @pytest.mark.parametrize(
+    "extra",
+    [
+        b"X-Big: " + b"a" * 66_000 + b"\r\n",  # just over 64 KiB: one read holds it all
+        b"X-Big: " + b"a" * 100_000 + b"\r\n",
+        b"".join(b"X-%05d: %s\r\n" % (i, b"v" * 60) for i in range(1_100)),  # many small ones
+    ],
+    ids=["66k", "100k", "1100-headers"],
+)
+async def test_a_head_over_64_kib_is_431_however_it_arrives(nexus: Nexus, extra: bytes) -> None:
+    """Whole in one read or not, a head over the limit never reaches the app."""
+    status, reply = await raw_request(nexus, http(CHAT, "application/json", b"{}", extra))
+    error = assert_openai_4xx(status, reply, "big head")
+    assert status == 431 and error["code"] == "http_431"  # the app would have said 400
+    await assert_healthy(nexus)
+
+
+@pytest.mark.parametrize(
     ("name", "request_bytes"),
     [
         (

@@ -29,10 +29,16 @@ _HOOKS = (
     "connection_made",
     "data_received",
     "on_message_begin",
+    "on_url",
+    "on_header",
     "on_headers_complete",
     "connection_lost",
     "send_400_response",
 )
+
+
+class HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a request already refused with 431."""
 
 
 class ClientLink:
@@ -59,7 +65,8 @@ class NexusProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_bytes = 0
+        self._head_bytes = 0  # raw bytes read while a head is unfinished (slow heads)
+        self._head_size = 0  # the head's own bytes, as parsed (whole heads in one read)
         self._in_head = True
         self._head_since = self.loop.time()
         # One timer per connection, not per request: it re-arms itself for what is left.
@@ -80,9 +87,24 @@ class NexusProtocol(HttpToolsProtocol):
             self._in_head = True
             self._head_bytes = 0
             self._head_since = self.loop.time()
+        self._head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4  # ": " and CRLF
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._head_size > MAX_HEAD:
+            # A head that arrived whole in the read that crossed the limit: the check in
+            # data_received never saw it unfinished. Refused before the app sees it; raising
+            # stops the parser, and send_400_response knows the answer went out.
+            self._refuse(431, "request head is larger than 64 KiB")
+            raise HeadTooLarge
         scope: Any = self.scope  # uvicorn types extension values as dicts; ours is an object
         scope["extensions"] = {"nexus.client": ClientLink()}
         super().on_headers_complete()
@@ -98,6 +120,8 @@ class NexusProtocol(HttpToolsProtocol):
             scope["extensions"]["nexus.client"].lost()
 
     def send_400_response(self, msg: str) -> None:
+        if self.transport.is_closing():
+            return  # answered already (431), or the client is gone
         self._refuse(400, "the request could not be parsed as HTTP/1.1")
 
     # -- ours -------------------------------------------------------------------------
