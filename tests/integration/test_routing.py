@@ -148,6 +148,31 @@ async def test_capabilities_route_only_to_capable_backends(tmp_path: Path) -> No
             )
 
 
+async def test_legacy_completions_for_a_model_only_a_cloud_api_without_them_serves_is_a_400(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anthropic's and Google's APIs have no /v1/completions: nothing could ever serve it, so
+    it is the request's mismatch (400 naming the need), not an outage (503)."""
+    from tests.fakes.anthropic import FakeAnthropic
+
+    monkeypatch.setenv("TEST_ANTHROPIC_KEY", "sk-ant-test-0123456789")
+    async with FakeAnthropic(api_key="sk-ant-test-0123456789") as claude:
+        entry = {
+            "name": "claude",
+            "url": claude.url,
+            "type": "anthropic",
+            "api_key_env": "TEST_ANTHROPIC_KEY",
+        }
+        async with running_nexus(tmp_path, [entry]) as nexus:
+            with pytest.raises(openai.BadRequestError) as info:
+                await nexus.client.completions.create(model="claude-sonnet-4-5", prompt="Once")
+            error = info.value.body
+            assert error["code"] == "capability_mismatch"  # type: ignore[index]
+            assert "legacy completions" in error["message"]  # type: ignore[index]
+            assert "anthropic backends cannot serve" in error["message"]  # type: ignore[index]
+            assert all(r.method == "GET" for r in claude.requests)  # probes only: nothing sent
+
+
 async def test_capable_backend_down_is_503_naming_the_need(tmp_path: Path) -> None:
     async with (
         FakeOllama([FakeModel("llava", vision=True)]) as vision_box,

@@ -62,6 +62,7 @@ class Requirements:
                 ("tools", self.needs_tools),
                 ("json_mode", self.needs_json_mode),
                 ("embeddings", self.embeddings),
+                ("legacy completions", self.completions),
             )
             if on
         ]

@@ -608,7 +608,7 @@ class Router:
             )
         details = "; ".join(f"{name}: {why}" for name, why in plan.excluded.items())
         capable_somewhere = any(
-            unmet(b.models[m], req) is None
+            unmet(b.models[m], req) is None and serves_kind(b, req)
             for m in known
             for b in self.registry.get_backends_for_model(m)
         )
