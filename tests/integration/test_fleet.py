@@ -31,7 +31,7 @@ from nexus.config import FleetConfig
 from nexus.fleet.demand import MemoryStore
 from nexus.fleet.service import Fleet
 from nexus.registry import BackendStatus
-from tests.fakes import FakeModel, FakeOllama, FakeVLLM
+from tests.fakes import Behavior, FakeModel, FakeOllama, FakeVLLM
 from tests.fakes.ollama import GiB, ManualClock
 from tests.helpers import Nexus, backend_entry, running_nexus, wait_until
 
@@ -327,6 +327,121 @@ async def test_refusals_404_501_and_the_admin_guard(
                 headers={"Authorization": "Bearer s3cret"},
             )
             assert status == 202
+
+
+async def hold_a_request_on(nexus: Nexus, box: FakeOllama) -> asyncio.Task[Any]:
+    """A llama3:8b request held in flight on ``box`` (its gate closed)."""
+    box.gate = asyncio.Event()
+    request = asyncio.create_task(
+        nexus.client.chat.completions.create(
+            model="llama3:8b", messages=[{"role": "user", "content": "hold on"}]
+        )
+    )
+    await wait_until(lambda: box.active_requests == 1, what="a request in flight on box-a")
+    return request
+
+
+def unloads(box: FakeOllama) -> list[Any]:
+    return [
+        r.json for r in box.requests if r.path == "/api/generate" and r.json.get("keep_alive") == 0
+    ]
+
+
+@asynccontextmanager
+async def two_boxes(
+    tmp_path: Path, **settings: Any
+) -> AsyncIterator[tuple[Nexus, Fleet, FakeOllama, FakeOllama]]:
+    """llama3:8b loaded on box-a (preferred), both boxes able to load it."""
+    async with (
+        FakeOllama(OLLAMA_MODELS, model_sizes=SIZES) as box_a,
+        FakeOllama(OLLAMA_MODELS, model_sizes=SIZES) as box_b,
+    ):
+        box_a.preload("llama3:8b")
+        backends = [
+            backend_entry(box_a, "box-a", "ollama", priority=1),
+            backend_entry(box_b, "box-b", "ollama", priority=50),
+        ]
+        async with running_fleet(tmp_path, backends, **settings) as (nexus, fleet):
+            yield nexus, fleet, box_a, box_b
+
+
+async def migrate_llama(nexus: Nexus, fleet: Fleet) -> Any:
+    status, body, _ = await nexus.post(
+        "/admin/models/migrate", {"model": "llama3:8b", "from": "box-a", "to": "box-b"}
+    )
+    assert status == 202, body
+    op = fleet.operation(body["operation"]["id"])
+    assert op is not None
+    return op
+
+
+async def test_a_migration_drains_the_origin_before_unloading_it(tmp_path: Path) -> None:
+    async with two_boxes(tmp_path, drain_timeout_seconds=30) as (nexus, fleet, box_a, box_b):
+        request = await hold_a_request_on(nexus, box_a)
+        op = await migrate_llama(nexus, fleet)
+        await wait_until(
+            lambda: op.step == "waiting for requests on box-a to finish",
+            timeout=10,
+            what="the migration waiting for box-a's request",
+        )
+        assert box_b.loaded() == ["llama3:8b"]  # loaded on the destination already...
+        assert box_a.loaded() == ["llama3:8b"] and unloads(box_a) == []  # ...not unloaded yet
+        assert op.state == "running"
+        box_a.gate.set()
+        reply = await request
+        assert reply.choices[0].message.content  # the in-flight request completed, uncut
+        done = await finished(nexus, op.id)
+        assert done["state"] == "succeeded", done
+        assert box_a.loaded() == [] and box_b.loaded() == ["llama3:8b"]
+        assert unloads(box_a) == [{"model": "llama3:8b", "keep_alive": 0, "stream": False}]
+
+
+async def test_a_drain_that_times_out_leaves_the_model_loaded_on_both(tmp_path: Path) -> None:
+    async with two_boxes(tmp_path, drain_timeout_seconds=0.5) as (nexus, fleet, box_a, box_b):
+        request = await hold_a_request_on(nexus, box_a)
+        op = await migrate_llama(nexus, fleet)
+        done = await finished(nexus, op.id)
+        assert done["state"] == "failed"
+        assert done["reason"] == (
+            "box-a was still serving requests after 0.5 s: llama3:8b is loaded on box-b and "
+            "left loaded on box-a"
+        )
+        assert box_a.loaded() == ["llama3:8b"] and box_b.loaded() == ["llama3:8b"]
+        assert unloads(box_a) == []
+        box_a.gate.set()
+        assert (await request).choices[0].message.content  # never cut
+
+
+async def test_a_load_that_takes_too_long_fails_with_the_reason(tmp_path: Path) -> None:
+    async with FakeOllama(OLLAMA_MODELS, model_sizes=SIZES, load_seconds=30) as box:
+        backends = [backend_entry(box, "box", "ollama")]
+        async with running_fleet(tmp_path, backends, operation_timeout_seconds=1) as (nexus, _):
+            status, body, _ = await nexus.post(
+                "/admin/models/load", {"model": "qwen2.5:14b", "backend": "box"}
+            )
+            assert status == 202, body
+            op = await finished(nexus, body["operation"]["id"])
+            assert op["state"] == "failed"
+            assert op["reason"] == "loading on box: not done after 1 s"
+            box.finish_loading()
+
+
+async def test_a_pull_that_stalls_fails_with_the_reason(tmp_path: Path) -> None:
+    async with FakeOllama(
+        OLLAMA_MODELS, model_sizes=SIZES, pullable={"mistral:7b": 4 * GiB}
+    ) as box:
+        box.pull_behavior, box.cut_after = Behavior.STALL_STREAM, 2  # two lines, then nothing
+        backends = [backend_entry(box, "box", "ollama")]
+        async with running_fleet(tmp_path, backends, pull_stall_seconds=1) as (nexus, _):
+            status, body, _ = await nexus.post(
+                "/admin/models/load", {"model": "mistral:7b", "backend": "box", "pull": True}
+            )
+            assert status == 202, body
+            op = await finished(nexus, body["operation"]["id"])
+            assert op["state"] == "failed"
+            assert "sent nothing for 1 s" in op["reason"], op
+            assert op["reason"].startswith("box: ")
+            assert box.loaded() == []
 
 
 # ------------------------------------------------------------------ recommendations
