@@ -10,6 +10,7 @@ test waits for an hour to pass.
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import click
 import orjson
 import pytest
@@ -75,6 +77,7 @@ async def running_fleet(
             changed=state.health.check_soon,
         )
         fleet_api.add_routes(nexus.server.app.router, fleet, nexus.server.app.dashboard.sites)
+        nexus.server.app.dashboard.hub.fleet = fleet
         state.recorder.sinks.append(fleet.observe)
         state.fleet = fleet
         await fleet.start()
@@ -666,3 +669,35 @@ async def test_operations_show_on_the_dashboard(tmp_path: Path) -> None:
 
             fleet = await wait_until(shown, timeout=10, what="the load on the dashboard")
             assert fleet["operations"][-1]["what"] == "load phi3:mini on box"
+
+
+async def test_recommendations_show_on_the_dashboard(tmp_path: Path) -> None:
+    clock = ManualClock(MONDAY_0830)
+    async with FakeOllama(OLLAMA_MODELS, model_sizes=SIZES, vram_bytes=24 * GiB) as box:
+        async with running_fleet(
+            tmp_path,
+            [backend_entry(box, "box", "ollama")],
+            vram_gb={"box": 24},
+            clock=clock,
+            enabled=True,
+            min_requests=20,
+        ) as (nexus, fleet):
+            _, snap, _ = await nexus.get("/dashboard.json")
+            assert snap["fleet"] is None  # no operation, no recommendation yet
+            weekday_demand(fleet, "qwen2.5:14b", 30, range(9, 10))
+            (rec,) = await fleet.analyze()
+            _, snap, _ = await nexus.get("/dashboard.json")
+            assert snap["fleet"] == {
+                "operations": [],
+                "recommendations": [
+                    {"id": rec.id, "reason": rec.reason, "confidence": rec.confidence}
+                ],
+            }
+            async with aiohttp.ClientSession() as session:
+                async with session.get(nexus.url + "/") as resp:
+                    page = await resp.text()
+            assert html.escape(rec.reason) in page
+            assert f"nexus fleet apply {rec.id}" in page
+            clock.advance(fleet.config.analysis_interval_seconds + 3600 * 24)  # expired
+            _, snap, _ = await nexus.get("/dashboard.json")
+            assert snap["fleet"] is None
