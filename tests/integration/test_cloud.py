@@ -19,7 +19,7 @@ import pytest
 from tests.fakes import Behavior, FakeModel, FakeVLLM
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.gemini import FakeGemini
-from tests.helpers import Nexus, backend_entry, running_nexus
+from tests.helpers import Nexus, backend_entry, running_nexus, wait_until
 
 ANTHROPIC_KEY = "sk-ant-secret-0123456789"
 GOOGLE_KEY = "AIza-secret-0123456789"
@@ -415,3 +415,171 @@ async def test_a_model_without_a_price_costs_zero_flagged(
     assert [r.cost_flag for r in records] == ["cost_unknown", "cost_unknown", ""]
     warnings = [r for r in caplog.records if "no price known" in r.getMessage()]
     assert len(warnings) == 1
+
+
+@pytest.mark.parametrize(("provider", "status"), [("Anthropic", 401), ("Google", 403)])
+async def test_a_rejected_key_on_the_probe_marks_the_backend_unhealthy(
+    tmp_path: Path, provider: str, status: int
+) -> None:
+    if provider == "Anthropic":  # a real 401: the key in the variable is not the fake's
+        fake: FakeAnthropic | FakeGemini = FakeAnthropic(api_key="sk-ant-another-key")
+        entry, model = anthropic_entry, "claude-sonnet-4-5"
+    else:
+        fake = FakeGemini(api_key=GOOGLE_KEY)
+        fake.health_behavior = Behavior.ERROR_403
+        entry, model = google_entry, "gemini-2.5-flash"
+    async with fake, running_nexus(tmp_path, [entry(fake)]) as nexus:  # type: ignore[arg-type]
+        code, body, _ = await nexus.get("/admin/backends")
+        assert code == 200
+        (listed,) = body["backends"]
+        assert listed["status"] == "unhealthy" and listed["models"] == []
+        assert listed["last_error"] == f"API key rejected by {provider} (HTTP {status})"
+        assert all(r.method == "GET" and "models" in r.path for r in fake.requests)
+        code, body, _ = await nexus.post("/v1/chat/completions", {"model": model, "messages": MSG})
+        assert code in (404, 503), body
+        for secret in (ANTHROPIC_KEY, GOOGLE_KEY):
+            assert secret not in json.dumps(body)
+
+
+def probes(fake: Any) -> list[str]:
+    return [f"{r.method} {r.path}" for r in fake.requests]
+
+
+async def test_cloud_probes_only_list_models_at_their_own_interval(tmp_path: Path) -> None:
+    listings = {"GET /v1/models", "GET /v1beta/models"}
+    for local_every, cloud_every in ((0.05, 300), (300, 0.05)):
+        async with (
+            FakeVLLM([FakeModel("qwen")]) as local,
+            FakeAnthropic(api_key=ANTHROPIC_KEY) as claude,
+            FakeGemini(api_key=GOOGLE_KEY) as gemini,
+        ):
+            backends = [
+                backend_entry(local, "local", "vllm"),
+                anthropic_entry(claude),
+                google_entry(gemini),
+            ]
+            checks = {"interval_seconds": local_every, "cloud_interval_seconds": cloud_every}
+            async with running_nexus(tmp_path, backends, health_check=checks) as nexus:
+                await nexus.client.chat.completions.create(model="claude-sonnet-4-5", messages=MSG)  # type: ignore[arg-type]
+                first = {
+                    name: len(f.requests) for name, f in (("local", local), ("claude", claude))
+                }
+                busy, idle = (local, claude) if local_every < 1 else (claude, local)
+                await wait_until(
+                    lambda b=busy, f=first: len(b.requests) >= 3 * max(f.values()) + 3,
+                    what="three more probe rounds of the backend with the short interval",
+                )
+                if idle is claude:
+                    assert len(claude.requests) == first["claude"]
+                    assert len(gemini.requests) == 1
+                else:
+                    assert len(local.requests) == first["local"]
+                    await wait_until(lambda: len(gemini.requests) >= 3, what="gemini probes")
+            # Whatever the interval, a cloud probe only ever lists models (a completion would
+            # be billed): the one chat request is the client's.
+            assert [p for p in probes(claude) if p not in listings] == ["POST /v1/messages"]
+            assert set(probes(gemini)) == {"GET /v1beta/models"}
+
+
+async def test_the_models_filter_hides_what_the_provider_lists_beyond_it(tmp_path: Path) -> None:
+    async with FakeAnthropic(api_key=ANTHROPIC_KEY) as claude:
+        assert {m.id for m in claude.models} == {"claude-sonnet-4-5", "claude-haiku-4-5"}
+        entry = anthropic_entry(claude, models=["claude-haiku-4-5"])
+        async with running_nexus(tmp_path, [entry]) as nexus:
+            listed = [m.id async for m in nexus.client.models.list()]
+            assert "claude-haiku-4-5" in listed and "claude-sonnet-4-5" not in listed
+            code, body, _ = await nexus.post(
+                "/v1/chat/completions", {"model": "claude-sonnet-4-5", "messages": MSG}
+            )
+            assert code == 404 and body["error"]["code"] == "model_not_found", body
+            reply = await nexus.client.chat.completions.create(
+                model="claude-haiku-4-5", messages=MSG
+            )  # type: ignore[arg-type]
+            assert reply.model == "claude-haiku-4-5"
+            assert [r.json["model"] for r in claude.message_requests] == ["claude-haiku-4-5"]
+
+
+async def test_an_overloaded_provider_fails_over_to_another_backend(tmp_path: Path) -> None:
+    async with (
+        FakeAnthropic(api_key=ANTHROPIC_KEY) as first,
+        FakeAnthropic(api_key=ANTHROPIC_KEY) as second,
+    ):
+        first.error_status = 529
+        backends = [
+            anthropic_entry(first, priority=1),
+            anthropic_entry(second, name="claude-b", priority=2),
+        ]
+        async with running_nexus(tmp_path, backends) as nexus:
+            for stream in (False, True):
+                resp = await nexus.client.chat.completions.with_raw_response.create(
+                    model="claude-sonnet-4-5", messages=MSG, stream=stream
+                )  # type: ignore[arg-type]
+                assert resp.headers["X-Nexus-Backend"] == "claude-b"
+                assert resp.headers["X-Nexus-Route-Reason"] == "failover"
+                assert "Retry-After" not in resp.headers
+                if stream:
+                    text = ""
+                    async for chunk in resp.parse():  # type: ignore[attr-defined]
+                        text += "".join(c.delta.content or "" for c in chunk.choices)
+                    assert "capital of France" in text
+                else:
+                    assert "capital of France" in (resp.parse().choices[0].message.content or "")
+            assert len(first.message_requests) == 2 and len(second.message_requests) == 2
+
+
+async def test_local_answers_say_local_and_carry_no_cost(tmp_path: Path) -> None:
+    async with (
+        FakeVLLM([FakeModel("claude-sonnet-4-5"), FakeModel("qwen")]) as local,
+        FakeAnthropic(api_key=ANTHROPIC_KEY) as claude,
+    ):
+        # The local box is restricted (the default): a request for a model it serves stays
+        # on it, and the zone rule is why the cloud backend serving it too was passed over.
+        # Local backends cost nothing, even given prices.
+        prices = {"qwen": {"input": 1000.0, "output": 1000.0}}
+        backends = [backend_entry(local, "local", "vllm", prices=prices), anthropic_entry(claude)]
+        async with running_nexus(tmp_path, backends) as nexus:
+            for model, reason in (("claude-sonnet-4-5", "privacy-requirement"), ("qwen", None)):
+                for stream in (False, True):
+                    resp = await nexus.client.chat.completions.with_raw_response.create(
+                        model=model, messages=MSG, stream=stream
+                    )  # type: ignore[arg-type]
+                    headers = resp.headers
+                    assert headers["X-Nexus-Backend"] == "local"
+                    assert headers["X-Nexus-Backend-Type"] == "local"
+                    assert headers["X-Nexus-Privacy-Zone"] == "restricted"
+                    assert "X-Nexus-Cost-Estimated" not in headers
+                    assert headers["X-Nexus-Route-Reason"] == (reason or "only-candidate")
+            assert claude.message_requests == []
+
+
+async def test_a_stream_carries_the_estimate_and_logs_the_exact_cost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="nexus")
+    async with FakeAnthropic(api_key=ANTHROPIC_KEY) as claude:
+        # Output dearer than input: the estimate (the prompt only) cannot pass for the cost.
+        prices = {"claude-sonnet-4-5": {"input": 1000.0, "output": 3000.0}}
+        async with running_nexus(tmp_path, [anthropic_entry(claude, prices=prices)]) as nexus:
+            resp = await nexus.client.chat.completions.with_raw_response.create(
+                model="claude-sonnet-4-5",
+                messages=MSG,
+                stream=True,
+                stream_options={"include_usage": True},
+            )  # type: ignore[arg-type]
+            estimate = float(resp.headers["X-Nexus-Cost-Estimated"])
+            usage = None
+            async for chunk in resp.parse():  # type: ignore[attr-defined]
+                usage = chunk.usage or usage
+            assert usage is not None and usage.completion_tokens > 0
+            exact = (usage.prompt_tokens * 1000 + usage.completion_tokens * 3000) / 1e6
+            assert 0 < estimate < exact
+            records = await wait_until(
+                lambda: [r.request for r in caplog.records if r.name == "nexus.request"],
+                what="the request's log line",
+            )
+            text = nexus.state.metrics.exposition().decode()
+    (record,) = records
+    assert record.cost_usd == pytest.approx(exact, abs=1e-9) and record.cost_flag == ""
+    series = 'nexus_cost_usd_total{backend="claude",model="claude-sonnet-4-5"} '
+    (line,) = [x for x in text.splitlines() if x.startswith(series)]
+    assert float(line.removeprefix(series)) == pytest.approx(exact, abs=1e-9)
