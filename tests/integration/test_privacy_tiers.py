@@ -8,6 +8,7 @@ OpenAI API configured as an ``openai`` backend (open by default, with its own ke
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -160,6 +161,54 @@ async def test_a_restricted_request_never_reaches_the_cloud(
             assert not cloud.chat_requests
         blocked = 'nexus_privacy_blocks_total{action="blocked",zone="restricted"}'
         assert await metric(nexus, blocked) >= 2
+
+
+async def test_the_zone_is_decided_after_aliases(tmp_path: Path) -> None:
+    """ "assistant" is served by no backend: it is an alias of a model only the restricted box
+    has, with an open cloud model as its fallback. The request is restricted, like a request
+    for the model itself: the fallback on the cloud never answers it."""
+    async with (
+        FakeVLLM([FakeModel("secret-model")]) as box,
+        FakeOpenAI([FakeModel("gpt-4o")]) as cloud,
+    ):
+        backends = [backend_entry(box, "box", "vllm"), cloud_entry(cloud)]
+        routing = {"aliases": {"assistant": "secret-model"}, "fallbacks": {"assistant": ["gpt-4o"]}}
+        async with running_nexus(tmp_path, backends, routing=routing) as nexus:
+            reply = await nexus.client.chat.completions.with_raw_response.create(
+                model="assistant", messages=HISTORY
+            )
+            assert reply.headers["x-nexus-privacy-zone"] == "restricted"
+            assert reply.headers["x-nexus-backend"] == "box"
+            assert box.chat_requests[-1].json["model"] == "secret-model"
+            await box.stop()  # the only restricted holder is gone: the cloud fallback is idle
+            with pytest.raises(openai.APIStatusError) as caught:
+                await nexus.client.chat.completions.create(model="assistant", messages=HISTORY)
+            assert caught.value.status_code == 503
+            assert error_of(caught.value)["context"]["privacy_zone"] == "restricted"
+            assert not cloud.chat_requests
+            # (The cloud is reachable: the same fallback serves an open request.)
+            reply = await nexus.client.chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=HISTORY
+            )
+            assert reply.headers["x-nexus-privacy-zone"] == "open"
+            assert len(cloud.chat_requests) == 1
+
+
+async def test_declared_capability_scores_are_shown(tmp_path: Path) -> None:
+    scores = {"reasoning": 4, "coding": 5, "context_window": 32768}
+    async with box_and_cloud(tmp_path, {"capabilities": {**scores, "vision": 0}}) as (
+        nexus,
+        _,
+        _,
+    ):
+        _, listing, _ = await nexus.get("/admin/backends")
+        shown = {b["name"]: b["scores"] for b in listing["backends"]}
+        assert shown == {"box": scores, "cloud": {}}  # 0: not declared, not shown
+        code, out, err = await nexus_cli("backends", "--json", "--url", nexus.url)
+        assert code == 0, err
+        listed = json.loads(out)
+        rows = listed["backends"] if isinstance(listed, dict) else listed
+        assert {b["name"]: b["scores"] for b in rows} == {"box": scores, "cloud": {}}
 
 
 async def test_fresh_context_overflow_carries_no_history(tmp_path: Path) -> None:
