@@ -202,3 +202,8 @@ async def test_redis_killed_and_restarted_mid_traffic_no_5xx_and_no_usage_lost(
             if line.startswith("nexus_store_errors_total{") and not line.endswith(" 0.0")
         ]
         assert errors
+        # The outage is logged once when it starts and once when it ends, never per attempt.
+        for replica in lab.replicas:
+            text = "\n".join(replica.lines)
+            assert text.count("is unreachable") == 1, text[-3000:]
+            assert text.count("is reachable again") == 1 and "Traceback" not in text

@@ -37,7 +37,7 @@ from nexus.errors import (
 )
 from nexus.records import RequestRecord
 from nexus.routing.limits import TokenBucket
-from nexus.store import Store
+from nexus.store import Store, StoreUnavailable
 from nexus.tenants.limits import Decision, Limiter, LocalLimiter
 from nexus.tenants.model import (
     MAX_KEY_CHARS,
@@ -83,6 +83,7 @@ class Tenants:
         self.version = -1
         self.used: dict[str, list[float]] = {}  # tenant -> [tokens, cost] this cycle
         self._used_cycle: datetime | None = None  # the cycle ``used`` is of (its start)
+        self._cycle = cycle_bounds(clock(), cycle_day)  # (start, end), recomputed when passed
         self._buffer: dict[tuple[str, str, str], UsageRow] = {}
         self._failures: OrderedDict[str, TokenBucket] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
@@ -152,6 +153,8 @@ class Tenants:
             try:
                 if await self.store.version() != self.version:
                     await self.reload()
+            except StoreUnavailable:
+                pass  # logged by the store, once per outage: keep what we know
             except Exception:  # the store may be away for a while: keep what we know
                 log.warning("tenants: could not read the state store", exc_info=True)
 
@@ -233,7 +236,7 @@ class Tenants:
             return
         now = self.clock()
         tokens, cost = self._this_cycle(now).get(tenant.name, (0.0, 0.0))
-        end = cycle_bounds(now, self.cycle_day)[1]
+        end = self._bounds(now)[1]
         reset = (end - now).total_seconds()
         if tenant.monthly_tokens and tokens >= tenant.monthly_tokens:
             raise QuotaExceeded(
@@ -278,6 +281,8 @@ class Tenants:
             await asyncio.sleep(self.flush_seconds)
             try:
                 await self.flush()
+            except StoreUnavailable:
+                pass  # logged by the store, once per outage; the buffer waits for it
             except Exception:  # kept in the buffer: written on a later flush
                 log.warning("tenants: could not write usage to the state store", exc_info=True)
 
@@ -294,7 +299,7 @@ class Tenants:
     async def _reload_usage(self) -> None:
         """This cycle's totals per tenant, as every process wrote them, plus what this one
         has buffered since."""
-        start, _ = cycle_bounds(self.clock(), self.cycle_day)
+        start, _ = self._bounds(self.clock())
         since = start.date().isoformat()
         used: dict[str, list[float]] = {}
         for row in [*await self.store.usage(None, since), *self._buffer.values()]:
@@ -309,11 +314,19 @@ class Tenants:
         """``used``, or nothing if a new cycle began since it was read (the store's totals
         of the new cycle are read at the next flush): a quota is lifted at the reset, not up
         to a flush later."""
-        start = cycle_bounds(now, self.cycle_day)[0]
+        start = self._bounds(now)[0]
         if start != self._used_cycle:
             self.used = {}
             self._used_cycle = start
         return self.used
+
+    def _bounds(self, now: datetime) -> tuple[datetime, datetime]:
+        """The billing cycle ``now`` is in (worked out again only once it has passed: it is
+        on every quota check)."""
+        start, end = self._cycle
+        if not start <= now < end:
+            self._cycle = cycle_bounds(now, self.cycle_day)
+        return self._cycle
 
     # -- the admin's operations -----------------------------------------------------------------
 
