@@ -14,9 +14,11 @@ import ollama
 import openai
 import pytest
 
+from nexus import __version__ as nexus_version
 from nexus import tokens
 from tests.fakes import Behavior, FakeModel, FakeOllama, FakeOpenAI, FakeVLLM
 from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.ollama import embedding_for
 from tests.helpers import Nexus, backend_entry, running_nexus
 
 ANTHROPIC_KEY = "sk-ant-secret-0123456789"
@@ -184,6 +186,46 @@ async def test_count_tokens_uses_the_serving_providers_tokenizer(
             assert (await reply.parse()).input_tokens > 0
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_anthropic_sdk_fails_over_and_gets_the_nexus_headers(
+    tmp_path: Path, stream: bool
+) -> None:
+    async with FakeVLLM([FakeModel("qwen")]) as first, FakeVLLM([FakeModel("qwen")]) as second:
+        backends = [
+            backend_entry(first, "first", "vllm", priority=1),
+            backend_entry(second, "second", "vllm", priority=2),
+        ]
+        async with running_nexus(tmp_path, backends) as nexus:
+            client = claude_client(nexus)
+            hello: Any = [{"role": "user", "content": "Hello there"}]
+            resp = await client.messages.with_raw_response.create(
+                model="qwen", max_tokens=64, messages=hello
+            )
+            assert resp.headers["X-Nexus-Backend"] == "first"
+            assert resp.headers["X-Nexus-Backend-Type"] == "local"
+            assert resp.headers["X-Nexus-Route-Reason"] == "best-score"
+            assert resp.headers["X-Nexus-Privacy-Zone"] == "restricted"
+            first.chat_behavior = Behavior.ERROR_503
+            if stream:
+                async with client.messages.stream(
+                    model="qwen", max_tokens=64, messages=hello
+                ) as events:
+                    text = "".join([piece async for piece in events.text_stream])
+                    message = await events.get_final_message()
+                    headers = events.response.headers
+                assert text and message.content[0].text == text  # type: ignore[union-attr]
+            else:
+                resp = await client.messages.with_raw_response.create(
+                    model="qwen", max_tokens=64, messages=hello
+                )
+                message, headers = await resp.parse(), resp.headers
+                assert message.content[0].text  # type: ignore[union-attr]
+            assert message.stop_reason == "end_turn"
+            assert headers["X-Nexus-Backend"] == "second"
+            assert headers["X-Nexus-Route-Reason"] == "failover"
+            assert len(first.chat_requests) == 2 and len(second.chat_requests) == 1
+
+
 # -- the ollama client --------------------------------------------------------------------
 
 
@@ -252,6 +294,66 @@ async def test_ollama_only_features_need_an_ollama_backend(tmp_path: Path) -> No
             loaded = await client.generate(model="qwen")  # nothing to load: answered by Nexus
             assert loaded.done and loaded.done_reason == "load"
             assert fake.chat_requests == []
+
+
+async def test_ollama_legacy_embeddings_version_and_ps(tmp_path: Path) -> None:
+    async with (
+        FakeOllama([FakeModel("llama3:8b"), FakeModel("nomic", embedding=True)]) as box,
+        FakeVLLM([FakeModel("embedder", embedding=True)]) as vllm,
+    ):
+        backends = [backend_entry(box, "box", "ollama"), backend_entry(vllm, "v", "vllm")]
+        async with running_nexus(tmp_path, backends) as nexus:
+            client = ollama_client(nexus)
+            assert (await client.ps()).models == []  # nothing loaded yet
+            # The older /api/embeddings: natively to an Ollama backend, translated otherwise.
+            native = await client.embeddings(model="nomic", prompt="one")
+            assert list(native.embedding) == pytest.approx(embedding_for("one"))
+            assert [r.json["prompt"] for r in box.requests if r.path == "/api/embeddings"] == [
+                "one"
+            ]
+            translated = await client.embeddings(model="embedder", prompt="two")
+            sent = [r.json for r in vllm.requests if r.path == "/v1/embeddings"]
+            assert [s["input"] for s in sent] == ["two"] and len(translated.embedding) > 1
+            code, body, headers = await nexus.post(
+                "/api/embeddings", {"model": "embedder", "prompt": "two"}
+            )
+            assert code == 200 and list(body) == ["embedding"]
+            assert body["embedding"] == pytest.approx(list(translated.embedding))
+            assert headers["X-Nexus-Backend"] == "v"
+            code, body, _ = await nexus.get("/api/version")
+            assert code == 200 and body == {"version": nexus_version}
+            await client.chat(model="llama3:8b", messages=[{"role": "user", "content": "Hi"}])
+            running = await client.ps()  # asked of the Ollama backend, now
+            assert sorted(m.model for m in running.models) == box.loaded()
+            assert box.loaded() == ["llama3:8b", "nomic"]
+            assert all(m.size_vram for m in running.models)
+
+
+async def test_every_dialect_answers_with_the_nexus_headers(tmp_path: Path) -> None:
+    async with FakeVLLM([FakeModel("qwen")]) as fake, FakeOllama([FakeModel("llama3:8b")]) as box:
+        backends = [backend_entry(fake, "v", "vllm"), backend_entry(box, "box", "ollama")]
+        async with running_nexus(tmp_path, backends) as nexus:
+            hi = [{"role": "user", "content": "Hi"}]
+            calls = [
+                ("/api/chat", {"model": "qwen", "messages": hi, "stream": False}, "v"),
+                ("/api/chat", {"model": "llama3:8b", "messages": hi}, "box"),  # NDJSON
+                ("/api/generate", {"model": "qwen", "prompt": "x", "stream": False}, "v"),
+                ("/v1/messages", {"model": "llama3:8b", "max_tokens": 8, "messages": hi}, "box"),
+                ("/v1/completions", {"model": "qwen", "prompt": "x", "max_tokens": 4}, "v"),
+                ("/v1/completions", {"model": "qwen", "prompt": "x", "stream": True}, "v"),
+            ]
+            for path, body, served in calls:
+                code, answer, headers = await nexus.post(path, body)
+                assert code == 200, (path, answer)
+                assert headers["X-Nexus-Backend"] == served, path
+                assert headers["X-Nexus-Backend-Type"] == "local", path
+                assert headers["X-Nexus-Route-Reason"] == "only-candidate", path
+                assert headers["X-Nexus-Privacy-Zone"] == "restricted", path
+                assert headers["X-Request-Id"], path
+            completion = await nexus.client.completions.with_raw_response.create(
+                model="qwen", prompt="Once", max_tokens=8
+            )
+            assert completion.headers["X-Nexus-Backend"] == "v"
 
 
 # -- legacy completions -----------------------------------------------------------------------
