@@ -153,10 +153,13 @@ class App:
         if state.store is not None:
             await state.store.open()  # (StartupError: a corrupt or locked file, in one line)
         if state.budget is not None:
-            await state.budget.start()
-            # The tokenizer's encodings load in ~0.6 s: not on the first request's time.
+            # The tokenizer's encodings load in ~0.5 s and take 40-80 MB: once spend nears
+            # the limit (where exact counts decide), in a thread, for the cloud types here.
             providers = sorted({b.type for b in state.registry if b.cloud})
-            state.background.append(asyncio.create_task(_preload_tokenizers(providers)))
+            state.budget.wants_tokenizer = lambda: state.background.append(
+                asyncio.create_task(_preload_tokenizers(providers), name="nexus-tokenizer")
+            )
+            await state.budget.start()
         if state.tenants is not None:
             await state.tenants.start()
         await state.health.start()

@@ -85,6 +85,7 @@ class Budget:
         self._buffer: dict[tuple[str, str, str], SpendRow] = {}
         self._last_status = NORMAL
         self._task: asyncio.Task[None] | None = None
+        self.wants_tokenizer: Callable[[], None] | None = None  # called once, when near
 
     @property
     def cycle(self) -> str:
@@ -157,9 +158,17 @@ class Budget:
 
     def status(self) -> str:
         spent = self.spent
-        if spent >= self.limit:
-            return HARD
-        return SOFT if spent >= self.soft else NORMAL
+        if spent < self.soft:
+            return NORMAL
+        self._near()
+        return HARD if spent >= self.limit else SOFT
+
+    def _near(self) -> None:
+        """Past the soft limit, exact counts start to matter: the tokenizer is loaded now
+        (in the background), not before, since its encodings cost ~40-80 MB of memory."""
+        wake, self.wants_tokenizer = self.wants_tokenizer, None
+        if wake is not None:
+            wake()
 
     def allows(self, estimate: float) -> bool:
         """Whether a cloud request estimated to cost ``estimate`` may be sent."""
@@ -178,15 +187,17 @@ class Budget:
         completion = req.max_tokens
         if not completion and backend.type == "anthropic":
             completion = backend.max_output_tokens
-        if req.prompt_tokens is None and req.prompt_count is not None:
+        prompt = req.prompt_tokens
+        if prompt is None and (count := req.prompt_count) is not None:
             # Counting a long prompt takes a millisecond; its bytes, microseconds. Far from
             # the limit the bound fits and the exact count is never needed.
-            bound = pricing.cost(
-                price, prompt_tokens=req.prompt_count.bound, completion_tokens=completion
-            )
-            if self.allows(bound):
+            cost = pricing.cost(price, prompt_tokens=count.bound, completion_tokens=completion)
+            if self.allows(cost):
                 return None
-        prompt = req.counted_prompt()
+            prompt = count.tokens_now()
+            if prompt is None:  # the encoding is not loaded yet: the bound never undercounts
+                self._near()
+                prompt = count.bound
         if prompt is None:
             prompt = tokens.estimate(req.prompt_chars)
         estimate = pricing.cost(price, prompt_tokens=prompt, completion_tokens=completion)

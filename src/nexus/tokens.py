@@ -14,10 +14,11 @@ The encodings come from installed files, never from the network. The optional
 never reached. The files are checked against the SHA-256 that tiktoken itself pins for them.
 Without the extra (or with a damaged copy) every count is estimated: nothing raises.
 
-Nothing is imported or loaded until the first count that needs an encoding (about 0.3 s per
-encoding, once); ``preload()`` does that work up front, e.g. in a thread at start-up when a
-budget is configured. Models on llama.cpp or vLLM are best counted by the backend's own
-``/tokenize``; here they get the estimate.
+Nothing is imported or loaded until the first count that needs an encoding (about 0.3-0.5 s
+and 40-80 MB per encoding, once); ``preload()`` does that work in a thread, which a budget
+asks for once its spend passes the soft limit, where exact counts start to decide
+(``PromptCount.tokens_now`` never loads on the event loop). Models on llama.cpp or vLLM are
+best counted by the backend's own ``/tokenize``; here they get the estimate.
 """
 
 from __future__ import annotations
@@ -233,6 +234,13 @@ def _encoder(name: str) -> _Encoder | None:
         return _encoders[name]
 
 
+def loaded(provider: str, model: str) -> bool:
+    """Whether counting for ``model`` is instant: its encoding is in memory (or failed to
+    load, or it has none: the estimate)."""
+    name = encoding_for(provider, model)
+    return name is None or name in _encoders
+
+
 def available() -> bool:
     """Whether exact counting is possible: the extra is installed and no encoding failed.
 
@@ -333,6 +341,13 @@ class PromptCount:
             count = count_chat(self._body, provider=self._provider, model=self._model)
             self._tokens = count.tokens
         return self._tokens
+
+    def tokens_now(self) -> int | None:
+        """`tokens` if counting needs no encoding to be loaded first (~0.5 s the first time,
+        which must not stall the event loop), else None."""
+        if self._tokens is None and not loaded(self._provider, self._model):
+            return None
+        return self.tokens
 
 
 def _tally_chat(body: dict[str, Any], provider: str, model: str, name: str | None) -> _Tally:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from nexus import tokens
 from nexus.budget import HARD, NORMAL, SOFT, Budget, cycle_bounds
 from nexus.config import BudgetConfig
 from nexus.errors import StartupError
@@ -179,10 +180,21 @@ async def test_the_prompt_is_counted_only_when_its_bound_would_not_fit(tmp_path:
         assert far.prompt_tokens is None  # never counted
 
         budget.charge(spend(0.85))  # $0.15 left: the ~1,800-byte bound ($0.18) does not fit
-        near = Requirements(model="gpt-4o", max_tokens=10)
+        woken: list[bool] = []
+        budget.wants_tokenizer = lambda: woken.append(True)
+        with pytest.MonkeyPatch.context() as patch:  # the encoding still loading: the bound
+            patch.setattr("nexus.tokens.loaded", lambda provider, model: False)
+            near = Requirements(model="gpt-4o", max_tokens=10)
+            near.prompt_count = PromptCount(body, provider="openai", model="gpt-4o")
+            refused = budget.refuses(cloud, "gpt-4o", near)
+            assert refused is not None and "would cross" in refused
+            assert woken == [True]  # and it is asked to load, once
+        assert tokens.preload(["openai"])
+        near = Requirements(model="gpt-4o", max_tokens=10)  # loaded: the exact count decides
         near.prompt_count = PromptCount(body, provider="openai", model="gpt-4o")
         assert budget.refuses(cloud, "gpt-4o", near) is None
-        assert near.prompt_tokens is not None and near.prompt_tokens < 700
+        assert near.prompt_count.tokens_now() is not None and near.prompt_count.tokens < 700
+        assert woken == [True]
     finally:
         await budget.stop()
         await store.close()

@@ -45,7 +45,9 @@ class Costs:
             return
         prompt = record.tokens_prompt
         if prompt is None:
-            prompt = req.counted_prompt()
+            prompt = req.prompt_tokens
+            if prompt is None and req.prompt_count is not None:
+                prompt = req.prompt_count.tokens_now()
             if prompt is None:
                 prompt = tokens.estimate(req.prompt_chars)
             record.cost_flag = "estimated"

@@ -37,12 +37,6 @@ class Requirements:
     prompt_tokens: int | None = None  # known without counting (tests, translated requests)
     prompt_count: PromptCount | None = None  # counted on demand (with a budget)
 
-    def counted_prompt(self) -> int | None:
-        """The prompt's tokens as the tokenizer registry counts them, if it may."""
-        if self.prompt_tokens is None and self.prompt_count is not None:
-            self.prompt_tokens = self.prompt_count.tokens
-        return self.prompt_tokens
-
     @property
     def is_plain_chat(self) -> bool:
         """Chat with no special needs: only the model and its context length matter."""
