@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from ollama._client import _copy_messages, _copy_tools
 from ollama._types import (
@@ -1661,3 +1661,112 @@ def test_stream_rebuilds_the_whole_answer(
     )
     final = {k: v for k, v in expected.items() if k not in ("message", "response", "thinking")}
     assert {k: v for k, v in last.items() if k not in ("message", "response")} == final
+
+
+# -- properties: /api/generate, /api/embed and /api/embeddings requests ------------------------
+
+PROMPTS = st.text(st.characters(codec="utf-8"), min_size=1, max_size=30)
+FORMATS = st.sampled_from(["", "json", {"type": "object", "properties": {"a": {"type": "string"}}}])
+SHARED_OPTIONS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")
+
+
+@st.composite
+def generate_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid /api/generate body that asks for text (not a load, not fill-in-the-middle)."""
+    body: dict[str, Any] = {"model": draw(st.sampled_from(["llama3.2", "qwen3:8b"]))}
+    body["prompt"] = draw(PROMPTS)
+    extras = {
+        "system": TEXT,
+        "images": IMAGES,
+        "options": OPTIONS,
+        "format": FORMATS,
+        "stream": st.booleans(),
+        "keep_alive": st.sampled_from(["5m", 0, -1]),
+        "think": st.booleans(),
+        "raw": st.just(False),
+        "suffix": st.just(""),
+    }
+    for key, strategy in extras.items():
+        if draw(st.booleans()):
+            body[key] = draw(strategy)
+    return body
+
+
+def generate_via_client(body: dict[str, Any]) -> dict[str, Any]:
+    """The same request as the ollama client would send it."""
+    images = [Image(value=i) for i in body["images"]] if "images" in body else None
+    return GenerateRequest(**{**body, "images": images}).model_dump(exclude_none=True)
+
+
+@settings(max_examples=80, deadline=None)
+@given(generate_bodies(), st.booleans())
+@example({"model": "m", "prompt": "p", "options": {"num_predict": 0, "stop": []}}, True)
+@example({"model": "m", "prompt": " ", "system": "", "options": {"num_predict": -1}}, False)
+def test_any_valid_generate_request_translates_and_keeps_its_text(
+    body: dict[str, Any], through_client: bool
+) -> None:
+    sent = generate_via_client(body) if through_client else body
+    out = generate(sent)  # validates as the OpenAI SDK's chat params
+    assert out["model"] == body["model"]
+    *system, user = out["messages"]
+    assert system == ([{"role": "system", "content": body["system"]}] if body.get("system") else [])
+    assert user["role"] == "user" and _plain_text(user["content"]) == body["prompt"]
+    parts = user["content"] if isinstance(user["content"], list) else []
+    images = [p["image_url"]["url"] for p in parts if p["type"] == "image_url"]
+    assert [url.split(",", 1)[1] for url in images] == body.get("images", [])
+    assert out["stream"] is body.get("stream", True)
+    assert ("stream_options" in out) is out["stream"]
+    options = body.get("options", {})
+    for key in SHARED_OPTIONS:
+        assert out.get(key) == options.get(key), key
+    assert out.get("stop") == (options.get("stop") or None)
+    predict = options.get("num_predict", 0)
+    assert out.get("max_tokens") == (predict if predict > 0 else None)
+    fmt = body.get("format", "")
+    expected = (
+        {"": None, "json": {"type": "json_object"}}.get(fmt)
+        if isinstance(fmt, str)
+        else {
+            "type": "json_schema",
+            "json_schema": {"name": "response", "schema": fmt, "strict": False},
+        }
+    )
+    assert out.get("response_format") == expected
+    # Ollama's own knobs have no OpenAI counterpart and never leak into the request.
+    assert not {"num_ctx", "top_k", "mirostat", "keep_alive", "think", "options"} & set(out)
+
+
+EMBED_INPUTS = PROMPTS | st.lists(TEXT, min_size=1, max_size=3)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.sampled_from(["nomic-embed-text", "all-minilm"]),
+    EMBED_INPUTS,
+    st.none() | st.booleans(),
+    st.none() | st.integers(0, 4096),
+    st.none() | OPTIONS,
+    st.booleans(),
+)
+def test_any_valid_embed_request_translates_and_keeps_its_texts(
+    model: str,
+    texts: str | list[str],
+    truncate: bool | None,
+    dimensions: int | None,
+    options: dict[str, Any] | None,
+    through_client: bool,
+) -> None:
+    body: dict[str, Any] = {"model": model, "input": texts, "truncate": truncate}
+    body |= {"dimensions": dimensions, "options": options, "keep_alive": "5m"}
+    body = {k: v for k, v in body.items() if v is not None}
+    sent = EmbedRequest(**body).model_dump(exclude_none=True) if through_client else body
+    out = embed_request(embed_from_ollama(sent))
+    assert out["model"] == model and out["input"] == texts  # every text, in order
+    assert out.get("dimensions") == (dimensions or None)
+    assert out["encoding_format"] == "float"
+    assert set(out) <= {"model", "input", "dimensions", "encoding_format"}
+    legacy: dict[str, Any] = {"model": model, "prompt": texts if isinstance(texts, str) else "x"}
+    if through_client:
+        legacy = EmbeddingsRequest(**legacy, options=options).model_dump(exclude_none=True)
+    old = embed_request(embeddings_from_ollama(legacy))
+    assert old == {"model": model, "input": legacy["prompt"], "encoding_format": "float"}
