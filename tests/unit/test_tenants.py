@@ -313,7 +313,7 @@ async def test_static_tenants_keys_come_from_the_environment(store: SQLiteStore)
         for wrong in ("short", "ops-key-0123456789abcdeF"):
             with pytest.raises(Unauthorized):
                 tenants.authenticate(bearer(wrong))
-        assert {k.tenant for k in tenants.static_keys} == {"ops"}
+        assert {k.tenant for k in tenants.static_keys.values()} == {"ops"}
         for change in (tenants.update("ops", {"rpm": 1}), tenants.delete("ops")):
             with pytest.raises(InvalidRequest) as caught:
                 await change

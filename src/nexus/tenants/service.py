@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 from collections import OrderedDict
@@ -46,7 +47,6 @@ from nexus.tenants.model import (
     UsageRow,
     key_hash,
     key_id_of,
-    matches,
     name_problem,
     new_key,
 )
@@ -79,7 +79,7 @@ class Tenants:
         self.environ = environ
         self.by_name: dict[str, Tenant] = {}
         self.by_id: dict[str, ApiKey] = {}
-        self.static_keys: list[ApiKey] = []  # from the environment: any format, no id
+        self.static_keys: dict[str, ApiKey] = {}  # from the environment, by hash: any format
         self.version = -1
         self.used: dict[str, list[float]] = {}  # tenant -> [tokens, cost] this cycle
         self._used_cycle: datetime | None = None  # the cycle ``used`` is of (its start)
@@ -145,7 +145,8 @@ class Tenants:
                     declared.key_env,
                 )
                 continue
-            self.static_keys.append(ApiKey("env", declared.name, key_hash(key), 0.0))
+            digest = key_hash(key)
+            self.static_keys[digest] = ApiKey("env", declared.name, digest, 0.0)
 
     async def _poll_forever(self) -> None:
         while True:
@@ -189,10 +190,11 @@ class Tenants:
     def _tenant_of(self, key: str) -> Tenant | None:
         if len(key) > MAX_KEY_CHARS:
             return None
+        digest = key_hash(key)  # once: compared in constant time, or looked up by itself
         key_id = key_id_of(key)
         record = self.by_id.get(key_id) if key_id else None
-        if record is None or not matches(key, record):
-            record = next((k for k in self.static_keys if matches(key, k)), None)
+        if record is None or not hmac.compare_digest(digest, record.hash):
+            record = self.static_keys.get(digest)
         if record is None or record.revoked:
             return None
         if record.expires is not None and record.expires <= time.time():
@@ -268,8 +270,13 @@ class Tenants:
         now = self.clock()
         day = now.astimezone(UTC).date().isoformat()
         model = record.routed_model or record.model
-        row = UsageRow(name, day, model, 1, prompt, completion, cost)
-        self._buffer.setdefault((name, day, model), UsageRow(name, day, model)).add(row)
+        row = self._buffer.get((name, day, model))
+        if row is None:
+            row = self._buffer[name, day, model] = UsageRow(name, day, model)
+        row.requests += 1
+        row.prompt_tokens += prompt
+        row.completion_tokens += completion
+        row.cost_usd += cost
         used = self._this_cycle(now).setdefault(name, [0.0, 0.0])
         used[0] += prompt + completion
         used[1] += cost
