@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import time
@@ -15,7 +16,7 @@ from aiohttp import web
 
 from nexus.registry import BackendStatus, DiscoverySource
 from tests.fakes import FakeModel, FakeOllama, FakeVLLM
-from tests.helpers import running_nexus, wait_until
+from tests.helpers import nexus_cli, running_nexus, wait_until
 
 from .conftest import Advertiser, by_service, discovery_section, wait_healthy, wait_log
 
@@ -464,3 +465,30 @@ async def test_hostile_instance_names_are_made_safe(tmp_path: Path, advertiser: 
         await chat(nexus, "llama3:8b")
         text = nexus.state.metrics.exposition().decode()
         assert f'backend="{backend.name}"' in text
+
+
+async def test_nexus_backends_marks_discovered_backends(
+    tmp_path: Path, advertiser: Advertiser
+) -> None:
+    footnote = "* discovered on the LAN: used for a model only when no configured backend"
+    async with (
+        FakeOllama([FakeModel("llama3:8b")]) as configured,
+        FakeOllama([FakeModel("llama3:8b")]) as stranger,
+    ):
+        mine = {"name": "mine", "url": configured.url, "type": "ollama"}
+        async with running_nexus(tmp_path, [mine]) as nexus:  # discovery off: no mark
+            code, out, err = await nexus_cli("backends", "--url", nexus.url)
+            assert code == 0, err
+            assert "mDNS" not in out and footnote not in out
+        async with running_nexus(tmp_path, [mine], discovery=discovery_section()) as nexus:
+            await advertiser.register("stranger", stranger.port, OLLAMA)
+            backend = await wait_healthy(nexus, full(advertiser, "stranger"))
+            code, out, err = await nexus_cli("backends", "--url", nexus.url)
+            assert code == 0, err
+            rows = {line.split()[1]: line for line in out.splitlines() if "│ " in line}
+            assert "mDNS*" in rows[backend.name] and "mDNS" not in rows["mine"]
+            assert "static" in rows["mine"]
+            assert footnote in out and "discovery.allow" in out
+            code, out, err = await nexus_cli("backends", "--json", "--url", nexus.url)
+            sources = {b["name"]: b["discovery_source"] for b in json.loads(out)}
+            assert sources["mine"] == "static" and sources[backend.name] == "mdns"
