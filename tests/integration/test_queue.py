@@ -362,7 +362,9 @@ async def test_no_backend_left_under_its_limit_is_a_429_or_a_wait(tmp_path: Path
         replies = await asyncio.gather(*(ask(nexus) for _ in range(3)))  # a token a second
         assert all(r.http_response.status_code == 200 for r in replies)
         waits = sorted(int(r.headers.get("x-nexus-queue-wait-ms", 0)) for r in replies)
-        assert waits[0] == 0 and waits[-1] >= 1500  # the third waited for the second token
+        # The third waited for the bucket's third token (2 s after the first was taken),
+        # less however late it arrived: under load the three may not start together.
+        assert waits[0] == 0 and waits[-1] >= 900
         assert len(a.chat_requests) == 3
 
 
