@@ -154,11 +154,23 @@ async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
                 )
                 await asyncio.sleep(0.3)  # a while later: still
                 assert nexus.proc.returncode is None  # draining, waiting on the hung request
+                # A request refused while draining: its log line is buffered (request lines
+                # are written every 0.25 s) when the second signal comes right after it.
+                async with s.post(
+                    nexus.url + "/v1/chat/completions",
+                    json={"model": "qwen", "messages": [{"role": "user", "content": "y"}]},
+                ) as refused:
+                    assert refused.status == 503
+                    request_id = refused.headers["X-Request-Id"]
                 nexus.proc.send_signal(signal.SIGINT)
                 async with asyncio.timeout(5):
                     code = await nexus.proc.wait()
                 assert code != 0
                 task.cancel()
+        # Flushed before the exit: the refused request's line is in the log, whole.
+        (line,) = [line for line in nexus.lines if request_id in line]
+        assert "status=503" in line
+        assert "second signal: exiting now" in nexus.lines[-1]
 
 
 async def test_zero_config_first_run_finds_local_ollama(
