@@ -21,7 +21,7 @@ import re
 import statistics
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from nexus import config as config_mod
 from nexus.registry import BackendStatus, backend_id
 from tests.fakes import FakeModel, FakeVLLM
 from tests.fakes.hostile import Chat, HostileBackend, Probe, gzip_bomb
-from tests.helpers import Nexus, running_nexus, write_config
+from tests.helpers import Nexus, running_nexus, wait_until, write_config
 
 CHAT = "/v1/chat/completions"
 MSG = [{"role": "user", "content": "hi"}]
@@ -92,12 +92,6 @@ async def admin_add(
 ) -> tuple[int, bytes]:
     status, _, raw = await call("POST", nexus.url + "/admin/backends", json=body, headers=headers)
     return status, raw
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.01)
 
 
 async def raw_exchange(port: int, request: bytes) -> bytes:
@@ -499,7 +493,7 @@ async def test_health_answers_fast_while_endless_events_stream(tmp_path: Path) -
         load = asyncio.create_task(hostile_streams())
         latencies: list[float] = []
         try:
-            await until(lambda: fake.giant_sent > 0, timeout=10)
+            await wait_until(lambda: fake.giant_sent > 0, timeout=10, what="a giant event sent")
             async with aiohttp.ClientSession() as session:
 
                 async def timed() -> float:
@@ -615,15 +609,21 @@ async def test_delete_while_the_add_is_probing_leaves_no_probe_loop(tmp_path: Pa
         slow.probe, slow.probe_delay = Probe.SLOW, 1.0
         body = {"url": slow.url, "name": "slowpoke", "type": "vllm"}
         add = asyncio.create_task(admin_add(nexus, body))
-        await until(lambda: any(r.path == "/v1/models" for r in slow.requests))
+        await wait_until(
+            lambda: any(r.path == "/v1/models" for r in slow.requests), what="the add's probe"
+        )
         status, _, raw = await call("DELETE", nexus.url + "/admin/backends/slowpoke")
         assert status == 200, raw
         async with asyncio.timeout(10):
             add_status, add_raw = await add
         assert add_status != 500, add_raw
-        await asyncio.sleep(0.05)
-        assert nexus.state.registry.find("slowpoke") is None
-        assert backend_id("slowpoke") not in nexus.state.health._tasks
+        await wait_until(
+            lambda: (
+                nexus.state.registry.find("slowpoke") is None
+                and backend_id("slowpoke") not in nexus.state.health._tasks
+            ),
+            what="the deleted backend gone, and its probe loop with it",
+        )
         # Added again, it is watched: probed now, and again after each interval.
         slow.probe_delay = 0.1
         status, raw = await admin_add(nexus, body)
@@ -631,7 +631,7 @@ async def test_delete_while_the_add_is_probing_leaves_no_probe_loop(tmp_path: Pa
         backend = nexus.state.registry.find("slowpoke")
         assert backend is not None and backend.status is BackendStatus.HEALTHY
         first = backend.last_health_check
-        await until(lambda: backend.last_health_check != first, timeout=5)
+        await wait_until(lambda: backend.last_health_check != first, what="a second probe")
 
 
 async def test_identical_concurrent_adds_one_wins_none_crashes(tmp_path: Path) -> None:
