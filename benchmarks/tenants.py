@@ -71,7 +71,6 @@ from typing import IO, Any
 
 import aiohttp
 import orjson
-import redis
 import uvloop
 from tests.fakes import FakeModel, FakeVLLM
 from tests.helpers import Nexus, running_nexus, wait_until
@@ -86,6 +85,7 @@ from nexus.asgi import Scope
 from nexus.config import AuthConfig, LoggingConfig
 from nexus.store.redis import RedisStore
 from nexus.store.redis_limits import RedisLimiter
+from nexus.store.resp import Client
 from nexus.store.sqlite import SQLiteStore
 from nexus.tenants.limits import LocalLimiter
 from nexus.tenants.model import Tenant
@@ -297,7 +297,38 @@ async def in_process_sqlite(cfg: Settings, tmp: Path) -> dict[str, Any]:
     }
 
 
-async def command_calls(admin: Any) -> Counter[str]:
+class Admin:
+    """The benchmark's own connection to Redis (Nexus' client): INFO, CONFIG SET, FLUSHALL."""
+
+    def __init__(self, url: str) -> None:
+        self.client = Client(url, 5)
+
+    async def info(self, section: str) -> dict[str, Any]:
+        """``INFO section`` as {key: value}, a "k=v,k=v" value as a dict of numbers."""
+        text = (await self.client.command("INFO", section)).decode()
+        out: dict[str, Any] = {}
+        for line in text.splitlines():
+            key, sep, value = line.partition(":")
+            if not sep or line.startswith("#"):
+                continue
+            if "=" in value:
+                pairs = (item.split("=", 1) for item in value.split(","))
+                out[key] = {k: float(v) for k, v in pairs if v.replace(".", "", 1).isdigit()}
+            else:
+                out[key] = value
+        return out
+
+    async def config_set(self, name: str, value: str) -> None:
+        await self.client.command("CONFIG", "SET", name, value)
+
+    async def flushall(self) -> None:
+        await self.client.command("FLUSHALL")
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+async def command_calls(admin: Admin) -> Counter[str]:
     """Redis' own count of the commands it has run, by command (``INFO commandstats``)."""
     info = await admin.info("commandstats")
     return Counter(
@@ -339,7 +370,7 @@ def latency_summary(
     }
 
 
-async def in_process_redis(cfg: Settings, server: RedisServer, admin: Any) -> dict[str, Any]:
+async def in_process_redis(cfg: Settings, server: RedisServer, admin: Admin) -> dict[str, Any]:
     store = RedisStore(server.url)
     await store.open()
     limiter = RedisLimiter(store)
@@ -366,7 +397,7 @@ async def in_process_redis(cfg: Settings, server: RedisServer, admin: Any) -> di
             await asyncio.gather(*limiter._sending)
 
         ops: dict[str, Callable[[], Awaitable[Any]]] = {
-            "PING": client.ping,
+            "PING": lambda: client.command("PING"),
             "RedisLimiter.acquire": acquire,
             "authenticate + admit (Redis)": both,
             "spend_tokens (after the answer)": spend,
@@ -533,7 +564,7 @@ async def interleaved(
     keys: Mapping[str, str],
     fake: FakeVLLM,
     server: RedisServer,
-    admin: Any,
+    admin: Admin,
 ) -> tuple[dict[str, list[Block]], dict[str, Seen]]:
     """``cfg.rounds`` rounds; in each, every target serves ``cfg.per_round`` sequential
     requests on its own keep-alive connection, in an order rotating from round to round.
@@ -644,7 +675,7 @@ def compare(blocks: dict[str, list[Block]], seen: Mapping[str, Seen]) -> dict[st
     }
 
 
-async def end_to_end(cfg: Settings, tmp: Path, server: RedisServer, admin: Any) -> dict[str, Any]:
+async def end_to_end(cfg: Settings, tmp: Path, server: RedisServer, admin: Admin) -> dict[str, Any]:
     fake = FakeVLLM([FakeModel(MODEL, context_length=32768)])
     async with fake, gateways(fake, tmp / "e2e", server.url) as (bases, keys, nexuses):
         urls = {t: bases[t] + "/v1/chat/completions" for t in TARGETS}
@@ -769,7 +800,7 @@ def meta(args: argparse.Namespace, cfg: Settings) -> dict[str, Any]:
         "nexus": nexus.__version__,
         "nexus_file": nexus.__file__,
         "aiohttp": aiohttp.__version__,
-        "redis_py": redis.__version__,
+        "redis_client": "nexus.store.resp",
         "redis_server": redis_version(),
         "client": "aiohttp ClientSession, one keep-alive connection per target",
         "quick": args.quick,
@@ -794,13 +825,11 @@ def nexus_log_summary(path: Path) -> dict[str, Any]:
 
 
 async def measure(args: argparse.Namespace, tmp: Path, log_file: IO[str]) -> dict[str, Any]:
-    import redis.asyncio as aioredis
-
     cfg = Settings.quick() if args.quick else Settings.full()
     logs.setup(LoggingConfig(level="info", format="json"), log_file)
     results: dict[str, Any] = {"meta": meta(args, cfg)}
     with redis_server(tmp / "redis") as server:
-        admin = aioredis.Redis.from_url(server.url, socket_timeout=5, socket_connect_timeout=5)
+        admin = Admin(server.url)
         try:
             # The test helper fsyncs every write (appendfsync always) for its crash tests;
             # measured here with Redis' own default for an append-only file.

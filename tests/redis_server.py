@@ -36,14 +36,16 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, password: str | None = None) -> None:
         self.directory = directory
         self.port = free_port()
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         options = {
@@ -57,6 +59,8 @@ class RedisServer:
             "daemonize": "no",
             "logfile": str(self.directory / "redis.log"),
         }
+        if self.password:
+            options["requirepass"] = self.password
         args = [BINARY, *(arg for name, value in options.items() for arg in (f"--{name}", value))]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
@@ -67,7 +71,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
+                    if sock.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 pass
@@ -83,10 +87,10 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server(directory: Path) -> Iterator[RedisServer]:
+def redis_server(directory: Path, password: str | None = None) -> Iterator[RedisServer]:
     require()
     directory.mkdir(parents=True, exist_ok=True)
-    server = RedisServer(directory)
+    server = RedisServer(directory, password)
     server.start()
     try:
         yield server

@@ -403,7 +403,7 @@ class StorageConfig:
         "",
         "Redis URL (redis://[:password@]host:6379/0, rediss:// for TLS) shared by several "
         "Nexus replicas: keys, rate limits, quotas, usage and spend then live there instead "
-        "of the SQLite file. Needs `pip install nexus-orchestrator[redis]`. $NEXUS_STORAGE_URL "
+        "of the SQLite file. $NEXUS_STORAGE_URL "
         "sets it from the environment, which keeps a password out of the file.",
     )
     flush_interval_seconds: float = setting(

@@ -231,3 +231,85 @@ async def test_with_redis_away_each_replica_limits_alone_without_waiting(
         assert ERRORS["rate_limit"] == before + 1
     finally:
         await store.close()
+
+
+# -- the client itself ------------------------------------------------------------------------
+
+
+async def test_the_client_authenticates_selects_its_db_and_shares_one_connection(
+    tmp_path: Path,
+) -> None:
+    from nexus.store.resp import Client, ConnectionLost
+
+    with redis_server(tmp_path / "redis", password="s3cret pass") as server:
+        base = f"redis://:s3cret%20pass@127.0.0.1:{server.port}"
+        one, other = Client(base + "/1", 2), Client(base + "/2", 2)
+        try:
+            replies = await asyncio.gather(*(one.command("INCR", "n") for _ in range(200)))
+            assert sorted(replies) == list(range(1, 201))  # each caller got its own reply
+            assert await other.command("GET", "n") is None  # another db
+            assert await one.transaction([("SET", "a", "1"), ("INCRBYFLOAT", "a", 0.5)]) == [
+                b"OK",
+                b"1.5",
+            ]
+            assert await one.command("CLIENT", "INFO") and await one.command("DBSIZE") == 2
+            wrong = Client(f"redis://:nope@127.0.0.1:{server.port}/0", 2)
+            with pytest.raises(ConnectionLost, match=r"WRONGPASS|invalid"):
+                await wrong.command("PING")
+            await wrong.close()
+        finally:
+            await one.close()
+            await other.close()
+
+
+async def test_a_script_is_loaded_on_first_use_by_each_server(redis: RedisServer) -> None:
+    from nexus.store.resp import Client, ReplyError
+
+    client = Client(redis.url, 2)
+    try:
+        sha = client.script("return ARGV[1] .. KEYS[1]")
+        assert await client.run(sha, ["k"], ["v"]) == b"vk"  # NOSCRIPT, then EVAL
+        await client.command("SCRIPT", "FLUSH")
+        assert await client.run(sha, ["k"], ["w"]) == b"wk"
+        with pytest.raises(ReplyError, match="WRONGTYPE"):
+            await client.command("SET", "s", "x")
+            await client.command("HGET", "s", "f")
+        assert await client.command("PING") == b"PONG"  # an error reply keeps the connection
+    finally:
+        await client.close()
+
+
+async def test_a_reply_too_late_never_answers_the_next_caller() -> None:
+    """A server that answers its first command after the timeout: that caller fails, the
+    connection is dropped, and the next caller gets its own reply on a new one."""
+    from nexus.store.resp import Client, ConnectionLost
+
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        first = connections == 1
+        while await reader.readuntil(b"\r\n"):
+            line = await reader.readuntil(b"\r\n")  # $len
+            await reader.readexactly(int(line[1:]) + 2)  # the command's one argument
+            if first:
+                await asyncio.sleep(0.5)
+                writer.write(b"+LATE\r\n")
+            else:
+                writer.write(b"+ON-TIME\r\n")
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = Client(f"redis://127.0.0.1:{port}", 0.2)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConnectionLost, match="no reply within"):
+            await client.command("PING")
+        assert time.monotonic() - started < 0.45
+        await asyncio.sleep(0.4)  # the late reply arrives (on the dropped connection)
+        assert await client.command("PING") == b"ON-TIME"
+        assert connections == 2
+    finally:
+        await client.close()
+        server.close()

@@ -29,13 +29,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from nexus.errors import StartupError
 from nexus.store import SpendRow, StoreUnavailable, count_error
+from nexus.store.resp import Client, Command, ConnectionLost, Reply, ReplyError
 from nexus.tenants.model import ApiKey, Tenant, UsageRow
 
 log = logging.getLogger("nexus.store")
@@ -44,18 +41,6 @@ PREFIX = "nexus:"
 TIMEOUT_SECONDS = 0.5  # one round trip on a LAN is ~0.2 ms: 0.5 s means Redis is in trouble
 FIELDS = ("requests", "prompt", "completion", "cost")
 T = TypeVar("T")
-
-
-def connect(url: str) -> aioredis.Redis:
-    """A client that fails fast: a bounded wait, and no retries (the callers retry)."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=TIMEOUT_SECONDS,
-        socket_connect_timeout=TIMEOUT_SECONDS,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-        decode_responses=False,
-    )
 
 
 def safe_url(url: str) -> str:
@@ -69,13 +54,13 @@ def safe_url(url: str) -> str:
 class RedisStore:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.client = connect(url)
+        self.client = Client(url, TIMEOUT_SECONDS)  # fails fast; the callers retry
         self.down = False  # inside an outage (logged once when it starts and when it ends)
 
     async def call(self, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:
             result = await fn()
-        except (RedisError, OSError) as exc:
+        except (ConnectionLost, ReplyError) as exc:
             count_error(operation)
             if not self.down:
                 self.down = True
@@ -93,61 +78,49 @@ class RedisStore:
 
     async def open(self) -> None:
         try:
-            await self.client.ping()
-        except (RedisError, OSError) as exc:
+            await self.client.command("PING")
+        except (ConnectionLost, ReplyError) as exc:
             raise StartupError(
                 f"cannot reach the state store at {safe_url(self.url)} ({exc}); start Redis, "
                 "or remove [storage] url to use the embedded SQLite file"
             ) from None
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.client.close()
 
     # -- spend --------------------------------------------------------------------------------
 
     async def add_spend(self, rows: list[SpendRow]) -> None:
         if rows:
-            await self.call("add_spend", lambda: self._add_sums(_sums(rows)))
+            await self.call("add_spend", lambda: self.client.transaction(_increments(rows)))
 
     async def spend(self, cycle: str) -> list[SpendRow]:
-        raw: dict[bytes, bytes] = await self.call(
-            "spend",
-            lambda: self.client.hgetall(f"{PREFIX}spend:{cycle}"),  # type: ignore[arg-type,return-value]
+        raw = await self.call(
+            "spend", lambda: self.client.command("HGETALL", f"{PREFIX}spend:{cycle}")
         )
         return [
             SpendRow(cycle, backend, model, *sums)
-            for (backend, model), sums in _unpack(raw).items()
+            for (backend, model), sums in _unpack(_pairs(raw)).items()
         ]
-
-    async def _add_sums(self, sums: dict[str, list[tuple[bytes, int | float]]]) -> None:
-        async with self.client.pipeline(transaction=True) as pipe:
-            for key, fields in sums.items():
-                for field, value in fields:
-                    if isinstance(value, float):
-                        pipe.hincrbyfloat(key, field, value)
-                    else:
-                        pipe.hincrby(key, field, value)
-            await pipe.execute()
 
     # -- tenants and keys ---------------------------------------------------------------------
 
     async def version(self) -> int:
-        raw = await self.call("version", lambda: self.client.get(f"{PREFIX}version"))
+        raw = await self.call("version", lambda: self.client.command("GET", f"{PREFIX}version"))
         return int(raw or 0)
 
     async def tenants(self) -> tuple[list[Tenant], list[ApiKey]]:
-        async def read() -> list[Any]:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hgetall(f"{PREFIX}tenants")
-                pipe.hgetall(f"{PREFIX}keys")
-                result: list[Any] = await pipe.execute()
-                return result
-
-        raw_tenants, raw_keys = await self.call("tenants", read)
-        tenants = sorted(
-            (Tenant(**orjson.loads(v)) for v in raw_tenants.values()), key=lambda t: t.name
+        raw_tenants, raw_keys = await self.call(
+            "tenants",
+            lambda: self.client.transaction(
+                [("HGETALL", f"{PREFIX}tenants"), ("HGETALL", f"{PREFIX}keys")]
+            ),
         )
-        keys = sorted((ApiKey(**orjson.loads(v)) for v in raw_keys.values()), key=_created)
+        tenants = sorted(
+            (Tenant(**orjson.loads(v)) for v in _pairs(raw_tenants).values()),
+            key=lambda t: t.name,
+        )
+        keys = sorted((ApiKey(**orjson.loads(v)) for v in _pairs(raw_keys).values()), key=_created)
         return tenants, keys
 
     async def put_tenant(self, tenant: Tenant) -> None:
@@ -156,14 +129,13 @@ class RedisStore:
 
     async def delete_tenant(self, name: str) -> bool:
         async def delete() -> bool:
-            keys = await self.client.hgetall(f"{PREFIX}keys")
+            keys = _pairs(await self.client.command("HGETALL", f"{PREFIX}keys"))
             ids = [i for i, v in keys.items() if orjson.loads(v)["tenant"] == name]
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hdel(f"{PREFIX}tenants", name)
-                if ids:
-                    pipe.hdel(f"{PREFIX}keys", *ids)
-                pipe.incr(f"{PREFIX}version")
-                deleted: list[Any] = await pipe.execute()
+            commands: list[Command] = [("HDEL", f"{PREFIX}tenants", name)]
+            if ids:
+                commands.append(("HDEL", f"{PREFIX}keys", *ids))
+            commands.append(("INCR", f"{PREFIX}version"))
+            deleted = await self.client.transaction(commands)
             return bool(deleted[0])
 
         return await self.call("delete_tenant", delete)
@@ -174,7 +146,7 @@ class RedisStore:
 
     async def revoke_key(self, key_id: str) -> bool:
         async def revoke() -> bool:
-            raw = await self.client.hget(f"{PREFIX}keys", key_id)
+            raw = await self.client.command("HGET", f"{PREFIX}keys", key_id)
             if raw is None:
                 return False
             record = orjson.loads(raw)
@@ -188,36 +160,27 @@ class RedisStore:
 
     async def _change(self, table: str, field: str, value: bytes) -> None:
         """One change to tenants or keys, and the version bump every replica polls."""
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(f"{PREFIX}{table}", field, value)
-            pipe.incr(f"{PREFIX}version")
-            await pipe.execute()
+        await self.client.transaction(
+            [("HSET", f"{PREFIX}{table}", field, value), ("INCR", f"{PREFIX}version")]
+        )
 
     # -- usage --------------------------------------------------------------------------------
 
     async def add_usage(self, rows: list[UsageRow]) -> None:
-        if not rows:
-            return
-
-        async def add() -> None:
-            await self._add_sums(_sums(rows))
-            await self.client.sadd(f"{PREFIX}usage:days", *{row.day for row in rows})
-
-        await self.call("add_usage", add)
+        if rows:
+            days = sorted({row.day for row in rows})
+            commands = [*_increments(rows), ("SADD", f"{PREFIX}usage:days", *days)]
+            await self.call("add_usage", lambda: self.client.transaction(commands))
 
     async def usage(self, tenant: str | None, since: str) -> list[UsageRow]:
         async def read() -> list[UsageRow]:
-            members: set[bytes] = await self.client.smembers(f"{PREFIX}usage:days")  # type: ignore[assignment]
-            days = sorted(d.decode() for d in members)
-            days = [day for day in days if day >= since]
-            async with self.client.pipeline(transaction=False) as pipe:
-                for day in days:
-                    pipe.hgetall(f"{PREFIX}usage:{day}")
-                hashes: list[Any] = await pipe.execute()
+            members = await self.client.command("SMEMBERS", f"{PREFIX}usage:days")
+            days = sorted(day for d in members if (day := d.decode()) >= since)
+            hashes = await self.client.pipeline([("HGETALL", f"{PREFIX}usage:{d}") for d in days])
             rows = [
                 UsageRow(names[0], day, names[1], *sums)
                 for day, raw in zip(days, hashes, strict=True)
-                for names, sums in _unpack(raw).items()
+                for names, sums in _unpack(_pairs(raw)).items()
                 if tenant is None or names[0] == tenant
             ]
             return sorted(rows, key=lambda r: (r.tenant, r.day, r.model))
@@ -227,12 +190,12 @@ class RedisStore:
     # -- fleet demand -------------------------------------------------------------------------
 
     async def load_demand(self) -> dict[str, Any] | None:
-        raw = await self.call("load_demand", lambda: self.client.get(f"{PREFIX}demand"))
+        raw = await self.call("load_demand", lambda: self.client.command("GET", f"{PREFIX}demand"))
         return None if raw is None else dict(orjson.loads(raw))
 
     async def save_demand(self, snapshot: dict[str, Any]) -> None:
         text = orjson.dumps(snapshot)
-        await self.call("save_demand", lambda: self.client.set(f"{PREFIX}demand", text))
+        await self.call("save_demand", lambda: self.client.command("SET", f"{PREFIX}demand", text))
 
 
 def _created(key: ApiKey) -> float:
@@ -243,21 +206,29 @@ def _key_record(key: ApiKey) -> dict[str, Any]:
     return {**key.to_dict(), "hash": key.hash}
 
 
-def _sums(rows: list[SpendRow] | list[UsageRow]) -> dict[str, list[tuple[bytes, int | float]]]:
-    """Rows as increments: hash key -> (field, amount), zero amounts left out."""
-    sums: dict[str, list[tuple[bytes, int | float]]] = {}
+def _increments(
+    rows: list[SpendRow] | list[UsageRow],
+) -> list[Command]:
+    """Rows as increments (``HINCRBY``, ``HINCRBYFLOAT`` for costs), zero amounts left out."""
+    commands: list[Command] = []
     for row in rows:
         if isinstance(row, SpendRow):
             key, first = f"{PREFIX}spend:{row.cycle}", row.backend
         else:
             key, first = f"{PREFIX}usage:{row.day}", row.tenant
         values = (row.requests, row.prompt_tokens, row.completion_tokens, float(row.cost_usd))
-        sums.setdefault(key, []).extend(
-            (orjson.dumps([first, row.model, what]), value)
-            for what, value in zip(FIELDS, values, strict=True)
-            if value
-        )
-    return sums
+        for what, value in zip(FIELDS, values, strict=True):
+            if value:
+                field = orjson.dumps([first, row.model, what])
+                command = "HINCRBYFLOAT" if isinstance(value, float) else "HINCRBY"
+                commands.append((command, key, field, value))
+    return commands
+
+
+def _pairs(raw: Reply) -> dict[bytes, bytes]:
+    """``HGETALL``'s flat [field, value, field, value...] as a dict."""
+    items: list[bytes] = raw or []
+    return dict(zip(items[::2], items[1::2], strict=True))
 
 
 def _unpack(raw: dict[bytes, bytes]) -> dict[tuple[str, str], tuple[int, int, int, float]]:

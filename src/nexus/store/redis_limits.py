@@ -79,8 +79,8 @@ class RedisLimiter:
     def __init__(self, store: RedisStore) -> None:
         self.store = store
         self.local = LocalLimiter()
-        self._acquire = store.client.register_script(ACQUIRE)
-        self._spend = store.client.register_script(SPEND)
+        self._acquire = store.client.script(ACQUIRE)
+        self._spend = store.client.script(SPEND)
         self._alone_until = 0.0
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -99,7 +99,8 @@ class RedisLimiter:
         keys = [f"{PREFIX}rl:{tenant.name}:requests", f"{PREFIX}rl:{tenant.name}:tokens"]
         try:
             reply: list[Any] = await self.store.call(
-                "rate_limit", lambda: self._acquire(keys=keys, args=[tenant.rpm, burst, tenant.tpm])
+                "rate_limit",
+                lambda: self.store.client.run(self._acquire, keys, [tenant.rpm, burst, tenant.tpm]),
             )
         except StoreUnavailable:
             self._failed()
@@ -137,7 +138,8 @@ class RedisLimiter:
         key = f"{PREFIX}rl:{tenant.name}:tokens"
         try:
             await self.store.call(
-                "rate_limit", lambda: self._spend(keys=[key], args=[tenant.tpm, tokens])
+                "rate_limit",
+                lambda: self.store.client.run(self._spend, [key], [tenant.tpm, tokens]),
             )
         except StoreUnavailable:
             self._failed()
