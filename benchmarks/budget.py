@@ -51,11 +51,9 @@ import asyncio
 import contextlib
 import datetime
 import os
-import platform
 import random
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,8 +69,8 @@ import uvloop
 from tests.fakes import FakeModel, FakeOpenAI, FakeVLLM
 from tests.helpers import Nexus, running_nexus, wait_until, write_config
 
-import nexus
 from benchmarks import procs
+from benchmarks.common import base_meta, log, nexus_log_summary
 from benchmarks.procs import HOST, ROOT
 from benchmarks.report import pct
 from nexus import logs, tokens
@@ -758,29 +756,11 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def git_commit() -> str | None:
-    done = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return done.stdout.strip() or None
-
-
 def meta(args: argparse.Namespace, cfg: Settings) -> dict[str, Any]:
     import tiktoken
 
     return {
-        "command": " ".join([".venv/bin/python", "-m", "benchmarks.budget", *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "nproc": os.cpu_count(),
-        "loadavg_start": os.getloadavg(),
-        "python": platform.python_version(),
-        "nexus": nexus.__version__,
-        "nexus_file": nexus.__file__,
-        "aiohttp": aiohttp.__version__,
+        **base_meta("benchmarks.budget"),
         "tiktoken": tiktoken.__version__,
         "client": "aiohttp ClientSession, one keep-alive connection per target (32 in part 3)",
         "quick": args.quick,
@@ -788,25 +768,6 @@ def meta(args: argparse.Namespace, cfg: Settings) -> dict[str, Any]:
         "monthly_limit": MONTHLY_LIMIT,
         "flush_interval_seconds": FLUSH_SECONDS,
     }
-
-
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def nexus_log_summary(path: Path) -> dict[str, Any]:
-    levels: Counter[str] = Counter()
-    notes: Counter[str] = Counter()
-    for raw in path.read_bytes().splitlines():
-        try:
-            line = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        level = str(line.get("level", "?"))
-        levels[level] += 1
-        if level in ("warning", "error", "critical"):
-            notes[f"{level}: {str(line.get('message', ''))[:160]}"] += 1
-    return {"levels": dict(levels), "warnings": dict(notes.most_common(20))}
 
 
 async def measure(args: argparse.Namespace, tmp: Path, log_file: IO[str]) -> dict[str, Any]:

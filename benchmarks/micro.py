@@ -24,7 +24,6 @@ operation, with the best batch alongside.
 
 from __future__ import annotations
 
-import inspect
 import statistics
 import time
 from collections.abc import Callable
@@ -81,21 +80,10 @@ def routing(backends: int, models: int = 200, ops: int = 2000, batches: int = 7)
     for m in range(models):
         reqs.append(inspect_chat({**CHAT_BODY, "model": f"model-{m:03d}"}))
 
-    # Router.plan takes the request's requirements too once privacy zones and tiers read
-    # them (work in progress in src/ as this is written): call whichever signature it has.
-    if len(inspect.signature(router.plan).parameters) > 1:
-
-        def one(i: int) -> None:
-            req = reqs[i % models]
-            plan = router.plan(req.model, req)
-            router.select(plan, req, attempts_per_model=3)
-
-    else:
-
-        def one(i: int) -> None:
-            req = reqs[i % models]
-            plan = router.plan(req.model)
-            router.select(plan, req, attempts_per_model=3)
+    def one(i: int) -> None:
+        req = reqs[i % models]
+        plan = router.plan(req.model, req)
+        router.select(plan, req, attempts_per_model=3)
 
     return {"backends": backends, "models": models, **timed(one, ops, batches)}
 

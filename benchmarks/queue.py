@@ -42,9 +42,7 @@ import contextlib
 import datetime
 import itertools
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,7 +58,7 @@ import uvloop
 from aiohttp import web
 from tests.helpers import Nexus, running_nexus, wait_until
 
-import nexus
+from benchmarks.common import base_meta, log, nexus_log_summary
 from benchmarks.procs import HOST, ROOT
 from benchmarks.report import pct
 from nexus import logs
@@ -603,26 +601,9 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def git_commit() -> str | None:
-    done = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return done.stdout.strip() or None
-
-
 def meta(args: argparse.Namespace, cfg: Settings) -> dict[str, Any]:
     return {
-        "command": " ".join([".venv/bin/python", "-m", "benchmarks.queue", *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "nproc": os.cpu_count(),
-        "loadavg_start": os.getloadavg(),
-        "python": platform.python_version(),
-        "nexus": nexus.__version__,
-        "aiohttp": aiohttp.__version__,
+        **base_meta("benchmarks.queue"),
         "client": "aiohttp ClientSession, one connection per client",
         "quick": args.quick,
         "settings": asdict(cfg),
@@ -632,27 +613,6 @@ def meta(args: argparse.Namespace, cfg: Settings) -> dict[str, Any]:
         },
         "ollama_like_queue": FLAVOURS["Ollama-like"],
     }
-
-
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def nexus_log_summary(path: Path) -> dict[str, Any]:
-    """How many lines of each level Nexus logged (request lines are 'info'), and the distinct
-    warnings and errors (their first words), with how often each came."""
-    levels: Counter[str] = Counter()
-    notes: Counter[str] = Counter()
-    for raw in path.read_bytes().splitlines():
-        try:
-            line = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        level = str(line.get("level", "?"))
-        levels[level] += 1
-        if level in ("warning", "error", "critical"):
-            notes[f"{level}: {str(line.get('message', ''))[:160]}"] += 1
-    return {"levels": dict(levels), "warnings": dict(notes.most_common(20))}
 
 
 async def measure(args: argparse.Namespace, tmp: Path, log_file: IO[str]) -> dict[str, Any]:

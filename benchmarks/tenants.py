@@ -57,7 +57,6 @@ import asyncio
 import contextlib
 import datetime
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -76,8 +75,8 @@ from tests.fakes import FakeModel, FakeVLLM
 from tests.helpers import Nexus, running_nexus, wait_until
 from tests.redis_server import RedisServer, redis_server
 
-import nexus
 from benchmarks import procs
+from benchmarks.common import base_meta, log, nexus_log_summary
 from benchmarks.procs import ROOT
 from benchmarks.report import pct
 from nexus import logs
@@ -152,13 +151,6 @@ class Settings:
             redis_n=300,
             fsync_n=100,
         )
-
-
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-# -- 1. in process --------------------------------------------------------------------------
 
 
 def scope_for(key: str) -> Scope:
@@ -761,26 +753,6 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def git_commit() -> str | None:
-    done = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return done.stdout.strip() or None
-
-
-def git_dirty() -> list[str]:
-    done = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--short", "--", "src"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return done.stdout.splitlines()
-
-
 def redis_version() -> str | None:
     done = subprocess.run(
         ["redis-server", "--version"], capture_output=True, text=True, check=False
@@ -790,16 +762,7 @@ def redis_version() -> str | None:
 
 def meta(args: argparse.Namespace, cfg: Settings) -> dict[str, Any]:
     return {
-        "command": " ".join([".venv/bin/python", "-m", "benchmarks.tenants", *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "uncommitted_in_src": git_dirty(),
-        "nproc": os.cpu_count(),
-        "loadavg_start": os.getloadavg(),
-        "python": platform.python_version(),
-        "nexus": nexus.__version__,
-        "nexus_file": nexus.__file__,
-        "aiohttp": aiohttp.__version__,
+        **base_meta("benchmarks.tenants"),
         "redis_client": "nexus.store.resp",
         "redis_server": redis_version(),
         "client": "aiohttp ClientSession, one keep-alive connection per target",
@@ -807,21 +770,6 @@ def meta(args: argparse.Namespace, cfg: Settings) -> dict[str, Any]:
         "settings": asdict(cfg),
         "limits": LIMITS,
     }
-
-
-def nexus_log_summary(path: Path) -> dict[str, Any]:
-    levels: Counter[str] = Counter()
-    notes: Counter[str] = Counter()
-    for raw in path.read_bytes().splitlines():
-        try:
-            line = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        level = str(line.get("level", "?"))
-        levels[level] += 1
-        if level in ("warning", "error", "critical"):
-            notes[f"{level}: {str(line.get('message', ''))[:160]}"] += 1
-    return {"levels": dict(levels), "warnings": dict(notes.most_common(20))}
 
 
 async def measure(args: argparse.Namespace, tmp: Path, log_file: IO[str]) -> dict[str, Any]:
