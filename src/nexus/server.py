@@ -53,6 +53,7 @@ class Server:
         self._signals += 1
         if self._signals > 1:
             log.warning("second signal: exiting now")
+            self.state.recorder.flush()  # records still queued become their log lines
             logs.flush()
             os._exit(1)
         log.info(

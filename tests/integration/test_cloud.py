@@ -417,13 +417,18 @@ async def test_a_model_without_a_price_costs_zero_flagged(
     assert len(warnings) == 1
 
 
-@pytest.mark.parametrize(("provider", "status"), [("Anthropic", 401), ("Google", 403)])
+@pytest.mark.parametrize(
+    ("provider", "status"), [("Anthropic", 401), ("Google", 403), ("Google", 400)]
+)
 async def test_a_rejected_key_on_the_probe_marks_the_backend_unhealthy(
     tmp_path: Path, provider: str, status: int
 ) -> None:
     if provider == "Anthropic":  # a real 401: the key in the variable is not the fake's
         fake: FakeAnthropic | FakeGemini = FakeAnthropic(api_key="sk-ant-another-key")
         entry, model = anthropic_entry, "claude-sonnet-4-5"
+    elif status == 400:  # Google's own answer to a wrong key: 400, reason API_KEY_INVALID
+        fake = FakeGemini(api_key="another-google-key")
+        entry, model = google_entry, "gemini-2.5-flash"
     else:
         fake = FakeGemini(api_key=GOOGLE_KEY)
         fake.health_behavior = Behavior.ERROR_403

@@ -44,6 +44,17 @@ def provider_name(backend: Backend) -> str:
     return PROVIDERS.get(backend.type, backend.type)
 
 
+def key_rejected(backend: Backend, status: int, body: bytes) -> bool:
+    """Whether a cloud backend's answer says its API key was refused: 401 or 403, and
+    Google's 400 whose error reason is API_KEY_INVALID (how the Gemini API answers a bad
+    key)."""
+    if not backend.cloud:
+        return False
+    if status in (401, 403):
+        return True
+    return backend.type == "google" and status == 400 and b"API_KEY_INVALID" in body
+
+
 def missing_key(backend: Backend) -> str | None:
     """Why a cloud backend cannot be used for want of its key, or None."""
     if backend.cloud and api_key(backend) is None:

@@ -22,9 +22,10 @@ from nexus.transport import TLS, Transport, UpstreamError, describe
 class ProbeError(Exception):
     """A probe failed; ``str(exc)`` names why (DNS, refused, TLS, timeout, HTTP status...)."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, body: bytes = b"") -> None:
         super().__init__(message)
         self.status = status  # the backend's HTTP status, when it answered one
+        self.body = body[:4096]  # the start of its error body, for callers that read it
 
 
 @dataclass(slots=True)
@@ -86,7 +87,7 @@ class ProbeClient:
                     allow_404=allow_404,
                 )
             except ProbeError as exc:
-                if backend.cloud and exc.status in (401, 403):
+                if exc.status is not None and auth.key_rejected(backend, exc.status, exc.body):
                     provider = auth.provider_name(backend)
                     raise ProbeError(
                         f"API key rejected by {provider} (HTTP {exc.status})"
@@ -115,7 +116,7 @@ class ProbeClient:
         if 300 <= status < 400:
             raise ProbeError(f"{method} {path} answered HTTP {status} (redirects are not followed)")
         if status >= 400:
-            raise ProbeError(f"{method} {path} answered HTTP {status}", status)
+            raise ProbeError(f"{method} {path} answered HTTP {status}", status, raw)
         try:
             return orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:

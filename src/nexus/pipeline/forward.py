@@ -254,7 +254,7 @@ class Forwarder:
                 upstream_text=quoted.removeprefix(": "),
                 logged=core,
             )
-        if backend.cloud and status in (401, 403):
+        if auth.key_rejected(backend, status, text):
             # The key is ours, not the client's: a configuration problem of this backend,
             # which another backend may not share.
             who = auth.provider_name(backend)
