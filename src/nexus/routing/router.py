@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from nexus.budget import NORMAL, Budget
-from nexus.config import RoutingConfig, WeightsConfig
+from nexus.config import CLOUD_TYPES, RoutingConfig, WeightsConfig
 from nexus.errors import (
     BudgetExceeded,
     InvalidRequest,
@@ -144,13 +144,19 @@ def with_room(pool: list[Backend]) -> list[Backend]:
     """The backends that can start the request now. A backend at capacity would only queue
     it behind its own slots, so one with room serves it, whatever their priorities; when
     all are full, those with the shortest queue (requests beyond capacity) share it."""
-    overflow = [
-        b.pending_requests - c if (c := b.max_concurrent or b.reported_slots) else -1 for b in pool
-    ]
-    least = min(overflow)
-    if least < 0:
-        return [b for b, over in zip(pool, overflow, strict=True) if over < 0]
-    return [b for b, over in zip(pool, overflow, strict=True) if over == least]
+    room: list[Backend] = []
+    least, shortest = None, []
+    for b in pool:
+        capacity = b.max_concurrent or b.reported_slots
+        if not capacity or b.pending_requests < capacity:
+            room.append(b)  # (no capacity known: it says nothing of being full)
+        elif not room:
+            over = b.pending_requests - capacity
+            if least is None or over < least:
+                least, shortest = over, [b]
+            elif over == least:
+                shortest.append(b)
+    return room or shortest
 
 
 def unmet(model: Model, req: Requirements) -> str | None:
@@ -193,6 +199,9 @@ class Router:
         self.fresh_context = config.privacy.cross_zone_overflow == privacy.FRESH_CONTEXT
         self._rotation = itertools.count()
         self._tier_warned: set[tuple[str, str]] = set()
+        self._rules: dict[str, tuple[str, int]] = {}  # model -> (zone, required tier)
+        registry.on_change.append(self._registry_changed)
+        registry.on_remove.append(self._registry_changed)
         strategies: dict[str, Callable[[list[Backend], str], Backend]] = {
             "smart": self._pick_smart,
             "round_robin": self._pick_round_robin,
@@ -222,19 +231,32 @@ class Router:
             if holders := self.registry.get_backends_for_model(model):
                 decider = model
                 break
-        zone = privacy.request_zone(holders)
+        zone, required = self._rules_of(decider, holders)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("zone %s for %s: %s", zone, decider, privacy.zone_reason(zone, holders))
         plan = Plan(requested=requested, models=models, zone=zone, mode=mode)
-        if len(holders) == 1:
-            plan.required_tier = holders[0].tier_of(decider)
-        elif holders:
-            in_zone = (b for b in holders if b.zone == zone)
-            plan.required_tier = tiers.required_tier(in_zone, decider)
+        plan.required_tier = required
+        if len(holders) > 1:
             plan.sticky = cfg.affinity or zone == RESTRICTED
         # Only a chat's history can be stripped; a prompt or an embedding input is all content.
         plan.overflow = self.fresh_context and zone == RESTRICTED and req.is_chat
         return plan
+
+    def _rules_of(self, model: str, holders: Sequence[Backend]) -> tuple[str, int]:
+        """The zone and the tier a request for ``model`` must keep, from its backends: the
+        same until the registry changes (a loop over every backend of the model otherwise,
+        on every request). Models nobody serves are not kept: clients choose those names."""
+        rules = self._rules.get(model)
+        if rules is None:
+            zone = privacy.request_zone(holders)
+            in_zone = [b for b in holders if b.zone == zone]
+            rules = (zone, tiers.required_tier(in_zone, model))
+            if holders:
+                self._rules[model] = rules
+        return rules
+
+    def _registry_changed(self, backend: Backend) -> None:
+        self._rules.clear()
 
     def select(self, plan: Plan, req: Requirements, attempts_per_model: int) -> Route:
         """The next backend to try for ``plan``, or a NexusError explaining why none can
@@ -327,7 +349,18 @@ class Router:
                 continue
             if thrifty:
                 candidates = [b for b in candidates if not b.cloud] or candidates
-            ready = [b for b in candidates if not self._full_now(b, now)]
+            # One pass (this runs for every request over every candidate): who can start it
+            # now, who of those was not penalised lately, and whether any is a cloud backend
+            # or discovered by mDNS (the rarer narrowing steps below).
+            ready, fresh, mixed = [], [], False
+            queueing = self.queueing
+            for b in candidates:
+                if (b.limiter is not None and not b.limiter.ready(now)) or (queueing and b.busy):
+                    continue
+                ready.append(b)
+                if b.penalized_until <= now:
+                    fresh.append(b)
+                mixed = mixed or b.type in CLOUD_TYPES or b.discovery_source is MDNS
             if not ready:
                 plan.full += candidates
                 if plan.overflow and not plan.overflowing:
@@ -335,12 +368,14 @@ class Router:
                     if route is not None:
                         return route
                 continue
-            pool = [b for b in ready if b.penalized_until <= now] or ready
+            pool = fresh or ready
             if len(pool) > 1:
-                pool = prefer_local(with_room(pool))
-                # Any LAN device can announce itself by mDNS: a discovered backend serves a
-                # model only when no configured one can (docs/security.md).
-                pool = [b for b in pool if b.discovery_source is not MDNS] or pool
+                pool = with_room(pool)
+                if mixed:
+                    pool = prefer_local(pool)
+                    # Any LAN device can announce itself by mDNS: a discovered backend serves
+                    # a model only when no configured one can (docs/security.md).
+                    pool = [b for b in pool if b.discovery_source is not MDNS] or pool
             if plan.overflow and not plan.overflowing and all(b.busy for b in pool):
                 route = self._overflow(plan, model, holders, req)
                 if route is not None:
@@ -472,6 +507,7 @@ class Router:
         plain = req.is_plain_chat
         panic = plan.panic
         required = plan.required_tier
+        budget = self.budget
         for backend in holders:
             if tried and (backend.id, model) in tried:
                 continue
@@ -483,12 +519,13 @@ class Router:
                 plan.excluded[backend.name] = ZONE_RULES[zone]
                 plan.zone_blocked += 1
                 continue
-            if (tier := backend.tier_of(model)) < required:
+            tiers_of = backend.model_tiers
+            if (tier := tiers_of.get(model, backend.tier) if tiers_of else backend.tier) < required:
                 plan.excluded[backend.name] = f"{model}: tier {tier} < required {required}"
                 self._warn_tier(plan, model, tier)
                 continue
-            if backend.cloud and self.budget is not None:
-                refused = self.budget.refuses(backend, model, req)
+            if budget is not None and backend.cloud:
+                refused = budget.refuses(backend, model, req)
                 if refused is not None:
                     plan.excluded[backend.name] = refused
                     plan.budget_blocked += 1
