@@ -19,7 +19,7 @@ from nexus import tokens
 from tests.fakes import Behavior, FakeModel, FakeOllama, FakeOpenAI, FakeVLLM
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.ollama import embedding_for
-from tests.helpers import Nexus, backend_entry, running_nexus
+from tests.helpers import Nexus, backend_entry, running_nexus, wait_until
 
 ANTHROPIC_KEY = "sk-ant-secret-0123456789"
 WEATHER = {
@@ -148,7 +148,10 @@ async def test_anthropic_sdk_native_to_an_anthropic_backend(
 
 async def test_anthropic_sdk_count_tokens_and_errors(tmp_path: Path) -> None:
     async with FakeVLLM([FakeModel("qwen")]) as fake:
-        async with running_nexus(tmp_path, [backend_entry(fake, "v", "vllm")]) as nexus:
+        checks = {"interval_seconds": 0.1, "failure_threshold": 1}
+        async with running_nexus(
+            tmp_path, [backend_entry(fake, "v", "vllm")], health_check=checks
+        ) as nexus:
             client = claude_client(nexus)
             count = await client.messages.count_tokens(
                 model="qwen", messages=[{"role": "user", "content": "hello world " * 10}]
@@ -163,12 +166,29 @@ async def test_anthropic_sdk_count_tokens_and_errors(tmp_path: Path) -> None:
             with pytest.raises(anthropic.BadRequestError) as bad:
                 await client.messages.create(model="qwen", max_tokens=8, messages=[])
             assert "messages" in str(bad.value)
+            # Anthropic's statuses, never a 502/503/504 it does not send: a backend failure is
+            # its 500 api_error, no backend able to serve its 529 overloaded_error.
             fake.chat_behavior = Behavior.ERROR_503
-            with pytest.raises(anthropic.APIStatusError) as down:
+            with pytest.raises(anthropic.InternalServerError) as down:
                 await client.messages.create(
                     model="qwen", max_tokens=8, messages=[{"role": "user", "content": "x"}]
                 )
-            assert down.value.status_code == 502 and down.value.body["type"] == "error"  # type: ignore[index]
+            assert down.value.status_code == 500 and down.value.body["type"] == "error"  # type: ignore[index]
+            assert down.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+            fake.chat_behavior = Behavior.OK
+            await fake.stop()
+            await wait_until(
+                lambda: not nexus.state.registry.find("v").routable,  # type: ignore[union-attr]
+                what="the backend down",
+                timeout=10,
+            )
+            with pytest.raises(anthropic.APIStatusError) as gone:
+                await client.messages.create(
+                    model="qwen", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+                )
+            assert gone.value.status_code == 529, gone.value.body
+            assert gone.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+            assert gone.value.response.headers["retry-after"]
 
 
 async def test_count_tokens_uses_the_serving_providers_tokenizer(

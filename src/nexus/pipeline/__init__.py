@@ -139,7 +139,8 @@ class Pipeline:
             if inbound is None:
                 await respond_error(send, error, rid)
             else:
-                await respond(send, error.status, inbound.error(error), error_headers(error, rid))
+                status = inbound.status(error)
+                await respond(send, status, inbound.error(error), error_headers(error, rid))
             return
         # The client has a 200 and part of a stream: the error goes in-band, then the end
         # (OpenAI's [DONE], so that every client's read loop ends where the error says why).

@@ -66,7 +66,14 @@ class Inbound(Protocol):
 
     def error(self, error: NexusError) -> bytes: ...
 
+    def status(self, error: NexusError) -> int:
+        """The HTTP status the client's API would answer ``error`` with."""
+        ...
+
     def stream_error(self, error: NexusError) -> bytes: ...
+
+
+ANTHROPIC_STATUSES = {502: 500, 503: 529, 504: 500}
 
 
 class AnthropicMessages:
@@ -90,7 +97,12 @@ class AnthropicMessages:
         return anthropic.ChatToMessagesStream(model=model, message_id=message_id)
 
     def error(self, error: NexusError) -> bytes:
-        return anthropic.error_body(error.status, error.message)
+        return anthropic.error_body(self.status(error), error.message)
+
+    def status(self, error: NexusError) -> int:
+        # Anthropic's API answers 500 or 529, never 502, 503 or 504: its clients (Claude
+        # Code's "overloaded" retry among them) know those.
+        return ANTHROPIC_STATUSES.get(error.status, error.status)
 
     def stream_error(self, error: NexusError) -> bytes:
         kind = "overloaded_error" if error.status in (429, 503, 529) else "api_error"
@@ -138,6 +150,9 @@ class OllamaGeneration:
 
     def error(self, error: NexusError) -> bytes:
         return ollama.error_body(error.message)
+
+    def status(self, error: NexusError) -> int:
+        return error.status  # Ollama's clients take any status with its {"error"} body
 
     def stream_error(self, error: NexusError) -> bytes:
         return ollama.error_body(error.message) + b"\n"
@@ -188,6 +203,9 @@ class OllamaEmbedding:
 
     def error(self, error: NexusError) -> bytes:
         return ollama.error_body(error.message)
+
+    def status(self, error: NexusError) -> int:
+        return error.status  # Ollama's clients take any status with its {"error"} body
 
     def stream_error(self, error: NexusError) -> bytes:  # pragma: no cover - never streamed
         return ollama.error_body(error.message) + b"\n"
