@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Callable
 
+from nexus import pricing
 from nexus.backends import Adapter, ProbeClient, ProbeError, auth
 from nexus.config import HealthCheckConfig
 from nexus.registry import Backend, BackendStatus, Model, Registry
@@ -126,6 +127,8 @@ class HealthChecker:
                 models = [
                     dataclasses.replace(m, context_length=backend.context_length) for m in models
                 ]
+            elif backend.cloud and any(m.context_length is None for m in models):
+                models = await listed_context(backend.type, models)
             error = None
         except ProbeError as exc:
             models, error = [], str(exc)
@@ -186,3 +189,17 @@ class HealthChecker:
                 )
             else:
                 log.info("backend %s is %s: %s", backend.name, after.value, error)
+
+
+async def listed_context(provider: str, models: list[Model]) -> list[Model]:
+    """A cloud provider whose listing gives no context length (OpenAI's): the one the
+    bundled price list gives, looked up in a thread (the package's first import takes
+    ~0.3 s). Unknown models stay unknown, which routing reads as "may fit"."""
+    unknown = [m.id for m in models if m.context_length is None]
+    windows = await asyncio.to_thread(
+        lambda: {model: pricing.context_window(provider, model) for model in unknown}
+    )
+    return [
+        dataclasses.replace(m, context_length=windows[m.id]) if windows.get(m.id) else m
+        for m in models
+    ]

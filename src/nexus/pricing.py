@@ -1,11 +1,12 @@
 """Model prices for cost tracking (F14), from the `genai-prices` package's bundled data.
 
 `lookup` answers "what does this cloud model cost per million tokens?" and `cost` turns a
-request's usage into US dollars. Prices are read from the snapshot that ships inside the
-installed `genai-prices` wheel: its opt-in auto-update (`genai_prices.UpdatePrices`) is never
-started here, so nothing is fetched at run time and a price changes only with the package
-version. The package (with pydantic) takes ~0.2-0.3 s to import, so that happens at the first
-lookup, never when Nexus is imported.
+request's usage into US dollars; `context_window` is the same list's context length of a
+model, for providers whose model listing has none (OpenAI's). Everything is read from the
+snapshot that ships inside the installed `genai-prices` wheel: its opt-in auto-update
+(`genai_prices.UpdatePrices`) is never started here, so nothing is fetched at run time and
+a price changes only with the package version. The package (with pydantic) takes ~0.2-0.3 s
+to import, so that happens at the first lookup, never when Nexus is imported.
 
 A model the package does not know gives None: the caller then uses a configured override or
 records the request as costed 0 with `cost_unknown`. Local backends are never looked up.
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 # rename on either side is one line).
 _PROVIDER_IDS = {"openai": "openai", "anthropic": "anthropic", "google": "google"}
 
-_cache: dict[tuple[str, str], Price | None] = {}
+_cache: dict[tuple[str, str], Listed] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,14 @@ class Price:
     input_per_mtok: float
     output_per_mtok: float
     cached_input_per_mtok: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """What the package lists for one model (None: it does not say)."""
+
+    price: Price | None = None
+    context_window: int | None = None
 
 
 def price_for(backend: Backend, model: str) -> Price | None:
@@ -52,6 +61,15 @@ def lookup(provider: str, model: str) -> Price | None:
     Answers are cached per (provider, model), misses too: the package's own matching costs
     ~0.1 ms a call, the cache ~0.1 us.
     """
+    return _listed(provider, model).price
+
+
+def context_window(provider: str, model: str) -> int | None:
+    """The context length the package lists for ``model`` on a cloud ``provider``."""
+    return _listed(provider, model).context_window
+
+
+def _listed(provider: str, model: str) -> Listed:
     key = (provider, model)
     if key not in _cache:
         _cache[key] = _from_package(provider, model)
@@ -84,15 +102,15 @@ def _model_ref(provider: str, model: str) -> str:
     return model.removeprefix("models/") if provider == "google" else model
 
 
-def _from_package(provider: str, model: str) -> Price | None:
+def _from_package(provider: str, model: str) -> Listed:
     provider_id = _PROVIDER_IDS.get(provider)
     if provider_id is None:
-        return None
+        return Listed()
     try:
         from genai_prices import Usage, calc_price
     except ImportError:
         logger.warning("genai-prices is not installed: every cloud request is cost_unknown")
-        return None
+        return Listed()
     try:
         # A zero usage resolves the model (dated ids, aliases, the price in force today)
         # through the package's public entry point; only the matched price table is used.
@@ -102,11 +120,12 @@ def _from_package(provider: str, model: str) -> Price | None:
             provider_id=provider_id,
         )
     except LookupError:
-        return None
+        return Listed()
     except Exception:  # bad data in a package release must not break requests
         logger.warning("genai-prices failed on %s/%s", provider, model, exc_info=True)
-        return None
-    return _to_price(found.model_price)
+        return Listed()
+    window = found.model.context_window
+    return Listed(_to_price(found.model_price), window if isinstance(window, int) else None)
 
 
 def _to_price(table: ModelPrice) -> Price | None:

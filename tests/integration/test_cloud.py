@@ -588,3 +588,26 @@ async def test_a_stream_carries_the_estimate_and_logs_the_exact_cost(
     series = 'nexus_cost_usd_total{backend="claude",model="claude-sonnet-4-5"} '
     (line,) = [x for x in text.splitlines() if x.startswith(series)]
     assert float(line.removeprefix(series)) == pytest.approx(exact, abs=1e-9)
+
+
+async def test_an_openai_cloud_model_gets_its_listed_context_length(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenAI's model listing has no context length: the bundled price list's is used, so a
+    prompt too long for gpt-4o is the request's mismatch (400) before anything is sent,
+    while a model the list does not know stays "may fit"."""
+    from tests.fakes import FakeOpenAI
+
+    monkeypatch.setenv("TEST_OPENAI_KEY", "sk-test-0123456789")
+    async with FakeOpenAI([FakeModel("gpt-4o"), FakeModel("my-own-model")]) as fake:
+        entry = {"name": "oa", "url": fake.url, "type": "openai", "api_key_env": "TEST_OPENAI_KEY"}
+        async with running_nexus(tmp_path, [entry]) as nexus:
+            _, listing, _ = await nexus.get("/v1/models")
+            contexts = {m["id"]: m.get("context_length") for m in listing["data"]}
+            assert contexts == {"gpt-4o": 128000, "my-own-model": None}
+            huge = [{"role": "user", "content": "word " * 110_000}]  # ~130k tokens estimated
+            with pytest.raises(openai.BadRequestError) as refused:
+                await nexus.client.chat.completions.create(model="gpt-4o", messages=huge)  # type: ignore[arg-type]
+            assert "context 128000" in refused.value.body["message"]  # type: ignore[index]
+            assert not fake.chat_requests
+            await nexus.client.chat.completions.create(model="my-own-model", messages=huge)  # type: ignore[arg-type]
