@@ -20,8 +20,11 @@ from nexus import pricing
 from nexus.backends import Adapter, ProbeClient, ProbeError, auth
 from nexus.config import HealthCheckConfig
 from nexus.registry import Backend, BackendStatus, Model, Registry
+from nexus.routing.requirements import CONTROL_CHARS, MAX_MODEL_NAME
 
 log = logging.getLogger("nexus.health")
+
+MAX_MODELS = 10_000  # per backend: more than any real server lists
 
 ProbeObserver = Callable[[Backend, float, bool], None]
 
@@ -118,7 +121,7 @@ class HealthChecker:
             if (missing := auth.missing_key(backend)) is not None:
                 raise ProbeError(missing)  # no request: it could only be refused
             listing = await adapter.probe(self.client, backend)
-            models = listing.models
+            models = acceptable(backend, listing.models)
             if backend.expose:
                 models = [m for m in models if m.id in backend.expose]
             backend.reported_slots = listing.slots
@@ -203,3 +206,20 @@ async def listed_context(provider: str, models: list[Model]) -> list[Model]:
         dataclasses.replace(m, context_length=windows[m.id]) if windows.get(m.id) else m
         for m in models
     ]
+
+
+def acceptable(backend: Backend, models: list[Model]) -> list[Model]:
+    """A backend's listing as far as it can be trusted: model ids a client could ask for
+    (at most 256 characters, no control characters: they end up in headers, logs and label
+    values) and at most MAX_MODELS of them (a hostile listing must not fill memory)."""
+    kept = [m for m in models if len(m.id) <= MAX_MODEL_NAME and not CONTROL_CHARS.search(m.id)]
+    if len(kept) != len(models) or len(kept) > MAX_MODELS:
+        log.warning(
+            "backend %s lists %d models; ignored: %d with unusable ids, %d beyond %d",
+            backend.name,
+            len(models),
+            len(models) - len(kept),
+            max(0, len(kept) - MAX_MODELS),
+            MAX_MODELS,
+        )
+    return kept[:MAX_MODELS]

@@ -808,3 +808,22 @@ async def test_stream_without_done_ends_with_an_error_event(tmp_path: Path) -> N
         error = error_of(events[-2])
         assert error["code"] == "backend_error" and "[DONE]" in error["message"]
         assert len(events) == 4 and events[-1] == b"[DONE]"  # ours, after the error
+
+
+async def test_a_listing_with_unusable_model_ids_keeps_only_the_usable_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Model ids go into headers, log lines and metric labels: a backend listing ids with
+    CR/LF or of absurd length gets only its usable ones served (and a warning)."""
+    injected = "evil\r\nX-Injected: 1"
+    models = [FakeModel("good"), FakeModel(injected), FakeModel("m" * 300)]
+    async with FakeVLLM(models) as fake:
+        entry = {"name": "box", "url": fake.url, "type": "vllm"}
+        async with running_nexus(tmp_path, [entry]) as nexus:
+            _, listing, _ = await nexus.get("/v1/models")
+            assert [m["id"] for m in listing["data"]] == ["good"]
+            reply = await nexus.client.chat.completions.create(
+                model="good", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert reply.choices[0].message.content
+    assert any("2 with unusable ids" in r.getMessage() for r in caplog.records)
