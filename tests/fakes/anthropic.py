@@ -125,7 +125,9 @@ class CloudFake(FakeServer):
     `tool_input` (the arguments of every tool call instead of the schema's example),
     `error_status` (every API call answers that status in the provider's error shape),
     `stream_error` (a stream ends with the provider's in-stream error of that status
-    after `cut_after` events). `images` lists every image the fake was sent.
+    after `cut_after` events), `refuse` (the model declines: Anthropic's stop_reason
+    "refusal" with no content, Gemini's finishReason "SAFETY" with an empty text).
+    `images` lists every image the fake was sent.
     """
 
     sse_content_type: ClassVar[str] = "text/event-stream"
@@ -140,6 +142,7 @@ class CloudFake(FakeServer):
         self.tool_input: dict[str, Any] | None = None
         self.error_status: int | None = None
         self.stream_error: int | None = None
+        self.refuse = False
         self.images: list[dict[str, Any]] = []
 
     def reset(self) -> None:
@@ -148,6 +151,7 @@ class CloudFake(FakeServer):
         self.tool_input = None
         self.error_status = None
         self.stream_error = None
+        self.refuse = False
         self.images.clear()
 
     def find_model(self, name: str) -> FakeModel | None:
@@ -773,6 +777,8 @@ class FakeAnthropic(CloudFake):
         return await self._sse(request, head, body, behavior, headers)
 
     def plan_reply(self, payload: dict[str, Any]) -> AnthropicReply:
+        if self.refuse:
+            return AnthropicReply([], "refusal", None, 1)
         last = payload["messages"][-1]
         last_blocks = blocks_of(last) if last["role"] == "user" else []
         results = [b for b in last_blocks if b.get("type") == "tool_result"]

@@ -568,6 +568,8 @@ class FakeGemini(CloudFake):
         }
 
     def plan_reply(self, payload: dict[str, Any]) -> GeminiReply:
+        if self.refuse:
+            return GeminiReply([{"text": ""}], "SAFETY", 0)
         contents = field(payload, "contents")
         answers = _responses(contents[-1]) if role_of(contents[-1]) == "user" else []
         if answers:

@@ -247,6 +247,25 @@ async def test_provider_errors(tmp_path: Path, status: int, expected: int) -> No
         assert ANTHROPIC_KEY not in json.dumps(body)
 
 
+async def test_a_declined_answer_finishes_with_content_filter(tmp_path: Path) -> None:
+    """Anthropic's stop_reason "refusal" and Gemini's finishReason "SAFETY" are OpenAI's
+    finish_reason "content_filter", streamed or not (the other reasons: the tests above)."""
+    async with clouds(tmp_path) as (nexus, claude, gemini):
+        claude.refuse = gemini.refuse = True
+        for model in MODELS:
+            reply = await nexus.client.chat.completions.create(model=model, messages=MSG)  # type: ignore[arg-type]
+            assert reply.choices[0].finish_reason == "content_filter", model
+            assert not reply.choices[0].message.content
+            reasons = [
+                chunk.choices[0].finish_reason
+                async for chunk in await nexus.client.chat.completions.create(
+                    model=model, messages=MSG, stream=True
+                )  # type: ignore[arg-type]
+                if chunk.choices and chunk.choices[0].finish_reason
+            ]
+            assert reasons == ["content_filter"], model
+
+
 async def test_provider_error_mid_stream_ends_with_an_error_event(tmp_path: Path) -> None:
     async with clouds(tmp_path) as (nexus, claude, gemini):
         claude.stream_error = 529

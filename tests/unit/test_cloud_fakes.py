@@ -336,6 +336,17 @@ async def test_anthropic_max_tokens_and_stop_sequences(client: AsyncAnthropic) -
     assert stopped.content[0].text == "Echo: one two "  # type: ignore[union-attr]
 
 
+async def test_anthropic_refusal_through_the_sdk(
+    claude: FakeAnthropic, client: AsyncAnthropic
+) -> None:
+    claude.refuse = True
+    refused = await client.messages.create(model=CLAUDE, max_tokens=100, messages=user("x"))
+    assert refused.stop_reason == "refusal" and refused.content == []
+    async with client.messages.stream(model=CLAUDE, max_tokens=100, messages=user("x")) as s:
+        final = await s.get_final_message()
+    assert final.stop_reason == "refusal"
+
+
 async def test_anthropic_models_list_pages(loopback_only: Traffic) -> None:
     models = [FakeModel(f"claude-{i}", context_length=1000 * i) for i in (1, 2, 3)]
     async with FakeAnthropic(models) as fake, anthropic_client(fake) as sdk:
@@ -757,6 +768,18 @@ async def test_gemini_max_tokens_and_stop_sequences(gclient: Any) -> None:
     )
     assert stopped.text == "Echo: one two "
     assert stopped.candidates[0].finish_reason == types.FinishReason.STOP
+
+
+async def test_gemini_safety_block_through_the_sdk(gemini: FakeGemini, gclient: Any) -> None:
+    gemini.refuse = True
+    blocked = await gclient.models.generate_content(model=GEMINI, contents="x")
+    assert blocked.candidates[0].finish_reason == types.FinishReason.SAFETY
+    reasons = [
+        c.candidates[0].finish_reason
+        async for c in await gclient.models.generate_content_stream(model=GEMINI, contents="x")
+        if c.candidates and c.candidates[0].finish_reason
+    ]
+    assert reasons == [types.FinishReason.SAFETY]
 
 
 async def test_gemini_models_list_pages() -> None:
