@@ -194,6 +194,14 @@ async def test_pull_streams_progress_into_the_operation_then_loads(tmp_path: Pat
             assert box.loaded() == ["mistral:7b"]
             # Nexus was told the box changed: it lists the pulled model without waiting 30 s.
             await wait_until(lambda: nexus.state.registry.has_model("mistral:7b"), what="re-probe")
+            # The CLI's --pull: the same, from the command line, waiting for the end.
+            box.pullable["llava:7b"] = 5 * GiB
+            pulled = await nexus_cli(
+                nexus, "models", "load", "llava:7b", "--backend", "box", "--pull", "--wait"
+            )
+            assert pulled.exit_code == 0, pulled.output
+            assert "succeeded" in pulled.output
+            assert sorted(box.loaded()) == ["llava:7b", "mistral:7b"]
 
 
 async def test_pull_of_an_unknown_model_fails_with_ollamas_reason(tmp_path: Path) -> None:
