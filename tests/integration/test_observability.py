@@ -13,6 +13,7 @@ from tests.fakes import Behavior, FakeModel, FakeVLLM
 from tests.helpers import Nexus, backend_entry, running_nexus, spawn_nexus, write_config
 
 MSG = [{"role": "user", "content": "hi"}]
+API_DOCS = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 SECRET = "the-password-is-swordfish"
 REQUIRED = {
     "timestamp",
@@ -252,3 +253,31 @@ async def test_component_levels(tmp_path: Path, level: str) -> None:
     )
     count = sum(1 for line in lines if '"nexus.request"' in line)
     assert count == (2 if level == "info" else 0)
+
+
+async def test_every_metric_is_documented(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every family /metrics exposes, with every feature on (a budget, auth, the queue, a
+    per-backend rate limit), has its row in docs/api.md."""
+    docs = API_DOCS.read_text()
+    monkeypatch.setenv("OBS_TENANT_KEY", "tenant-key-0123456789abcdef")
+    async with FakeVLLM([FakeModel("qwen")]) as fake:
+        entry = backend_entry(fake, "v", "vllm", rate_limit={"requests_per_minute": 600})
+        sections = {
+            "budget": {"monthly_limit": 10.0},
+            "auth": {"enabled": True, "tenants": [{"name": "t", "key_env": "OBS_TENANT_KEY"}]},
+            "storage": {"path": str(tmp_path / "nexus.db")},
+        }
+        async with running_nexus(tmp_path, [entry], **sections) as nexus:
+            headers = {"Authorization": "Bearer tenant-key-0123456789abcdef"}
+            status, _, _ = await nexus.post(
+                "/v1/chat/completions", {"model": "qwen", "messages": MSG}, headers=headers
+            )
+            assert status == 200
+            nexus.state.recorder.flush()
+            text = await scrape(nexus)
+    families = sorted(set(re.findall(r"^# TYPE (\S+) (\S+)", text, re.MULTILINE)))
+    assert len(families) > 20
+    missing = [
+        name for name, kind in families if f"`{name}`" not in docs and f"`{name}_total`" not in docs
+    ]
+    assert missing == [], f"not in docs/api.md: {missing}"
