@@ -51,6 +51,9 @@ DRAINING = BackendStatus.DRAINING
 MDNS = DiscoverySource.MDNS
 
 
+MIN_WAKE_SECONDS = 0.001
+
+
 class Busy(Exception):
     """Every backend that could serve the request is at capacity or out of its rate limit,
     and tier-equivalent fallbacks too. Raised only with the queue on: the request waits."""
@@ -58,7 +61,7 @@ class Busy(Exception):
     def __init__(self, backends: list[Backend], retry_after: float) -> None:
         super().__init__("every capable backend is busy")
         self.backends = backends
-        self.retry_after = retry_after  # until a rate-limited one has a token (0: none is)
+        self.retry_after = retry_after  # until a rate-limited one has a token (0: none is limited)
 
 
 @dataclass(slots=True)
@@ -297,7 +300,10 @@ class Router:
         now = time.monotonic()
         full = list(dict.fromkeys(plan.full))
         waits = [b.limiter.wait_seconds(now) for b in full if b.limiter is not None]
-        retry_after = min(waits) if len(waits) == len(full) else 0.0
+        # When the first rate-limited one has a token again (at capacity ones say so when a
+        # request ends). Never 0 while one is limited: a token that came due since the check
+        # above must still wake the queue, or its waiters wait for nothing (seen in CI).
+        retry_after = max(min(waits), MIN_WAKE_SECONDS) if waits else 0.0
         if self.queueing:
             return Busy(full, retry_after)
         names = ", ".join(b.name for b in full)
