@@ -32,7 +32,7 @@ from nexus.config import BudgetConfig
 from nexus.records import RequestRecord
 from nexus.registry import Backend
 from nexus.routing.requirements import Requirements
-from nexus.store import SpendRow, Store, StoreUnavailable
+from nexus.store import SpendRow, Store, every
 
 log = logging.getLogger("nexus.budget")
 
@@ -98,7 +98,10 @@ class Budget:
         self._last_status = self.status()
         if self._last_status != NORMAL:
             self._warn(self._last_status)
-        self._task = asyncio.create_task(self._flush_forever(), name="nexus-budget-flush")
+        self._task = asyncio.create_task(
+            every(self.flush_seconds, self.flush, "writing spend to the state store"),
+            name="nexus-budget-flush",
+        )
 
     async def stop(self) -> None:
         """Cancel the flusher, then write what is left: a clean shutdown loses nothing."""
@@ -109,16 +112,6 @@ class Budget:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await self.flush()
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_seconds)
-            try:
-                await self.flush()
-            except StoreUnavailable:
-                pass  # logged by the store once per outage; the spend waits in the buffer
-            except Exception:  # a full disk must not kill the flusher: retried next time
-                log.exception("could not write spend to the state store")
 
     async def flush(self) -> None:
         buffer, self._buffer = self._buffer, {}

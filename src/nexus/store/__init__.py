@@ -12,15 +12,20 @@ request path reads, refreshed after each flush.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from nexus.config import StorageConfig
 from nexus.tenants.model import ApiKey, Tenant, UsageRow
+
+log = logging.getLogger("nexus.store")
 
 ERRORS: Counter[str] = Counter()  # operation -> failures (nexus_store_errors_total)
 
@@ -32,6 +37,20 @@ class StoreUnavailable(Exception):
 
 def count_error(operation: str) -> None:
     ERRORS[operation] += 1
+
+
+async def every(seconds: float, job: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run ``job`` every ``seconds``, for ever (a background task of a store's caller). A
+    failure never ends it: an unreachable store was logged by the store (once per outage)
+    and the caller keeps what it holds for the next run; anything else is logged here."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await job()
+        except StoreUnavailable:
+            pass
+        except Exception:
+            log.warning("%s failed; tried again in %g s", what, seconds, exc_info=True)
 
 
 @dataclass(slots=True)

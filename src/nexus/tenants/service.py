@@ -38,7 +38,7 @@ from nexus.errors import (
 )
 from nexus.records import RequestRecord
 from nexus.routing.limits import TokenBucket
-from nexus.store import Store, StoreUnavailable
+from nexus.store import Store, every
 from nexus.tenants.limits import Decision, Limiter, LocalLimiter
 from nexus.tenants.model import (
     MAX_KEY_CHARS,
@@ -95,8 +95,14 @@ class Tenants:
         await self.reload()
         await self._reload_usage()
         self._tasks = [
-            asyncio.create_task(self._poll_forever(), name="nexus-tenants-poll"),
-            asyncio.create_task(self._flush_forever(), name="nexus-usage-flush"),
+            asyncio.create_task(
+                every(REFRESH_SECONDS, self._poll, "reading tenants from the state store"),
+                name="nexus-tenants-poll",
+            ),
+            asyncio.create_task(
+                every(self.flush_seconds, self.flush, "writing usage to the state store"),
+                name="nexus-usage-flush",
+            ),
         ]
 
     async def stop(self) -> None:
@@ -148,16 +154,9 @@ class Tenants:
             digest = key_hash(key)
             self.static_keys[digest] = ApiKey("env", declared.name, digest, 0.0)
 
-    async def _poll_forever(self) -> None:
-        while True:
-            await asyncio.sleep(REFRESH_SECONDS)
-            try:
-                if await self.store.version() != self.version:
-                    await self.reload()
-            except StoreUnavailable:
-                pass  # logged by the store, once per outage: keep what we know
-            except Exception:  # the store may be away for a while: keep what we know
-                log.warning("tenants: could not read the state store", exc_info=True)
+    async def _poll(self) -> None:
+        if await self.store.version() != self.version:
+            await self.reload()
 
     async def reload(self) -> None:
         version = await self.store.version()
@@ -282,16 +281,6 @@ class Tenants:
         used[1] += cost
         if prompt or completion:
             self.limiter.spend_tokens(tenant, prompt + completion)
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_seconds)
-            try:
-                await self.flush()
-            except StoreUnavailable:
-                pass  # logged by the store, once per outage; the buffer waits for it
-            except Exception:  # kept in the buffer: written on a later flush
-                log.warning("tenants: could not write usage to the state store", exc_info=True)
 
     async def flush(self) -> None:
         buffer, self._buffer = self._buffer, {}
