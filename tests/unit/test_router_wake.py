@@ -59,3 +59,14 @@ def test_only_full_backends_wait_for_a_request_to_end() -> None:
     full = Backend(name="b", url="http://10.0.0.2:8000", type="vllm", max_concurrent=1)
     full.pending_requests = 1
     assert busy_of(router_with(full)).retry_after == 0.0
+
+
+def test_a_full_backend_with_tokens_left_sets_no_timer() -> None:
+    """At capacity but not out of tokens: the end of a request wakes the queue; a timer
+    would only spin (every millisecond, each waiter asking the router again)."""
+    from nexus.routing.limits import TokenBucket
+
+    full = Backend(name="b", url="http://10.0.0.2:8000", type="vllm", max_concurrent=1)
+    full.limiter = TokenBucket(600)
+    full.pending_requests = 1
+    assert busy_of(router_with(full)).retry_after == 0.0

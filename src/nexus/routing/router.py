@@ -299,10 +299,11 @@ class Router:
     def _full(self, plan: Plan) -> Exception:
         now = time.monotonic()
         full = list(dict.fromkeys(plan.full))
-        waits = [b.limiter.wait_seconds(now) for b in full if b.limiter is not None]
+        waits = [b.limiter.wait_seconds(now) for b in full if b.limiter and b.limited(now)]
         # When the first rate-limited one has a token again (at capacity ones say so when a
-        # request ends). Never 0 while one is limited: a token that came due since the check
-        # above must still wake the queue, or its waiters wait for nothing (seen in CI).
+        # request ends, and count here only if out of tokens too: else a timer would spin).
+        # Never 0 while one is limited: a token that came due since the check above must
+        # still wake the queue, or its waiters wait for nothing (seen in CI).
         retry_after = max(min(waits), MIN_WAKE_SECONDS) if waits else 0.0
         if self.queueing:
             return Busy(full, retry_after)
@@ -427,12 +428,6 @@ class Router:
         backend = self._pick(outside, model)
         plan.tried.add((backend.id, model))
         return Route(backend, model, "capacity-overflow", stripped=True)
-
-    def _full_now(self, backend: Backend, now: float) -> bool:
-        """Takes no request now: out of rate-limit tokens, or (queue on) at capacity."""
-        if backend.limiter is not None and not backend.limiter.ready(now):
-            return True
-        return self.queueing and backend.busy
 
     def _sticky(self, plan: Plan, pool: list[Backend]) -> Backend | None:
         """The backend that served this conversation's last turn, if it may serve this one:
