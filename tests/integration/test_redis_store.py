@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from nexus.errors import NotFound
 from nexus.store import ERRORS, SpendRow, Store, StoreUnavailable
 from nexus.store.sqlite import SQLiteStore
 from nexus.tenants.model import ApiKey, Tenant, UsageRow
@@ -99,6 +100,12 @@ async def test_tenants_and_keys_round_trip_and_bump_the_version(stores: list[Sto
     assert await one.delete_tenant("team") is False
     tenants, keys = await two.tenants()
     assert [t.name for t in tenants] == ["bot"] and [k.id for k in keys] == ["zzzz9999"]
+    # A key made on one replica for a tenant another just deleted never comes to life (and
+    # would not for a tenant of the same name created later).
+    with pytest.raises(NotFound):
+        await one.put_key(ApiKey("late0000", "team", "d" * 64, 12.0))
+    await one.put_tenant(Tenant("team", created=3.0))
+    assert [k.id for k in (await two.tenants())[1]] == ["zzzz9999"]
 
 
 async def test_usage_adds_up_and_filters_by_tenant_and_day(stores: list[Store]) -> None:

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from nexus.errors import StartupError
+from nexus.errors import NotFound, StartupError
 from nexus.store import SpendRow, StoreUnavailable, count_error
 from nexus.store.resp import Client, Command, ConnectionLost, Reply, ReplyError
 from nexus.tenants.model import ApiKey, Tenant, UsageRow
@@ -41,6 +41,37 @@ PREFIX = "nexus:"
 TIMEOUT_SECONDS = 0.5  # one round trip on a LAN is ~0.2 ms: 0.5 s means Redis is in trouble
 FIELDS = ("requests", "prompt", "completion", "cost")
 T = TypeVar("T")
+
+# KEYS: tenants, keys, version. ARGV: the tenant. Its keys go with it.
+DELETE_TENANT = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+local fields = redis.call('HGETALL', KEYS[2])
+for i = 1, #fields, 2 do
+  if cjson.decode(fields[i + 1])['tenant'] == ARGV[1] then
+    redis.call('HDEL', KEYS[2], fields[i])
+  end
+end
+redis.call('INCR', KEYS[3])
+return 1
+"""
+# KEYS: tenants, keys, version. ARGV: tenant, key id, key record. Only for a tenant that is.
+PUT_KEY = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('INCR', KEYS[3])
+return 1
+"""
+# KEYS: keys, version. ARGV: key id. 1 if it was live and is revoked now.
+REVOKE_KEY = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local record = cjson.decode(raw)
+if record['revoked'] then return 0 end
+record['revoked'] = true
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
+redis.call('INCR', KEYS[2])
+return 1
+"""
 
 
 def safe_url(url: str) -> str:
@@ -55,6 +86,11 @@ class RedisStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.client = Client(url, TIMEOUT_SECONDS)  # fails fast; the callers retry
+        # Changes that read before they write run as scripts: atomic, whatever another
+        # replica does meanwhile (SQLite gets the same from its transactions and foreign key).
+        self._delete_tenant = self.client.script(DELETE_TENANT)
+        self._put_key = self.client.script(PUT_KEY)
+        self._revoke_key = self.client.script(REVOKE_KEY)
         self.down = False  # inside an outage (logged once when it starts and when it ends)
 
     async def call(self, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
@@ -128,35 +164,27 @@ class RedisStore:
         await self.call("put_tenant", lambda: self._change("tenants", tenant.name, definition))
 
     async def delete_tenant(self, name: str) -> bool:
-        async def delete() -> bool:
-            keys = _pairs(await self.client.command("HGETALL", f"{PREFIX}keys"))
-            ids = [i for i, v in keys.items() if orjson.loads(v)["tenant"] == name]
-            commands: list[Command] = [("HDEL", f"{PREFIX}tenants", name)]
-            if ids:
-                commands.append(("HDEL", f"{PREFIX}keys", *ids))
-            commands.append(("INCR", f"{PREFIX}version"))
-            deleted = await self.client.transaction(commands)
-            return bool(deleted[0])
-
-        return await self.call("delete_tenant", delete)
+        keys = [f"{PREFIX}tenants", f"{PREFIX}keys", f"{PREFIX}version"]
+        deleted = await self.call(
+            "delete_tenant", lambda: self.client.run(self._delete_tenant, keys, [name])
+        )
+        return bool(deleted)
 
     async def put_key(self, key: ApiKey) -> None:
-        record = orjson.dumps(_key_record(key))
-        await self.call("put_key", lambda: self._change("keys", key.id, record))
+        record = orjson.dumps({**key.to_dict(), "hash": key.hash})
+        keys = [f"{PREFIX}tenants", f"{PREFIX}keys", f"{PREFIX}version"]
+        added = await self.call(
+            "put_key", lambda: self.client.run(self._put_key, keys, [key.tenant, key.id, record])
+        )
+        if not added:
+            raise NotFound(f"no tenant '{key.tenant[:64]}'")  # deleted by another replica
 
     async def revoke_key(self, key_id: str) -> bool:
-        async def revoke() -> bool:
-            raw = await self.client.command("HGET", f"{PREFIX}keys", key_id)
-            if raw is None:
-                return False
-            record = orjson.loads(raw)
-            if record["revoked"]:
-                return False
-            record["revoked"] = True
-            await self._change("keys", key_id, orjson.dumps(record))
-            return True
-
-        return await self.call("revoke_key", revoke)
+        keys = [f"{PREFIX}keys", f"{PREFIX}version"]
+        revoked = await self.call(
+            "revoke_key", lambda: self.client.run(self._revoke_key, keys, [key_id])
+        )
+        return bool(revoked)
 
     async def _change(self, table: str, field: str, value: bytes) -> None:
         """One change to tenants or keys, and the version bump every replica polls."""
@@ -200,10 +228,6 @@ class RedisStore:
 
 def _created(key: ApiKey) -> float:
     return key.created
-
-
-def _key_record(key: ApiKey) -> dict[str, Any]:
-    return {**key.to_dict(), "hash": key.hash}
 
 
 def _increments(

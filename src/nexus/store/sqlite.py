@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from nexus.errors import StartupError
+from nexus.errors import NotFound, StartupError
 from nexus.store import SpendRow, count_error
 from nexus.tenants.model import ApiKey, Tenant, UsageRow
 
@@ -113,6 +113,8 @@ class SQLiteStore:
     async def _run(self, fn: Any, *args: Any) -> Any:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        except sqlite3.IntegrityError:
+            raise  # a caller's mistake (checked by it), not the store failing
         except sqlite3.Error:  # a full disk, a file locked too long: counted, then raised
             count_error(fn.__name__.lstrip("_"))
             raise
@@ -241,12 +243,15 @@ class SQLiteStore:
         return changed
 
     async def put_key(self, key: ApiKey) -> None:
-        await self._run(
-            self._write,
-            "INSERT INTO keys (id, tenant, hash, created, expires, revoked)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (key.id, key.tenant, key.hash, key.created, key.expires, int(key.revoked)),
-        )
+        try:
+            await self._run(
+                self._write,
+                "INSERT INTO keys (id, tenant, hash, created, expires, revoked)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (key.id, key.tenant, key.hash, key.created, key.expires, int(key.revoked)),
+            )
+        except sqlite3.IntegrityError:  # the tenant is gone (another process deleted it)
+            raise NotFound(f"no tenant '{key.tenant[:64]}'") from None
 
     async def revoke_key(self, key_id: str) -> bool:
         changed: bool = await self._run(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import time
@@ -386,7 +387,8 @@ class Tenants:
             raise NotFound(f"no key '{key_id[:64]}'")
         await self.store.revoke_key(key_id)
         await self.reload()
-        return self.by_id[key_id]
+        # (Gone meanwhile with its tenant, deleted elsewhere: it is revoked all the same.)
+        return self.by_id.get(key_id) or dataclasses.replace(record, revoked=True)
 
     async def usage(self, tenant: str | None, since: str) -> list[UsageRow]:
         await self.flush()  # what was just used is part of the answer
