@@ -768,6 +768,22 @@ def validate(config: Config) -> None:
                 "(CIDR) nor a host name"
             )
 
+    # Tenant names label metrics, reach logs and Redis keys: the API's rule holds here too.
+    from nexus.tenants.model import name_problem as tenant_name_problem
+
+    names: set[str] = set()
+    for i, t in enumerate(config.auth.tenants):
+        if (problem := tenant_name_problem(t.name)) is not None:
+            raise ConfigError(f"{where}: auth.tenants[{i}].name: {problem}")
+        if t.name in names:
+            raise ConfigError(f"{where}: auth.tenants[{i}].name: duplicate name {t.name!r}")
+        names.add(t.name)
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", t.key_env):
+            raise ConfigError(
+                f"{where}: auth.tenants[{i}].key_env: {t.key_env[:40]!r} is not an environment "
+                "variable name"
+            )
+
     if config.budget.hard_limit_action == "queue" and not config.queuing.enabled:
         raise ConfigError(
             f'{where}: budget.hard_limit_action: "queue" needs the queue (queuing.enabled)'

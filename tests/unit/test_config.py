@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,26 @@ def test_a_literal_key_is_refused_for_local_types_too(tmp_path: Path) -> None:
         load(write(tmp_path, text), env={})
     local = "[[backends]]\nname = 'a'\nurl = 'http://x'\ntype = 'vllm'\n"
     assert load(write(tmp_path, local), env={}).backends[0].api_key_env == ""
+
+
+@pytest.mark.parametrize(
+    ("tenants", "message"),
+    [
+        ('[[auth.tenants]]\nname = "bad name\\r\\nX: 1"\nkey_env = "K"\n', "auth.tenants[0].name"),
+        ('[[auth.tenants]]\nname = "' + "a" * 65 + '"\nkey_env = "K"\n', "auth.tenants[0].name"),
+        (
+            '[[auth.tenants]]\nname = "t"\nkey_env = "K"\n[[auth.tenants]]\nname = "t"\n'
+            'key_env = "L"\n',
+            "auth.tenants[1].name: duplicate",
+        ),
+        ('[[auth.tenants]]\nname = "t"\nkey_env = "not a var"\n', "auth.tenants[0].key_env"),
+    ],
+)
+def test_declared_tenants_are_checked_like_the_apis(
+    tmp_path: Path, tenants: str, message: str
+) -> None:
+    """Tenant names label metrics and reach logs and Redis keys: a config file may not
+    declare one the admin API would refuse."""
+    path = write(tmp_path, "[auth]\nenabled = true\n" + tenants)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(path, env={})

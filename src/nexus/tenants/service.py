@@ -145,11 +145,13 @@ class Tenants:
             )
             await self.store.put_tenant(tenant)
             key = environ.get(declared.key_env, "")
-            if len(key) < 16:
+            if not 16 <= len(key) <= MAX_KEY_CHARS:
                 log.warning(
-                    "tenant %s: $%s is unset or too short (16 characters at least): it has no key",
+                    "tenant %s: $%s is unset, too short or too long (16 to %d characters): it "
+                    "has no key",
                     declared.name,
                     declared.key_env,
+                    MAX_KEY_CHARS,
                 )
                 continue
             digest = key_hash(key)
