@@ -242,6 +242,8 @@ class Registry:
         # Told when a backend may serve what it could not before (added, status or models
         # changed): the queue looks again at who waits.
         self.on_change: list[Callable[[Backend], None]] = []
+        # Bumped whenever which backends serve which model changes (what routing may keep).
+        self.generation = 0
 
     # -- membership ---------------------------------------------------------------------
 
@@ -362,10 +364,12 @@ class Registry:
     # -- index ----------------------------------------------------------------------------
 
     def _index(self, backend: Backend, models: Iterable[str]) -> None:
+        self.generation += 1
         for model in models:
             self._by_model.setdefault(model, []).append(backend)
 
     def _unindex(self, backend: Backend) -> None:
+        self.generation += 1
         for model in backend.models:
             holders = self._by_model.get(model)
             if holders is None:

@@ -203,8 +203,7 @@ class Router:
         self._rotation = itertools.count()
         self._tier_warned: set[tuple[str, str]] = set()
         self._rules: dict[str, tuple[str, int]] = {}  # model -> (zone, required tier)
-        registry.on_change.append(self._registry_changed)
-        registry.on_remove.append(self._registry_changed)
+        self._rules_generation = registry.generation
         strategies: dict[str, Callable[[list[Backend], str], Backend]] = {
             "smart": self._pick_smart,
             "round_robin": self._pick_round_robin,
@@ -247,8 +246,12 @@ class Router:
 
     def _rules_of(self, model: str, holders: Sequence[Backend]) -> tuple[str, int]:
         """The zone and the tier a request for ``model`` must keep, from its backends: the
-        same until the registry changes (a loop over every backend of the model otherwise,
-        on every request). Models nobody serves are not kept: clients choose those names."""
+        same until which backends serve which model changes (a loop over every backend of
+        the model otherwise, on every request). Models nobody serves are not kept: clients
+        choose those names."""
+        if self._rules_generation != self.registry.generation:
+            self._rules.clear()  # a backend came, went or changed its models
+            self._rules_generation = self.registry.generation
         rules = self._rules.get(model)
         if rules is None:
             zone = privacy.request_zone(holders)
@@ -257,9 +260,6 @@ class Router:
             if holders:
                 self._rules[model] = rules
         return rules
-
-    def _registry_changed(self, backend: Backend) -> None:
-        self._rules.clear()
 
     def select(self, plan: Plan, req: Requirements, attempts_per_model: int) -> Route:
         """The next backend to try for ``plan``, or a NexusError explaining why none can
