@@ -263,3 +263,25 @@ Routing.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_routing_keeps_zones_and_tiers = Routing.TestCase
+
+
+def test_a_failed_overflow_comes_back_to_its_zone_with_the_whole_context() -> None:
+    """Found by the machine above: a restricted request overflowed (fresh context) to the
+    open backend, which failed; the restricted backend at capacity (queue off, so it takes
+    requests anyway) must serve it then, with its whole history, not a 503."""
+    machine = Routing()
+    try:
+        spec = Spec(zone="restricted", tier=1, models=["m1"], model_tiers={}, capacity=0)
+        full = Spec(zone="restricted", tier=1, models=["m1"], model_tiers={}, capacity=1)
+        machine.build(backends=[spec, Spec(**vars(spec)), full], chains={}, overflow=True)
+        machine.break_or_mend(broken=True, index=0)  # b0: restricted, fails
+        machine.break_or_mend(broken=True, index=1)  # b1: open, fails
+        machine.fill_or_free(full=True, index=2)  # b2: restricted, at capacity
+        body = {"model": "m1", "messages": conversation(3, False)}
+        status, headers, _ = machine.loop.run_until_complete(call(machine.app, body, {}))
+        assert status == 200 and headers["x-nexus-backend"] == "b2"
+        assert "x-nexus-context-stripped" not in headers
+        last = orjson.loads(machine.double.bodies[-1] or b"{}")
+        assert len(last["messages"]) == len(body["messages"])  # the history is back
+    finally:
+        machine.teardown()

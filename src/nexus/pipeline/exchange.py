@@ -51,6 +51,7 @@ class Exchange:
     native_only: NativeOnly | None = None  # only a backend speaking the client's API may serve
     native: bool = False  # the current attempt's backend speaks the client's API
     stripped: bool = False  # body and raw hold a fresh context only (cross-zone overflow)
+    whole: tuple[Any, bytes] | None = None  # body and raw before they were stripped
     priority: int = 2  # in the queue: 0 critical, 1 high, 2 normal, 3 low
     queue_timeout: float | None = None  # the client's X-Nexus-Queue-Timeout, seconds
     queue_deadline: float | None = None  # set when it first waits (time.monotonic)

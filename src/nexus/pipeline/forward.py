@@ -143,6 +143,8 @@ class Forwarder:
         inbound = ex.endpoint.inbound
         if route.stripped and not ex.stripped:
             strip_history(ex)
+        elif ex.stripped and not route.stripped:
+            restore_history(ex)
         # (A stripped request is the translated one: the client's own body has the history.)
         ex.native = inbound is not None and backend.type == inbound.native and not ex.stripped
         outbound = NativeOutbound(inbound) if ex.native and inbound else outbound_for(backend.type)
@@ -400,10 +402,18 @@ def note_privacy(record: RequestRecord, plan: Plan, route: Route | None) -> None
 
 def strip_history(ex: Exchange) -> None:
     """Cross-zone overflow: from now on the request is its system message(s) and its last
-    user message, for this attempt and any after it."""
+    user message, for this attempt and any other in the open zone."""
+    ex.whole = ex.body, ex.raw
     ex.body = fresh_context(ex.body)
     ex.raw = orjson.dumps(ex.body)
     ex.stripped = True
+
+
+def restore_history(ex: Exchange) -> None:
+    """Back in the request's own zone after the overflow failed: the whole request again."""
+    assert ex.whole is not None
+    ex.body, ex.raw = ex.whole
+    ex.stripped = False
 
 
 def exhausted(

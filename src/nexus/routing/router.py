@@ -333,6 +333,11 @@ class Router:
         if plan.overflow and not plan.overflowing:
             plan.overflowing, plan.panic = True, False
             return True
+        if plan.overflowing:
+            # The open zone failed it too: back to the request's own zone and its whole
+            # context, where a backend at capacity (queue off) still takes it.
+            plan.overflowing = plan.overflow = False
+            return True
         return False
 
     def _next(self, plan: Plan, req: Requirements, attempts_per_model: int) -> Route | None:
