@@ -114,10 +114,6 @@ class LocalLimiter:
             bucket.available(time.monotonic())  # refill up to now first
             bucket.tokens -= tokens
 
-    def forget(self, name: str) -> None:
-        self._buckets.pop(name, None)
-        self._shapes.pop(name, None)
-
 
 def _shape(tenant: Tenant) -> dict[str, int]:
     return {"limit_requests": tenant.rpm, "limit_tokens": tenant.tpm}
