@@ -224,7 +224,7 @@ def test_changed_limits_take_effect_and_tenants_are_apart(clock: Clock) -> None:
     assert limiter.acquire_now(two).allowed  # its own bucket
     one.burst = 2  # an admin's update: a new bucket with the new shape
     assert limiter.acquire_now(one).allowed
-    limiter.forget("one")
+    # Its limits lifted (no rpm): no bucket any more, whatever the old one held.
     assert limiter.acquire_now(Tenant("one")).allowed and not limiter._buckets["one"][0]
 
 
