@@ -142,7 +142,9 @@ def test_fields_an_admin_sets_are_checked() -> None:
         ({"models": [""]}, "models"),
         ({"models": ["x" * 257]}, "models"),
         ({"models": [3]}, "models"),
+        ({"models": ["a*"] * 257}, "models"),  # matched on every request: bounded
         ({"static": True}, "static"),
+        ({"x" * 5000: 1}, "x" * 40),  # an unknown name is not echoed whole
     ]:
         with pytest.raises(InvalidRequest) as caught:
             apply_fields(Tenant("t"), fields)

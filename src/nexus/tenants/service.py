@@ -56,6 +56,7 @@ log = logging.getLogger("nexus.tenants")
 
 REFRESH_SECONDS = 1.0
 MAX_TRACKED_ADDRESSES = 10_000  # clients whose failed attempts are counted (LRU)
+MAX_PATTERNS = 256  # model patterns of one tenant
 LIMIT_FIELDS = ("rpm", "burst", "tpm", "monthly_tokens", "monthly_cost")
 
 
@@ -428,10 +429,15 @@ def apply_fields(tenant: Tenant, fields: dict[str, Any]) -> None:
         if field_name == "name":
             continue
         if field_name == "models":
-            if not isinstance(value, list) or not all(
-                isinstance(p, str) and 0 < len(p) <= 256 for p in value
+            # (Each request of the tenant is matched against every pattern: a bounded list.)
+            if (
+                not isinstance(value, list)
+                or len(value) > MAX_PATTERNS
+                or not all(isinstance(p, str) and 0 < len(p) <= 256 for p in value)
             ):
-                raise InvalidRequest("'models' must be a list of patterns", param="models")
+                raise InvalidRequest(
+                    f"'models' must be a list of at most {MAX_PATTERNS} patterns", param="models"
+                )
             tenant.models = list(value)
         elif field_name in LIMIT_FIELDS:
             kind = float if field_name == "monthly_cost" else int
@@ -443,5 +449,6 @@ def apply_fields(tenant: Tenant, fields: dict[str, Any]) -> None:
         else:
             known = ", ".join(("models", *LIMIT_FIELDS))
             raise InvalidRequest(
-                f"unknown field '{str(field_name)[:40]}' (known: {known})", param=field_name
+                f"unknown field '{str(field_name)[:40]}' (known: {known})",
+                param=str(field_name)[:40],
             )
