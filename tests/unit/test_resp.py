@@ -67,3 +67,28 @@ def test_urls(url: str, expected: tuple[object, ...]) -> None:
 def test_other_schemes_are_refused() -> None:
     with pytest.raises(ValueError, match="redis://"):
         Client("http://127.0.0.1:6379", 0.5)
+
+
+async def test_a_reply_in_many_reads_and_two_in_one_are_each_delivered() -> None:
+    import asyncio
+
+    from nexus.store.resp import _Connection
+
+    class Sink:
+        def write(self, data: bytes) -> None: ...
+
+        def is_closing(self) -> bool:
+            return False
+
+    connection = _Connection()
+    connection.transport = Sink()  # type: ignore[assignment]
+    first, second, third = connection.send(b"", 3)
+    big = b"v" * 100_000
+    wire = b"$%d\r\n%s\r\n" % (len(big), big) + b":7\r\n+OK\r\n"
+    for start in range(0, len(wire) - 10, 4096):  # many reads, most ending mid-reply
+        connection.data_received(wire[start : min(start + 4096, len(wire) - 10)])
+    assert not first.done()  # no read so far ended with a CRLF that completes it
+    connection.data_received(wire[len(wire) - 10 :])  # the end of it, and two more replies
+    assert (first.result(), second.result(), third.result()) == (big, 7, b"OK")
+    assert not connection.buffer
+    await asyncio.sleep(0)
