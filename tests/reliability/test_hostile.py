@@ -349,6 +349,35 @@ async def test_a_head_over_64_kib_is_431_however_it_arrives(nexus: Nexus, extra:
     await assert_healthy(nexus)
 
 
+@pytest.mark.parametrize("pipelined", [False, True], ids=["after-answer", "pipelined"])
+async def test_a_head_over_64_kib_on_a_kept_alive_connection_is_431(
+    nexus: Nexus, pipelined: bool
+) -> None:
+    """The second request of a connection: its head's size is counted from where it began,
+    whether it came alone or in the same read as the first request."""
+    port = int(nexus.url.rsplit(":", 1)[1])
+    first = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    big = http(CHAT, "application/json", b"{}", b"X-Big: " + b"a" * 66_000 + b"\r\n")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        async with asyncio.timeout(10):
+            if pipelined:
+                writer.write(first + big)
+            else:
+                writer.write(first)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                writer.write(big)
+            data = await reader.read()  # until the close that follows the 431
+    finally:
+        writer.close()
+    # (Pipelined, the 431 goes out as the head is parsed, before the first answer: the
+    # connection's framing is lost and it closes.)
+    assert data.startswith(b"HTTP/1.1 431 ") and data.count(b"HTTP/1.1 ") == 1
+    await assert_healthy(nexus)
+
+
 @pytest.mark.parametrize(
     ("name", "request_bytes"),
     [

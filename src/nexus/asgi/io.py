@@ -7,6 +7,7 @@ import asyncio
 import orjson
 
 from nexus.asgi import Headers, Receive, Scope, Send
+from nexus.asgi.link import ClientLink
 from nexus.errors import ClientGone, NexusError, PayloadTooLarge, RequestTimeout
 
 SERVER = b"nexus"  # instead of uvicorn's name: what runs here is nobody else's business
@@ -62,12 +63,19 @@ async def read_body(scope: Scope, receive: Receive, limit: int, seconds: float) 
 
 
 async def respond(
-    send: Send, status: int, body: bytes, headers: Headers | None = None, ctype: bytes = JSON
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: Headers | None = None,
+    ctype: bytes = JSON,
+    link: ClientLink | None = None,
 ) -> None:
-    """A whole answer in one go (head and body)."""
+    """A whole answer (head and body): in one write through ``link`` when it can."""
     head = [*BASE_HEADERS, (b"content-type", ctype), (b"content-length", b"%d" % len(body))]
     if headers:
         head += headers
+    if link is not None and link.answer(status, head, body):
+        return
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body})
 
@@ -83,5 +91,8 @@ def error_headers(error: NexusError, request_id: str | None) -> Headers:
     return headers
 
 
-async def respond_error(send: Send, error: NexusError, request_id: str | None = None) -> None:
-    await respond(send, error.status, error.body(request_id), error_headers(error, request_id))
+async def respond_error(
+    send: Send, error: NexusError, request_id: str | None = None, link: ClientLink | None = None
+) -> None:
+    body = error.body(request_id)
+    await respond(send, error.status, body, error_headers(error, request_id), link=link)

@@ -7,6 +7,8 @@
 * A head may be at most ``MAX_HEAD`` bytes: beyond, 431. uvicorn buffers any size.
 * Unparseable HTTP is answered in OpenAI's error shape (uvicorn: a text/plain page), and
   quietly: garbage from a client is not an error of ours worth a warning.
+* Every request's scope carries a :class:`nexus.asgi.link.ClientLink`: the app learns at
+  once that its client left, and may write a whole answer in one go.
 
 These override methods of uvicorn's ``HttpToolsProtocol``; the class is handed to
 ``uvicorn.Config(http=...)``, the documented way to choose a protocol. ``check()`` runs at
@@ -16,12 +18,13 @@ start-up and fails with a clear message if a uvicorn upgrade moved what is overr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from nexus.asgi import link
 from nexus.asgi.io import SERVER
+from nexus.asgi.link import ClientLink
 from nexus.errors import NexusError
 
 MAX_HEAD = 64 * 1024
@@ -29,8 +32,6 @@ _HOOKS = (
     "connection_made",
     "data_received",
     "on_message_begin",
-    "on_url",
-    "on_header",
     "on_headers_complete",
     "connection_lost",
     "send_400_response",
@@ -41,32 +42,14 @@ class HeadTooLarge(Exception):
     """Raised from a parser callback to stop parsing a request already refused with 431."""
 
 
-class ClientLink:
-    """``scope["extensions"]["nexus.client"]``: tells the app that its client went away.
-
-    ASGI says so only through ``receive()``, which an app serving a request does not call
-    once the body is read; watching it would cost a task per request. The protocol knows at
-    once (``connection_lost``) and calls ``on_gone`` if the answer was not complete."""
-
-    __slots__ = ("gone", "on_gone")
-
-    def __init__(self) -> None:
-        self.gone = False
-        self.on_gone: Callable[[], object] | None = None
-
-    def lost(self) -> None:
-        self.gone = True
-        if self.on_gone is not None:
-            self.on_gone()
-
-
 class NexusProtocol(HttpToolsProtocol):
     head_timeout = 30.0  # set per server by ``protocol_class``
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_bytes = 0  # raw bytes read while a head is unfinished (slow heads)
-        self._head_size = 0  # the head's own bytes, as parsed (whole heads in one read)
+        self._read = 0  # bytes of the read being parsed
+        self._bound = 0  # at least the current head's size: the reads since it began
         self._in_head = True
         self._head_since = self.loop.time()
         # One timer per connection, not per request: it re-arms itself for what is left.
@@ -75,6 +58,8 @@ class NexusProtocol(HttpToolsProtocol):
         )
 
     def data_received(self, data: bytes) -> None:
+        self._read = len(data)
+        self._bound += self._read
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
@@ -83,31 +68,26 @@ class NexusProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._bound = self._read  # (the part of this read before the head is not its own)
         if not self._in_head:
             self._in_head = True
             self._head_bytes = 0
             self._head_since = self.loop.time()
-        self._head_size = 0
-
-    def on_url(self, url: bytes) -> None:
-        self._head_size += len(url)
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4  # ": " and CRLF
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        if self._head_size > MAX_HEAD:
+        if self._bound > MAX_HEAD and self._head_size() > MAX_HEAD:
             # A head that arrived whole in the read that crossed the limit: the check in
             # data_received never saw it unfinished. Refused before the app sees it; raising
             # stops the parser, and send_400_response knows the answer went out.
             self._refuse(431, "request head is larger than 64 KiB")
             raise HeadTooLarge
+        client = ClientLink()
         scope: Any = self.scope  # uvicorn types extension values as dicts; ours is an object
-        scope["extensions"] = {"nexus.client": ClientLink()}
+        scope["extensions"] = {"nexus.client": client}
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle.scope is scope:  # (not on a WebSocket upgrade)
+            client.cycle = self.cycle
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._head_timer is not None:
@@ -125,6 +105,12 @@ class NexusProtocol(HttpToolsProtocol):
         self._refuse(400, "the request could not be parsed as HTTP/1.1")
 
     # -- ours -------------------------------------------------------------------------
+
+    def _head_size(self) -> int:
+        """The head's own bytes, as parsed (": " and CRLF are 4 per header): counted only
+        for a head that came in a read larger than the limit, the one case the check in
+        data_received cannot see (a whole head in one read)."""
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def _check_head(self) -> None:
         self._head_timer = None
@@ -160,8 +146,9 @@ def protocol_class(head_timeout: float) -> type[NexusProtocol]:
 def check() -> None:
     """Fail loudly at start-up if the uvicorn installed no longer has what we override."""
     missing = [name for name in _HOOKS if not callable(getattr(HttpToolsProtocol, name, None))]
+    missing += [f"RequestResponseCycle.{name}" for name in link.check()]
     if missing:
         raise RuntimeError(
-            f"this uvicorn's HttpToolsProtocol lacks {', '.join(missing)}: "
+            f"this uvicorn's HTTP protocol lacks {', '.join(missing)}: "
             "install the uvicorn version pyproject.toml names"
         )

@@ -22,7 +22,6 @@ import logging
 
 from nexus.asgi import Receive, Scope, Send
 from nexus.asgi.io import error_headers, read_body, respond, respond_error
-from nexus.asgi.protocol import ClientLink
 from nexus.errors import BackendError, ClientGone, ModelNotFound, NexusError, ShuttingDown
 from nexus.pipeline.admit import admit
 from nexus.pipeline.exchange import Endpoint, Exchange
@@ -51,16 +50,18 @@ class Pipeline:
         state = self.state
         record = RequestRecord(request_id=request_id(scope), endpoint=endpoint.name)
         ex = Exchange(scope, receive, send, endpoint, record)
+        extensions = scope.get("extensions")
+        ex.link = extensions.get("nexus.client") if extensions else None
         task = asyncio.current_task()
         assert task is not None
         state.in_flight += 1
         state.requests.add(task)
-        outcome: Outcome = ClientGone("request cancelled")  # unless a stage says otherwise
+        outcome: Outcome | None = None
         try:
             outcome = await self._outcome(ex, task)
             await self._answer(ex, outcome)
         finally:
-            settle(record, outcome)
+            settle(record, ClientGone("request cancelled") if outcome is None else outcome)
             state.recorder.finish(record)
             state.requests.discard(task)
             state.in_flight -= 1
@@ -68,7 +69,7 @@ class Pipeline:
     async def _outcome(self, ex: Exchange, task: asyncio.Task[object]) -> Outcome:
         # A client that leaves cancels its request at once: the backend stops generating
         # for nobody (under uvicorn, NexusProtocol tells; elsewhere nothing does).
-        link: ClientLink | None = ex.scope.get("extensions", {}).get("nexus.client")
+        link = ex.link
         if link is not None:
             link.on_gone = task.cancel
         try:
@@ -122,7 +123,8 @@ class Pipeline:
         if isinstance(outcome, Reply):
             if inbound is not None and not outcome.native:
                 outcome = client_reply(ex, inbound, outcome)
-            await respond(send, outcome.status, outcome.body, outcome.headers, outcome.ctype)
+            body, headers = outcome.body, outcome.headers
+            await respond(send, outcome.status, body, headers, outcome.ctype, ex.link)
             return
         error = outcome.error if isinstance(outcome, Streamed) else outcome
         if isinstance(error, ClientGone):
@@ -137,10 +139,10 @@ class Pipeline:
                 for name, value in self.state.budget.headers():
                     error.headers[name.decode()] = value.decode()
             if inbound is None:
-                await respond_error(send, error, rid)
+                await respond_error(send, error, rid, ex.link)
             else:
-                status = inbound.status(error)
-                await respond(send, status, inbound.error(error), error_headers(error, rid))
+                status, body = inbound.status(error), inbound.error(error)
+                await respond(send, status, body, error_headers(error, rid), link=ex.link)
             return
         # The client has a 200 and part of a stream: the error goes in-band, then the end
         # (OpenAI's [DONE], so that every client's read loop ends where the error says why).

@@ -8,6 +8,7 @@ from typing import Any
 
 from nexus.asgi import Receive, Scope, Send
 from nexus.asgi.io import header
+from nexus.asgi.link import ClientLink
 from nexus.pipeline.inbound import Inbound, NativeOnly
 from nexus.records import RequestRecord
 from nexus.routing.requirements import Requirements
@@ -57,6 +58,7 @@ class Exchange:
     queue_deadline: float | None = None  # set when it first waits (time.monotonic)
     tenant: Tenant | None = None  # whose key it carries (auth on)
     limits: Decision | None = None  # the tenant's rate limit, for the x-ratelimit-* headers
+    link: ClientLink | None = None  # the connection's extension (under uvicorn: always)
 
     @property
     def authorization(self) -> str | None:
