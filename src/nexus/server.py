@@ -16,6 +16,7 @@ not to wait.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -165,7 +166,23 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+# The request path allocates a few hundred container objects per request, most freed at
+# once by reference counting. At Python's default threshold (a young collection every 700
+# allocations) the collector runs every few requests and walks everything in flight:
+# 3-4 % of the instructions per request at 32 connections (callgrind). Everything alive
+# before serving (modules, config) is frozen out of collections for good.
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def tune_gc() -> None:
+    """For ``nexus serve``'s own process only (a test process keeps Python's defaults)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run(config: Config) -> None:
+    tune_gc()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is optional (e.g. Windows)

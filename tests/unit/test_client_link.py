@@ -117,3 +117,21 @@ def test_what_answer_cannot_do_goes_through_send() -> None:
 
 def test_the_installed_uvicorn_has_what_answer_uses() -> None:
     assert link.check() == []
+
+
+async def test_a_whole_body_is_what_receive_would_give_and_a_partial_one_is_left_to_it() -> None:
+    ours, _, _ = make_cycle()
+    theirs, _, _ = make_cycle()
+    for cycle in (ours, theirs):
+        cycle.body += b'{"model": "m"}'
+        cycle.more_body = False  # on_message_complete: all of it is here
+        cycle.message_event.set()
+    client = ClientLink()
+    client.cycle = ours
+    message = await theirs.receive()
+    assert client.body() == message["body"] == b'{"model": "m"}'
+    assert not ours.message_event.is_set() and ours.body == theirs.body == bytearray()
+    partial, _, _ = make_cycle()
+    partial.body += b'{"model": '  # more to come: only receive() waits for it
+    client.cycle = partial
+    assert client.body() is None and partial.body == bytearray(b'{"model": ')

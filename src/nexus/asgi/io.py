@@ -29,13 +29,20 @@ def content_length(scope: Scope) -> int | None:
     return int(text) if text is not None and text.isdigit() else None
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int, seconds: float) -> bytes:
+async def read_body(
+    scope: Scope, receive: Receive, limit: int, seconds: float, link: ClientLink | None = None
+) -> bytes:
     """The whole request body: 413 past ``limit`` (before reading it, when the client said
     its length: no ``100 Continue`` is sent for a body refused anyway), 408 when the client
     takes longer than ``seconds`` to send it."""
     length = content_length(scope)
     if length is not None and length > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    whole = link.body() if link is not None else None
+    if whole is not None:
+        if len(whole) > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        return whole
     message = await receive()  # usually holds the whole body already: no timer for it
     body = message.get("body", b"")
     if message["type"] == "http.disconnect":

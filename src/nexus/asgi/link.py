@@ -4,14 +4,16 @@
   request does not call once the body is read; watching it would cost a task per request.
   The protocol knows at once (``connection_lost``) and calls ``on_gone`` if the answer was
   not complete.
+* **A body read without a round of ``receive()``.** Usually the whole body came with the
+  head; :meth:`ClientLink.body` hands it over as ``receive()`` would, minus the message.
 * **A whole answer in one write.** Through ASGI an answer is two messages, each checked and
   written on its own: two ``write()`` calls (two TCP segments) and two regex searches per
   header. :meth:`ClientLink.answer` writes head and body at once and checks all the names in
   one search and all the values in another. It is the same answer, byte for byte, except
   that it arrives in one piece.
 
-``answer`` does what uvicorn's ``RequestResponseCycle.send`` does for a start message and a
-final body message, on the cycle's own state; :func:`check` proves at start-up that the
+``body`` and ``answer`` do what uvicorn's ``RequestResponseCycle.receive`` and ``send`` do
+for those messages, on the cycle's own state; :func:`check` proves at start-up that the
 installed uvicorn still has that state.
 """
 
@@ -32,6 +34,8 @@ from nexus.asgi import Headers
 
 # What answer() reads and writes on the cycle; check() verifies a fresh cycle has them all.
 CYCLE_STATE = (
+    "body",
+    "more_body",
     "flow",
     "disconnected",
     "response_started",
@@ -58,6 +62,18 @@ class ClientLink:
         self.gone = True
         if self.on_gone is not None:
             self.on_gone()
+
+    def body(self) -> bytes | None:
+        """The whole request body if it has all arrived and none of it was read yet; else
+        None (the caller reads it with ``receive()``, which waits for the rest)."""
+        cycle = self.cycle
+        if cycle is None or cycle.more_body or cycle.disconnected or cycle.response_complete:
+            return None
+        body = bytes(cycle.body)
+        cycle.body = bytearray()
+        cycle.message_event.clear()
+        cycle.flow.resume_reading()
+        return body
 
     def answer(self, status: int, headers: Headers, body: bytes) -> bool:
         """Writes the whole answer; False when it must go through ASGI ``send`` instead

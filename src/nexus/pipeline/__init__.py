@@ -99,7 +99,7 @@ class Pipeline:
         if tenants is not None:  # who, before reading a body a stranger sends
             ex.tenant = tenants.authenticate(ex.scope)
             ex.record.tenant = ex.tenant.name
-        ex.raw = await read_body(ex.scope, ex.receive, self.max_body, self.body_seconds)
+        ex.raw = await read_body(ex.scope, ex.receive, self.max_body, self.body_seconds, ex.link)
         self.planner.plan(ex)
         if ex.tenant is not None:
             assert tenants is not None and ex.plan is not None
