@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -74,7 +76,7 @@ async def test_the_same_bytes_as_uvicorns_send_in_one_write(keep_alive: bool) ->
     ours, ours_out, ours_done = make_cycle(keep_alive=keep_alive)
     theirs, theirs_out, theirs_done = make_cycle(keep_alive=keep_alive)
     client = ClientLink()
-    client.cycle = ours
+    client.attach(ours)
     assert client.answer(201, list(HEADERS), b'{"ok":true}')
     await through_asgi(theirs, 201, list(HEADERS), b'{"ok":true}')
     assert len(ours_out.writes) == 1 and len(theirs_out.writes) == 2
@@ -93,7 +95,7 @@ def test_a_header_uvicorn_refuses_is_refused_before_anything_is_written(
 ) -> None:
     cycle, transport, _ = make_cycle()
     client = ClientLink()
-    client.cycle = cycle
+    client.attach(cycle)
     with pytest.raises(RuntimeError, match="Invalid HTTP header"):
         client.answer(200, [*HEADERS, header], b"{}")
     assert transport.writes == [] and not cycle.response_started
@@ -103,15 +105,15 @@ def test_what_answer_cannot_do_goes_through_send() -> None:
     client = ClientLink()
     assert not client.answer(200, list(HEADERS), b"{}")  # no cycle (not under NexusProtocol)
     head, transport, _ = make_cycle(method="HEAD")
-    client.cycle = head
+    client.attach(head)
     assert not client.answer(200, list(HEADERS), b"{}")
     paused, transport, _ = make_cycle()
     paused.flow.pause_writing()  # the client reads slowly: only send() waits that out
-    client.cycle = paused
+    client.attach(paused)
     assert not client.answer(200, list(HEADERS), b"{}") and transport.writes == []
     gone, transport, done = make_cycle()
     gone.disconnected = True
-    client.cycle = gone
+    client.attach(gone)
     assert client.answer(200, list(HEADERS), b"{}") and transport.writes == [] and not done
 
 
@@ -127,11 +129,28 @@ async def test_a_whole_body_is_what_receive_would_give_and_a_partial_one_is_left
         cycle.more_body = False  # on_message_complete: all of it is here
         cycle.message_event.set()
     client = ClientLink()
-    client.cycle = ours
+    client.attach(ours)
     message = await theirs.receive()
     assert client.body() == message["body"] == b'{"model": "m"}'
     assert not ours.message_event.is_set() and ours.body == theirs.body == bytearray()
     partial, _, _ = make_cycle()
     partial.body += b'{"model": '  # more to come: only receive() waits for it
-    client.cycle = partial
+    client.attach(partial)
     assert client.body() is None and partial.body == bytearray(b'{"model": ')
+
+
+def test_a_request_makes_no_reference_cycle() -> None:
+    """The scope holds the link and the cycle holds the scope: the link's own reference
+    to the cycle is weak, so a finished request is freed at once, not by the collector."""
+    cycle, _, _ = make_cycle()
+    client = ClientLink()
+    cycle.scope["extensions"] = {"nexus.client": client}
+    client.attach(cycle)
+    assert client.cycle is cycle
+    gone = weakref.ref(cycle)
+    gc.disable()
+    try:
+        del cycle, client
+        assert gone() is None
+    finally:
+        gc.enable()

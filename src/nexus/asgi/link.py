@@ -20,6 +20,7 @@ installed uvicorn still has that state.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -51,12 +52,22 @@ CYCLE_STATE = (
 
 
 class ClientLink:
-    __slots__ = ("cycle", "gone", "on_gone")
+    __slots__ = ("_cycle", "gone", "on_gone")
 
     def __init__(self) -> None:
         self.gone = False
         self.on_gone: Callable[[], object] | None = None
-        self.cycle: RequestResponseCycle | None = None  # set once uvicorn made it
+        # Weak: the cycle holds the scope, which holds this link; a strong reference would
+        # make every request a reference cycle, freed only by the garbage collector.
+        self._cycle: weakref.ref[RequestResponseCycle] | None = None
+
+    def attach(self, cycle: RequestResponseCycle) -> None:
+        """The request's cycle, once uvicorn made it."""
+        self._cycle = weakref.ref(cycle)
+
+    @property
+    def cycle(self) -> RequestResponseCycle | None:
+        return self._cycle() if self._cycle is not None else None
 
     def lost(self) -> None:
         self.gone = True

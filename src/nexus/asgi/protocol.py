@@ -87,7 +87,7 @@ class NexusProtocol(HttpToolsProtocol):
         scope["extensions"] = {"nexus.client": client}
         super().on_headers_complete()
         if self.cycle is not None and self.cycle.scope is scope:  # (not on a WebSocket upgrade)
-            client.cycle = self.cycle
+            client.attach(self.cycle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._head_timer is not None:
