@@ -117,6 +117,7 @@ class HealthChecker:
         """Probe once and apply the result to the registry."""
         adapter = self.adapters.get(backend.type) or self.adapters["generic"]
         started = time.perf_counter()
+        slots: int | None = None  # what the probe says of its capacity (llama.cpp's slots)
         try:
             if (missing := auth.missing_key(backend)) is not None:
                 raise ProbeError(missing)  # no request: it could only be refused
@@ -124,7 +125,7 @@ class HealthChecker:
             models = acceptable(backend, listing.models)
             if backend.expose:
                 models = [m for m in models if m.id in backend.expose]
-            backend.reported_slots = listing.slots
+            slots = listing.slots
             if backend.context_length:
                 # replace, never mutate: adapters may cache and share Model objects
                 models = [
@@ -147,7 +148,7 @@ class HealthChecker:
             observer(backend, elapsed, error is None)
         if self.registry.get_backend(backend.id) is not backend:
             return  # removed while probing
-        self.apply(backend, error, models if error is None else None, elapsed)
+        self.apply(backend, error, models if error is None else None, elapsed, slots)
 
     def traffic_succeeded(self, backend: Backend) -> None:
         """A request succeeded on a backend that was not healthy (panic routing): it counts
@@ -162,7 +163,12 @@ class HealthChecker:
             log.info("backend %s is %s (a request succeeded on it)", backend.name, after.value)
 
     def apply(
-        self, backend: Backend, error: str | None, models: list[Model] | None, elapsed: float
+        self,
+        backend: Backend,
+        error: str | None,
+        models: list[Model] | None,
+        elapsed: float,
+        slots: int | None = None,
     ) -> None:
         ok = error is None
         backend.last_health_check = time.time()
@@ -172,7 +178,7 @@ class HealthChecker:
             backend.probe_latency_ms = elapsed * 1000
             # A live-traffic penalty is not lifted by a good probe: a backend can answer its
             # probe and still hang on chat. It lapses after one probe interval.
-            self.registry.update_models(backend.id, models or [])
+            self.registry.update_models(backend.id, models or [], slots=slots)
         else:
             backend.consecutive_failures += 1
             backend.consecutive_successes = 0

@@ -239,8 +239,9 @@ class Registry:
         # Told of every removal, so per-backend state elsewhere (metric series, quality
         # profiles) goes with the backend instead of piling up.
         self.on_remove: list[Callable[[Backend], None]] = []
-        # Told when a backend may serve what it could not before (added, status or models
-        # changed): the queue looks again at who waits.
+        # Told when a backend may serve what it could not before (added; its status, its
+        # models or their capabilities, or its reported slots changed): the queue looks
+        # again at who waits. Not told of a probe that found everything as it was.
         self.on_change: list[Callable[[Backend], None]] = []
         # Bumped whenever which backends serve which model changes (what routing may keep).
         self.generation = 0
@@ -310,16 +311,24 @@ class Registry:
         if changed:
             self._changed(backend)
 
-    def update_models(self, backend_id: str, models: Iterable[Model]) -> None:
+    def update_models(
+        self, backend_id: str, models: Iterable[Model], *, slots: int | None = None
+    ) -> None:
+        """What a probe found: the backend's models and the slots it reported (None: it does
+        not say). Listeners are told only when either changed (a model, one of its
+        capabilities or context, or the capacity): most probes change nothing."""
         backend = self._backends[backend_id]
         new = {m.id: m for m in models}
+        changed = new != backend.models or slots != backend.reported_slots
+        backend.reported_slots = slots
         if new.keys() != backend.models.keys():
             self._unindex(backend)
             backend.models = new
             self._index(backend, new)
         else:
             backend.models = new
-        self._changed(backend)
+        if changed:
+            self._changed(backend)
 
     def _changed(self, backend: Backend) -> None:
         for listener in self.on_change:

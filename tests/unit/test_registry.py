@@ -78,3 +78,47 @@ def test_serialises_to_json() -> None:
         "json_mode",
         "embeddings",
     }
+
+
+def test_listeners_hear_of_a_change_only() -> None:
+    """``on_change`` wakes the queue (a dispatch over every waiter): a probe that finds the
+    backend as it was (equal, not the same, Model objects) tells nobody; a change of status,
+    models, a model's capabilities or context, or the reported slots does. ``generation``
+    moves only when which backends serve which model changes."""
+    reg = Registry()
+    heard: list[Backend] = []
+    reg.on_change.append(heard.append)
+    a = reg.add_backend(make("a"))
+    assert heard == [a]
+    reg.update_models(a.id, [Model("m", context_length=8192)])
+    assert len(heard) == 2
+    generation = reg.generation
+    for _ in range(3):
+        reg.update_models(a.id, [Model("m", context_length=8192)])
+        reg.update_status(a.id, BackendStatus.UNKNOWN)
+    assert len(heard) == 2 and reg.generation == generation
+    reg.update_models(a.id, [Model("m", context_length=8192)], slots=2)
+    assert len(heard) == 3
+
+    vision = Model("m", context_length=8192, supports_vision=True)
+    shorter = Model("m", context_length=4096, supports_vision=True)
+    # (models, slots, whether listeners hear of it, whether the index changes)
+    steps: list[tuple[list[Model], int | None, bool, bool]] = [
+        ([vision], 2, True, False),  # a capability
+        ([shorter], 2, True, False),  # the context
+        ([shorter], 4, True, False),  # the slots
+        ([shorter], None, True, False),  # it no longer says
+        ([shorter, Model("n")], None, True, True),  # a model more
+        ([Model("n"), shorter], None, False, False),  # the same, listed in another order
+        ([], None, True, True),
+    ]
+    for models, slots, told, reindexed in steps:
+        heard.clear()
+        generation = reg.generation
+        reg.update_models(a.id, models, slots=slots)
+        assert heard == ([a] if told else []), models
+        assert (reg.generation != generation) is reindexed, models
+        assert a.reported_slots == slots and set(a.models) == {m.id for m in models}
+        reg.update_models(a.id, models, slots=slots)  # the next probe: nothing new
+        assert heard == ([a] if told else []), models
+    assert not reg.has_model("n") and not reg.has_model("m")
