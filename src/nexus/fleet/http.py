@@ -5,13 +5,15 @@ and a pull streams progress for as long as the download takes, so each call name
 time limit and a stream is read line by line, where ``ProbeClient`` has one short probe
 timeout. Like probes they send the backend's key exactly as traffic does, follow no redirect
 and bound what they read. Every failure becomes ``OperationFailed`` with a reason a person
-can act on; a backend's error text is quoted short and printable.
+can act on, ``<backend>: <request>: <why>`` (``failures``); a backend's own error text is
+quoted short and printable (``error_message``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -35,21 +37,13 @@ class BackendHTTP:
     ) -> Any:
         """``METHOD path`` with a JSON body; the parsed answer (None for an empty one)."""
         what = f"{method} {path}"
-        try:
+        with failures(backend, what, f"no answer within {seconds:g} s"):
             async with asyncio.timeout(seconds):
                 answer = await self._send(backend, method, path, body, seconds)
                 try:
                     raw = await answer.read(seconds, MAX_ANSWER)
                 finally:
                     answer.release()
-        except ConnectTimeout as exc:
-            raise OperationFailed(f"{backend.name}: {describe(exc)}") from None
-        except TimeoutError:
-            raise OperationFailed(
-                f"{backend.name} did not answer {what} within {seconds:g} s"
-            ) from None
-        except (UpstreamError, OSError) as exc:
-            raise OperationFailed(f"{backend.name}: {what}: {describe(exc)}") from None
         if answer.status >= 300:
             raise failure(backend, what, answer.status, raw)
         try:
@@ -63,19 +57,11 @@ class BackendHTTP:
         """The JSON objects of an NDJSON answer as they arrive; ``OperationFailed`` when
         nothing arrives for ``stall`` seconds (there is no cap on the whole stream)."""
         what = f"{method} {path}"
-        try:
+        with failures(backend, what, f"no answer within {stall:g} s"):
             answer = await self._send(backend, method, path, body, stall)
-        except ConnectTimeout as exc:
-            raise OperationFailed(f"{backend.name}: {describe(exc)}") from None
-        except TimeoutError:
-            raise OperationFailed(
-                f"{backend.name} did not answer {what} within {stall:g} s"
-            ) from None
-        except (UpstreamError, OSError) as exc:
-            raise OperationFailed(f"{backend.name}: {what}: {describe(exc)}") from None
         try:
             if answer.status >= 300:
-                raw = await self._body(backend, what, answer, stall)
+                raw = await _error_body(backend, what, answer, stall)
                 raise failure(backend, what, answer.status, raw)
             async for line in _split(backend, what, answer, stall):
                 try:
@@ -98,25 +84,35 @@ class BackendHTTP:
             backend.url, method, path, data, headers, tls=backend.tls, read_timeout=seconds
         )
 
-    @staticmethod
-    async def _body(backend: Backend, what: str, answer: Answer, seconds: float) -> bytes:
+
+@contextmanager
+def failures(backend: Backend, what: str, silence: str) -> Iterator[None]:
+    """A failed exchange (``what``: "POST /api/pull") as ``OperationFailed``:
+    ``<backend>: <what>: <why>``, ``silence`` being the why of a time limit that ran out
+    waiting for the backend (a connection that could not be made says so itself)."""
+    try:
+        yield
+    except (UpstreamError, OSError) as exc:  # TimeoutError, ConnectTimeout too, is an OSError
+        waited = isinstance(exc, TimeoutError) and not isinstance(exc, ConnectTimeout)
+        reason = silence if waited else describe(exc)
+        raise OperationFailed(f"{backend.name}: {what}: {reason}") from None
+
+
+async def _error_body(backend: Backend, what: str, answer: Answer, seconds: float) -> bytes:
+    """As much of an error answer's body as comes within ``seconds`` (the status alone is
+    reason enough when the rest never comes)."""
+    with failures(backend, what, ""):  # a time limit running out is caught below
         try:
             return await answer.read(seconds, MAX_ANSWER, truncate=True)
         except TimeoutError:
             return b""
-        except (UpstreamError, OSError) as exc:
-            raise OperationFailed(f"{backend.name}: {what}: {describe(exc)}") from None
 
 
 async def _split(backend: Backend, what: str, answer: Answer, stall: float) -> AsyncIterator[bytes]:
     pending = b""
     while True:
-        try:
+        with failures(backend, what, f"sent nothing for {stall:g} s"):
             chunk = await answer.read_chunk(stall)
-        except TimeoutError:
-            raise OperationFailed(f"{backend.name}: {what} sent nothing for {stall:g} s") from None
-        except (UpstreamError, OSError) as exc:
-            raise OperationFailed(f"{backend.name}: {what}: {describe(exc)}") from None
         if not chunk:
             if pending.strip():
                 yield pending
@@ -136,18 +132,18 @@ def failure(backend: Backend, what: str, status: int, raw: bytes) -> OperationFa
         return OperationFailed(
             f"{backend.name}: {what} answered HTTP {status} (redirects are not followed)", status
         )
-    message = error_message(raw)
+    try:
+        message = error_message(orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        message = ""
     suffix = f": {message}" if message else ""
     return OperationFailed(f"{backend.name}: {what} answered HTTP {status}{suffix}", status)
 
 
-def error_message(raw: bytes) -> str:
-    """``{"error": "..."}`` (Ollama), ``{"error": {"message": ...}}`` (llama.cpp, OpenAI
-    style) or ``{"detail": ...}`` (FastAPI), made short and printable; "" when none."""
-    try:
-        payload = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return ""
+def error_message(payload: Any) -> str:
+    """The error a backend sent in an answer or in a line of a stream, short and printable;
+    "" when there is none. ``{"error": "..."}`` (Ollama), ``{"error": {"message": ...}}``
+    (llama.cpp, OpenAI style) or ``{"detail": ...}`` (FastAPI)."""
     if not isinstance(payload, dict):
         return ""
     error = payload.get("error", payload.get("detail"))
@@ -157,4 +153,5 @@ def error_message(raw: bytes) -> str:
 
 
 def printable(text: str) -> str:
+    """At most MAX_QUOTED characters of a backend's text, control characters blanked."""
     return "".join(c if c.isprintable() else " " for c in text[:MAX_QUOTED]).strip()

@@ -17,7 +17,7 @@ from typing import Any
 
 from nexus.config import FleetConfig
 from nexus.fleet.errors import OperationFailed
-from nexus.fleet.http import BackendHTTP, printable
+from nexus.fleet.http import BackendHTTP, error_message, printable
 from nexus.fleet.lifecycle import STATUS_SECONDS, Report, Residency, until
 from nexus.registry import Backend
 
@@ -78,8 +78,7 @@ class OllamaLifecycle:
             async for line in lines:
                 if not isinstance(line, dict):
                     continue
-                if isinstance(line.get("error"), str):
-                    reason = printable(line["error"])
+                if reason := error_message(line):
                     raise OperationFailed(f"{backend.name}: pulling {model} failed: {reason}")
                 last = printable(str(line.get("status") or ""))
                 report(last, _bytes(line.get("completed")), _bytes(line.get("total")))
