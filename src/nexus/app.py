@@ -18,7 +18,7 @@ import logging
 from nexus import logs, tokens
 from nexus.api import admin, fleet, foreign, proxied, status, tenants
 from nexus.api.gate import Gate
-from nexus.asgi import ASGIApp, Receive, Scope, Send
+from nexus.asgi import Receive, Scope, Send
 from nexus.asgi.guards import Sites
 from nexus.asgi.io import respond_error
 from nexus.asgi.routes import Router
@@ -30,7 +30,7 @@ from nexus.errors import NexusError
 from nexus.fleet.service import Fleet
 from nexus.health import HealthChecker
 from nexus.metrics import Metrics
-from nexus.pipeline import Pipeline
+from nexus.pipeline import Endpoint, Pipeline
 from nexus.pipeline.forward import Forwarder
 from nexus.pipeline.plan import Planner
 from nexus.pipeline.wait import Queue
@@ -96,7 +96,7 @@ class App:
         self.state = state
         self.pipeline = pipeline
         self.dashboard = dashboard
-        self.hot: dict[str, ASGIApp] = proxied.hot_routes(pipeline)
+        self.hot: dict[str, Endpoint] = proxied.hot_routes()
         self.router = Router(unmatched=state.metrics.unknown_endpoint)
         proxied.add_routes(self.router)  # so that GET on a hot path is a 405, not a 404
         status.add_routes(self.router, state)
@@ -114,7 +114,7 @@ class App:
         if kind == "http":
             hot = self.hot.get(scope["path"])
             if hot is not None and scope["method"] == "POST":
-                await hot(scope, receive, send)  # (the pipeline checks the key itself)
+                await self.pipeline.handle(hot, scope, receive, send)  # (it checks the key)
             elif self.gate is None or await self._pass(scope, send):
                 await self.router(scope, receive, send)
         elif kind == "websocket":

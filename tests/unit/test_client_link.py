@@ -154,3 +154,26 @@ def test_a_request_makes_no_reference_cycle() -> None:
         assert gone() is None
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+async def test_every_byte_in_a_value_is_refused_exactly_when_uvicorns_send_refuses_it(
+    keep_alive: bool,
+) -> None:
+    for byte in range(256):
+        headers = [*HEADERS, (b"x-probe", b"a" + bytes([byte]) + b"b")]
+        theirs, _, _ = make_cycle(keep_alive=keep_alive)
+        try:
+            await through_asgi(theirs, 200, headers, b'{"ok":true}')
+            refused = False
+        except RuntimeError:
+            refused = True
+        ours, out, _ = make_cycle(keep_alive=keep_alive)
+        client = ClientLink()
+        client.attach(ours)
+        if refused:
+            with pytest.raises(RuntimeError):
+                client.answer(200, headers, b'{"ok":true}')
+            assert out.writes == []
+        else:
+            assert client.answer(200, headers, b'{"ok":true}') and len(out.writes) == 1

@@ -1,13 +1,12 @@
-"""The proxied (hot) endpoints: bare ASGI callables, reached by one dict lookup on the path,
-each a run of the request pipeline. Foreign APIs (Anthropic's Messages, Ollama's native API)
+"""The proxied (hot) endpoints: reached by one dict lookup on the path, each a run of the
+request pipeline. Foreign APIs (Anthropic's Messages, Ollama's native API)
 are the same pipeline with an inbound dialect: their requests become OpenAI's, and answers
 go back in the client's shape (or untouched, from a backend speaking that API itself)."""
 
 from __future__ import annotations
 
-from nexus.asgi import ASGIApp, Receive, Scope, Send
 from nexus.asgi.routes import Request, Response, Router
-from nexus.pipeline import Endpoint, Pipeline
+from nexus.pipeline import Endpoint
 from nexus.pipeline.inbound import AnthropicMessages, OllamaEmbedding, OllamaGeneration
 from nexus.routing.requirements import inspect_chat, inspect_completions, inspect_embeddings
 
@@ -33,14 +32,9 @@ ENDPOINTS = (
 )
 
 
-def hot_routes(pipeline: Pipeline) -> dict[str, ASGIApp]:
-    def bind(endpoint: Endpoint) -> ASGIApp:
-        async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            await pipeline.handle(endpoint, scope, receive, send)
-
-        return app
-
-    return {endpoint.client_path: bind(endpoint) for endpoint in ENDPOINTS}
+def hot_routes() -> dict[str, Endpoint]:
+    """The path a client calls -> its endpoint (the app hands it to the pipeline)."""
+    return {endpoint.client_path: endpoint for endpoint in ENDPOINTS}
 
 
 def add_routes(router: Router) -> None:
