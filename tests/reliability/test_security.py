@@ -10,7 +10,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from nexus.app import App
 from nexus.errors import Forbidden
+from nexus.tenants.service import presented_key
 from tests.fakes import Behavior, FakeModel, FakeVLLM
 from tests.helpers import backend_entry, running_nexus
 
@@ -207,3 +209,84 @@ async def test_backend_cookies_are_not_replayed_to_other_clients(tmp_path: Path)
         assert seen == [None, None]
     finally:
         await runner.cleanup()
+
+
+# -- the admin token: one reading of it everywhere ----------------------------------------------
+
+LAN_PEER = ("192.168.1.20", 52000)
+
+
+def auth_on(tmp_path: Path) -> dict[str, Any]:
+    """[auth] on: the dashboard and /v1/stats then answer loopback and the token only."""
+    return {"auth": {"enabled": True}, "storage": {"path": str(tmp_path / "nexus.db")}}
+
+
+async def from_lan(
+    app: App, path: str, headers: list[tuple[bytes, bytes]], query: bytes = b""
+) -> tuple[int, dict[bytes, bytes]]:
+    """A GET from a LAN peer, handed to the app `nexus serve` builds (tests only ever
+    connect over loopback, which the dashboard trusts)."""
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "query_string": query,
+        "headers": [(b"host", b"127.0.0.1:8000"), *headers],
+        "client": LAN_PEER,
+        "scheme": "http",
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent[0]["status"], dict(sent[0].get("headers", []))
+
+
+ADMIN_TOKEN = "tok-0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    ("authorization", "accepted"),
+    [
+        (f"Bearer {ADMIN_TOKEN}", True),
+        (f"bearer {ADMIN_TOKEN}", True),
+        (f"BEARER    {ADMIN_TOKEN}  ", True),
+        (ADMIN_TOKEN, False),  # no scheme
+        (f"Basic {ADMIN_TOKEN}", False),
+        (f"Bearer\t{ADMIN_TOKEN}", False),
+        (f"Bearer {ADMIN_TOKEN}x", False),
+        ("Bearer ", False),
+        ("Bearer", False),
+    ],
+)
+async def test_a_bearer_token_reads_the_same_everywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, authorization: str, accepted: bool
+) -> None:
+    """The admin API, the dashboard's gate and tenants' keys read ``Authorization`` alike."""
+    monkeypatch.setenv("NEXUS_ADMIN_TOKEN", ADMIN_TOKEN)
+    headers = [(b"authorization", authorization.encode())]
+    async with running_nexus(tmp_path, [], **auth_on(tmp_path)) as nexus:
+        for path in ("/admin/backends", "/v1/stats"):
+            status, _ = await from_lan(nexus.server.app, path, headers)
+            assert status == (200 if accepted else 403), path
+    key = presented_key({"type": "http", "headers": headers})
+    assert (key == ADMIN_TOKEN) is accepted
+
+
+async def test_an_admin_body_must_be_a_json_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NEXUS_ADMIN_TOKEN", raising=False)
+    async with running_nexus(tmp_path, []) as nexus:
+        for body in (b"[]", b"5", b'"http://127.0.0.1:1"', b"null", b"{", b""):
+            status, answer, _ = await nexus.post(
+                "/admin/backends", data=body, headers={"Content-Type": "application/json"}
+            )
+            assert status == 400, body
+            assert answer["error"]["message"] == "body must be a JSON object", body
+        assert len(nexus.state.registry) == 0

@@ -19,6 +19,7 @@ import os
 import re
 from typing import Any
 
+from nexus.api.credentials import bearer_token
 from nexus.asgi.guards import Sites, check_admin_body
 from nexus.asgi.routes import Request, Response, Router
 from nexus.backends import detect_type
@@ -42,7 +43,7 @@ def authorize(request: Request, sites: Sites) -> None:
     """Raises Forbidden unless the caller may use admin endpoints (see the module text)."""
     token = os.environ.get(ADMIN_TOKEN_ENV)
     if token:
-        sent = (request.header("Authorization") or "").removeprefix("Bearer ").strip()
+        sent = bearer_token(request.header("Authorization")) or ""
         if not hmac.compare_digest(sent.encode(), token.encode()):
             raise Forbidden("admin API: missing or wrong bearer token")
         return
@@ -51,6 +52,14 @@ def authorize(request: Request, sites: Sites) -> None:
             f"admin API is only open to loopback clients unless ${ADMIN_TOKEN_ENV} is set"
         )
     sites.check(request.scope)
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """An admin request's body, which must be a JSON object (400 otherwise)."""
+    body = await request.json()
+    if not isinstance(body, dict):
+        raise InvalidRequest("body must be a JSON object")
+    return body
 
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -74,9 +83,7 @@ class Admin:
     async def add_backend(self, request: Request) -> Response:
         authorize(request, self.sites)
         check_admin_body(request.scope)
-        body = await request.json()
-        if not isinstance(body, dict):
-            raise InvalidRequest("body must be a JSON object")
+        body = await json_object(request)
         url, name, priority = _fields(body)
         keys = {name, url}
         if keys & self._adding:

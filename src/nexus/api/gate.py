@@ -18,6 +18,7 @@ import os
 from urllib.parse import parse_qs
 
 from nexus.api.admin import ADMIN_TOKEN_ENV, is_loopback
+from nexus.api.credentials import bearer_token
 from nexus.api.status import TENANT
 from nexus.asgi import Scope
 from nexus.asgi.io import header
@@ -65,9 +66,8 @@ class Gate:
 
 def presented_admin_token(scope: Scope) -> str:
     """The admin token a request carries: as a bearer token, or the dashboard's cookie."""
-    authorization = header(scope, b"authorization") or ""
-    if authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
+    if (token := bearer_token(header(scope, b"authorization"))) is not None:
+        return token
     for part in (header(scope, b"cookie") or "").split(";"):
         name, _, value = part.strip().partition("=")
         if name == COOKIE:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from nexus.api.credentials import bearer_token
 from nexus.asgi import Scope
 from nexus.budget import cycle_bounds, utc_now
 from nexus.config import AuthConfig
@@ -415,9 +416,8 @@ def presented_key(scope: Scope) -> str | None:
     """The key a request carries: ``Authorization: Bearer <key>`` or ``x-api-key``."""
     for name, raw in scope["headers"]:
         if name == b"authorization":
-            scheme, _, key = bytes(raw).decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and key.strip():
-                return key.strip()
+            if (key := bearer_token(bytes(raw).decode("latin-1"))) is not None:
+                return key
         elif name == b"x-api-key" and raw.strip():
             return bytes(raw).decode("latin-1").strip()
     return None
