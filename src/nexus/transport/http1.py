@@ -280,6 +280,11 @@ class Response:
         """The whole body, decoded. Past ``limit`` bytes (default: the pool's): the first
         ``limit`` bytes when ``truncate``, else ``TooLarge``."""
         limit = self.limit if limit is None else limit
+        conn = self.conn
+        if conn.complete and self._decoder is None and not self.done and len(conn.buf) <= limit:
+            # The usual case: the whole (uncompressed) body came with the head.
+            self.done = True
+            return conn.take()
         parts: list[bytes] = []
         size = 0
         while piece := await self.read_chunk(seconds):
