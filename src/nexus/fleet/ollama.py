@@ -88,15 +88,17 @@ class OllamaLifecycle:
     async def residency(self, http: BackendHTTP, backend: Backend) -> Residency:
         ps = await http.call(backend, "GET", "/api/ps", seconds=STATUS_SECONDS)
         tags = await http.call(backend, "GET", "/api/tags", seconds=STATUS_SECONDS)
-        return Residency(loaded=dict(_sizes(ps)), sizes=dict(_sizes(tags)))
+        sizes = {name: size for name, size in _entries(tags) if size is not None}
+        return Residency(loaded=dict(_entries(ps)), sizes=sizes)
 
     async def _loaded(self, http: BackendHTTP, backend: Backend) -> set[str]:
         ps = await http.call(backend, "GET", "/api/ps", seconds=STATUS_SECONDS)
-        return {full_name(name) for name, _ in _sizes(ps)}
+        return {full_name(name) for name, _ in _entries(ps)}
 
 
-def _sizes(payload: Any) -> list[tuple[str, int]]:
-    """(name, size in bytes) of each entry of an /api/ps or /api/tags answer."""
+def _entries(payload: Any) -> list[tuple[str, int | None]]:
+    """(name, size in bytes) of each entry of an /api/ps or /api/tags answer; the size is
+    None when the entry tells none (a loaded model is loaded all the same)."""
     entries = payload.get("models") if isinstance(payload, dict) else None
     if not isinstance(entries, list):
         raise OperationFailed("Ollama answered without a models list")
@@ -105,9 +107,8 @@ def _sizes(payload: Any) -> list[tuple[str, int]]:
         if not isinstance(entry, dict):
             continue
         name = entry.get("name") or entry.get("model")
-        size = _bytes(entry.get("size"))
-        if isinstance(name, str) and name and size is not None:
-            found.append((name, size))
+        if isinstance(name, str) and name:
+            found.append((name, _bytes(entry.get("size"))))
     return found
 
 
