@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from nexus.app import App
 from nexus.errors import Forbidden
@@ -211,7 +213,7 @@ async def test_backend_cookies_are_not_replayed_to_other_clients(tmp_path: Path)
         await runner.cleanup()
 
 
-# -- the admin token: one reading of it everywhere ----------------------------------------------
+# -- the admin token: one reading of it everywhere, and any token works --------------------------
 
 LAN_PEER = ("192.168.1.20", 52000)
 
@@ -245,6 +247,60 @@ async def from_lan(
 
     await app(scope, receive, send)
     return sent[0]["status"], dict(sent[0].get("headers", []))
+
+
+ODD_TOKEN = 'sésame-🔑 "ouvre;toi", %41+\\'  # beyond latin-1, and what a cookie cannot hold
+
+
+async def test_any_admin_token_logs_the_dashboard_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEXUS_ADMIN_TOKEN", ODD_TOKEN)
+    async with running_nexus(tmp_path, [], **auth_on(tmp_path)) as nexus:
+        # A browser sends what is typed in the URL bar percent-encoded, as UTF-8.
+        login = URL(nexus.url + "/?token=" + quote(ODD_TOKEN, safe=""), encoded=True)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(login, allow_redirects=False) as resp,
+        ):
+            assert resp.status == 303 and resp.headers["location"] == "/"
+            set_cookie = resp.headers["set-cookie"]
+        pair, *attributes = [p.strip() for p in set_cookie.split(";")]
+        assert {"HttpOnly", "SameSite=Strict", "Path=/"} <= set(attributes)
+        assert pair.startswith("nexus_admin=") and pair.isascii()
+        assert not {" ", '"', ",", ";", "\\"} & set(pair)  # what a cookie may hold
+        cookie = [(b"cookie", b"theme=dark; " + pair.encode())]
+        app = nexus.server.app
+        for path in ("/", "/dashboard.json", "/v1/stats"):
+            assert (await from_lan(app, path, cookie))[0] == 200, path
+            assert (await from_lan(app, path, []))[0] == 403, path
+            wrong = [(b"cookie", pair.encode()[:-1])]
+            assert (await from_lan(app, path, wrong))[0] == 403, path
+        # Its characters beyond ASCII sent as raw UTF-8 bytes (as curl sends what it is
+        # given): the same token, in the query and in a header.
+        word = "sésame-🔑"
+        query = b"token=" + word.encode() + quote(ODD_TOKEN.removeprefix(word), safe="").encode()
+        status, headers = await from_lan(app, "/", [], query=query)
+        assert status == 303 and headers[b"set-cookie"].startswith(pair.encode() + b";")
+        bearer = [(b"authorization", b"Bearer " + ODD_TOKEN.encode())]
+        assert (await from_lan(app, "/v1/stats", bearer))[0] == 200
+        assert (await from_lan(app, "/admin/backends", bearer))[0] == 200
+        assert (await from_lan(app, "/admin/backends", cookie))[0] == 403  # (bearer only)
+        assert (await from_lan(app, "/", [], query=b"token=wrong"))[0] == 403
+
+
+async def test_a_latin1_token_still_works_as_python_sends_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # http.client (urllib, so `nexus backends --url`) sends a header's text as latin-1.
+    monkeypatch.setenv("NEXUS_ADMIN_TOKEN", "sésame")
+    async with running_nexus(tmp_path, [], **auth_on(tmp_path)) as nexus:
+        for sent in ("sésame".encode("latin-1"), "sésame".encode()):
+            bearer = [(b"authorization", b"Bearer " + sent)]
+            for path in ("/v1/stats", "/admin/backends"):
+                assert (await from_lan(nexus.server.app, path, bearer))[0] == 200, (sent, path)
+        wrong = [(b"authorization", b"Bearer sesame")]
+        assert (await from_lan(nexus.server.app, "/admin/backends", wrong))[0] == 403
 
 
 ADMIN_TOKEN = "tok-0123456789abcdef"

@@ -13,13 +13,12 @@ visited on this host cannot use the trust loopback gets.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import os
 import re
 from typing import Any
 
-from nexus.api.credentials import bearer_token
+from nexus.api.credentials import bearer_token, presents
 from nexus.asgi.guards import Sites, check_admin_body
 from nexus.asgi.routes import Request, Response, Router
 from nexus.backends import detect_type
@@ -43,8 +42,8 @@ def authorize(request: Request, sites: Sites) -> None:
     """Raises Forbidden unless the caller may use admin endpoints (see the module text)."""
     token = os.environ.get(ADMIN_TOKEN_ENV)
     if token:
-        sent = bearer_token(request.header("Authorization")) or ""
-        if not hmac.compare_digest(sent.encode(), token.encode()):
+        sent = bearer_token(request.header("Authorization"))
+        if sent is None or not presents(sent, token):
             raise Forbidden("admin API: missing or wrong bearer token")
         return
     if not is_loopback(request.client):
