@@ -6,13 +6,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from nexus.config import FleetConfig
+from nexus.fleet.errors import Conflict
 from nexus.fleet.operations import Operation
 from nexus.fleet.service import Fleet
 from nexus.registry import Backend, BackendStatus, Model, Registry
 from nexus.transport import Pool
 from tests.fakes import FakeModel, FakeOllama
-from tests.fakes.ollama import Resident
+from tests.fakes.ollama import GiB, Resident
 from tests.helpers import wait_until
 
 
@@ -68,5 +71,27 @@ async def test_a_loaded_model_without_a_size_still_counts_as_loaded() -> None:
             op = await finished(await fleet.unload("box", "llama3:8b"))
             assert op.state == "succeeded", op.reason
             assert box.loaded() == []
+        finally:
+            pool.close()
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [("mistral", "mistral:latest"), ("mistral:latest", "mistral")]
+)
+async def test_a_name_without_a_tag_and_the_same_with_latest_are_one_model(
+    first: str, second: str
+) -> None:
+    async with FakeOllama([FakeModel("phi3:mini")], pullable={"mistral:latest": GiB}) as box:
+        box.pull_seconds = 0.5
+        fleet, pool = fleet_for(box.url, ["phi3:mini"])
+        try:
+            op = await fleet.load("box", first, pull=True)
+            assert op.model == "mistral:latest"
+            with pytest.raises(Conflict, match=op.id):
+                await fleet.load("box", second, pull=True)
+            assert (await finished(op)).state == "succeeded", op.reason
+            assert box.loaded() == ["mistral:latest"]
+            pulls = [r.json for r in box.requests if r.path == "/api/pull"]
+            assert pulls == [{"model": "mistral:latest", "stream": True}]  # one pull only
         finally:
             pool.close()

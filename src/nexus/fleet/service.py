@@ -151,7 +151,8 @@ class Fleet:
         if listed is None and not pull:
             hint = "" if adapter.pull_unsupported else " (add --pull to download it first)"
             raise NotFound(f"backend {backend.name} does not list model {model!r}{hint}")
-        op = Operation("load", listed or model, backend.name, self.clock(), pull=pull)
+        model = listed or _key(backend, model)
+        op = Operation("load", model, backend.name, self.clock(), pull=pull)
         return self.ops.start(op, self.runner.load)
 
     async def unload(self, backend_ref: str, model: str) -> Operation:
@@ -201,10 +202,9 @@ class Fleet:
 
     def _listed(self, backend: Backend, model: str) -> str | None:
         """The id ``backend`` lists ``model`` under ("llama3" is Ollama's "llama3:latest")."""
-        if model in backend.models:
-            return model
-        if backend.type == "ollama" and full_name(model) in backend.models:
-            return full_name(model)
+        for name in (model, _key(backend, model)):
+            if name in backend.models:
+                return name
         return None
 
     def _require(self, backend: Backend, model: str) -> str:
@@ -246,9 +246,11 @@ class Fleet:
             raise NotFound(f"no current recommendation {rec_id[:100]!r} (it may have expired)")
         if rec.operation:
             raise Conflict(f"recommendation {rec.id} was applied already by {rec.operation}")
-        await self._adapter(self._backend(rec.backend))
+        backend = self._backend(rec.backend)
+        await self._adapter(backend)
+        model, evict = _key(backend, rec.model), tuple(_key(backend, m) for m in rec.evict)
         op = Operation(
-            "load", rec.model, rec.backend, self.clock(), evict=rec.evict, recommendation=rec.id
+            "load", model, backend.name, self.clock(), evict=evict, recommendation=rec.id
         )
         self.ops.start(op, self.runner.load)
         rec.operation = op.id
@@ -364,6 +366,12 @@ class Fleet:
         recs.update({r.id: r for r in current.values() if r.operation})
         self.recs = recs
         return fresh
+
+
+def _key(backend: Backend, model: str) -> str:
+    """The name operations know ``model`` by on ``backend``: one spelling per model, so
+    that Ollama's "llama3" and "llama3:latest" are one model to the operations' conflicts."""
+    return full_name(model) if backend.type == "ollama" else model
 
 
 def _view(cap: Capacity, headroom_percent: float) -> dict[str, Any]:
