@@ -217,6 +217,55 @@ async def test_pull_of_an_unknown_model_fails_with_ollamas_reason(tmp_path: Path
             assert box.loaded() == []
 
 
+async def test_pulls_at_once_are_bounded_per_backend_and_in_all(tmp_path: Path) -> None:
+    pullable = {"mistral:7b": 4 * GiB, "llava:7b": 5 * GiB}
+    async with (
+        FakeOllama(OLLAMA_MODELS, model_sizes=SIZES, pullable=pullable) as box_a,
+        FakeOllama(OLLAMA_MODELS, model_sizes=SIZES, pullable=pullable, load_seconds=30) as box_b,
+        FakeOllama(OLLAMA_MODELS, model_sizes=SIZES, pullable=pullable) as box_c,
+    ):
+        box_a.pull_seconds = 60  # runs until the test ends
+        backends = [
+            backend_entry(box_a, "box-a", "ollama"),
+            backend_entry(box_b, "box-b", "ollama"),
+            backend_entry(box_c, "box-c", "ollama"),
+        ]
+        async with running_fleet(tmp_path, backends) as (nexus, fleet):
+            fleet.max_pulls_per_backend, fleet.max_pulls = 1, 2
+
+            async def pull(model: str, backend: str) -> tuple[int, Any]:
+                body = {"model": model, "backend": backend, "pull": True}
+                status, answer, _ = await nexus.post("/admin/models/load", body)
+                return status, answer
+
+            status, first = await pull("mistral:7b", "box-a")
+            assert status == 202, first
+            first_id = first["operation"]["id"]
+            status, busy = await pull("llava:7b", "box-a")
+            assert status == 409, busy
+            assert busy["error"]["code"] == "conflict" and first_id in busy["error"]["message"]
+            assert busy["error"]["context"] == {"pulling": [first_id], "limit": 1}
+            # A pull that ends frees its place: here one that fails...
+            status, ghost = await pull("nope:1b", "box-b")
+            assert status == 202, ghost
+            assert (await finished(nexus, ghost["operation"]["id"]))["state"] == "failed"
+            # ...and one that ended while its operation goes on loading the model.
+            status, loading = await pull("mistral:7b", "box-b")
+            assert status == 202, loading
+            await wait_until(lambda: box_b.loading() == ["mistral:7b"], what="loading on b")
+            box_b.pull_seconds = 60
+            status, second = await pull("llava:7b", "box-b")
+            assert status == 202, second
+            # Two pulls run: a third, on a backend that pulls nothing, waits for one to end.
+            status, over = await pull("mistral:7b", "box-c")
+            assert status == 409, over
+            second_id = second["operation"]["id"]
+            assert over["error"]["context"] == {"pulling": [first_id, second_id], "limit": 2}
+            assert "in all" in over["error"]["message"]
+            assert [r.path for r in box_c.requests if r.path == "/api/pull"] == []
+            box_b.finish_loading()
+
+
 async def test_a_model_that_does_not_fit_fails_with_the_reason(tmp_path: Path) -> None:
     async with FakeOllama(OLLAMA_MODELS, model_sizes=SIZES, vram_bytes=8 * GiB) as box:
         async with running_fleet(tmp_path, [backend_entry(box, "box", "ollama")]) as (nexus, _):

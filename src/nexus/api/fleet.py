@@ -7,9 +7,10 @@
 * ``GET  /admin/fleet/recommendations``, ``POST /admin/fleet/apply/{id}``
 
 An action answers 202 with ``{"operation": {...}}`` at once (its ``id`` to follow it), or
-at once with 404 (unknown backend or model), 409 (busy model, or another operation on it),
-501 (the backend's type cannot) or 502 (the backend did not answer the check). Protected
-exactly like the rest of the admin API (``nexus.api.admin.authorize``, JSON bodies only).
+at once with 404 (unknown backend or model), 409 (busy model, another operation on it, or
+as many pulls running as may), 501 (the backend's type cannot) or 502 (the backend did not
+answer the check). Protected exactly like the rest of the admin API
+(``nexus.api.admin.authorize``, JSON bodies only).
 """
 
 from __future__ import annotations

@@ -38,6 +38,9 @@ class Operation:
     created_at: float
     source: str = ""  # a migration's origin
     pull: bool = False
+    # Set while a pull is to run or runs (its model was not listed when it was asked for):
+    # what the bounds on pulls at once count.
+    pulling: bool = False
     evict: tuple[str, ...] = ()  # unloaded first, to make room (an applied recommendation)
     recommendation: str = ""  # the id of the recommendation it applies, if any
     id: str = field(default_factory=lambda: "op-" + secrets.token_hex(4))

@@ -48,6 +48,10 @@ log = logging.getLogger("nexus.fleet")
 
 # The first analysis waits for the first probes to fill the registry, not a whole interval.
 FIRST_ANALYSIS_SECONDS = 60.0
+# Pulls at once: a download shares the backend's bandwidth and disk with the others, and
+# each holds a connection and a task in Nexus. One more is a 409 naming those that run.
+MAX_PULLS_PER_BACKEND = 2
+MAX_PULLS = 8
 
 
 class Fleet:
@@ -75,6 +79,8 @@ class Fleet:
         }
         self.demand = Demand(config.history_days)
         self.ops = Operations(config.max_operations, clock)
+        self.max_pulls_per_backend = MAX_PULLS_PER_BACKEND
+        self.max_pulls = MAX_PULLS
         self.runner = Runner(
             config, registry, self.http, self.adapters, self.hot, changed or (lambda _: None)
         )
@@ -151,8 +157,11 @@ class Fleet:
         if listed is None and not pull:
             hint = "" if adapter.pull_unsupported else " (add --pull to download it first)"
             raise NotFound(f"backend {backend.name} does not list model {model!r}{hint}")
+        pulling = listed is None  # pull is set (else NotFound above)
+        if pulling:
+            self._check_pulls(backend)
         model = listed or _key(backend, model)
-        op = Operation("load", model, backend.name, self.clock(), pull=pull)
+        op = Operation("load", model, backend.name, self.clock(), pull=pull, pulling=pulling)
         return self.ops.start(op, self.runner.load)
 
     async def unload(self, backend_ref: str, model: str) -> Operation:
@@ -212,6 +221,25 @@ class Fleet:
         if listed is None:
             raise NotFound(f"backend {backend.name} does not list model {model!r}")
         return listed
+
+    def _check_pulls(self, backend: Backend) -> None:
+        """Conflict when as many pulls as may run at once already run (or are about to),
+        on this backend or in all."""
+        pulling = [op for op in self.ops if op.pulling and not op.done][::-1]  # oldest first
+        here = [op.id for op in pulling if op.backend == backend.name]
+        if len(here) >= self.max_pulls_per_backend:
+            raise Conflict(
+                f"{backend.name} is already pulling ({', '.join(here)}), as many models as a "
+                f"backend pulls at once ({self.max_pulls_per_backend}): try again when one ends",
+                context={"pulling": here, "limit": self.max_pulls_per_backend},
+            )
+        if len(pulling) >= self.max_pulls:
+            ids = [op.id for op in pulling]
+            raise Conflict(
+                f"{len(ids)} pulls already run ({', '.join(ids)}), as many as run at once in "
+                f"all ({self.max_pulls}): try again when one ends",
+                context={"pulling": ids, "limit": self.max_pulls},
+            )
 
     @staticmethod
     def _refuse_busy(backend: Backend, model: str) -> None:

@@ -1,8 +1,9 @@
 """What each operation does, step by step, with each step's own time limit.
 
 * load: pull first when asked and the backend lacks the model (bounded by stalls, not by
-  length); unload the idle models a recommendation makes room with (each checked cold
-  again first); load; the adapter returns once the server shows it loaded.
+  length; the operation counts among the pulls at once until its pull ends); unload the
+  idle models a recommendation makes room with (each checked cold again first); load; the
+  adapter returns once the server shows it loaded.
 * unload: refused if requests arrived since the API accepted it; then unload.
 * migrate: load on the destination, wait until Nexus routes the model there (healthy, and
   listing it), wait for the origin's requests to finish (``drain_timeout_seconds``), then
@@ -64,10 +65,14 @@ class Runner:
     async def load(self, op: Operation) -> None:
         backend = self._backend(op.backend)
         adapter = self._adapter(backend)
-        if op.pull and op.model not in backend.models:
-            async with step(op, f"pulling {op.model} on {backend.name}", None):
-                await adapter.pull(self.http, backend, op.model, op.report)
-            self.changed(backend)
+        if op.pulling:
+            try:
+                if op.model not in backend.models:
+                    async with step(op, f"pulling {op.model} on {backend.name}", None):
+                        await adapter.pull(self.http, backend, op.model, op.report)
+                    self.changed(backend)
+            finally:
+                op.pulling = False  # done with pulling: another pull may take its place
         if op.evict:
             self._check_cold(backend, op.evict)
             for model in op.evict:
