@@ -10,7 +10,7 @@ endpoints of the newer servers, with the shapes their documentation gives
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ from aiohttp import web
 
 from nexus.config import FleetConfig
 from nexus.errors import BackendUnreachable
+from nexus.fleet import lmstudio as lmstudio_adapter
 from nexus.fleet.errors import NotSupported
 from nexus.fleet.operations import Operation
 from nexus.fleet.service import Fleet
@@ -180,6 +181,44 @@ async def test_lm_studio_loads_once_and_unloads_each_instance(lmstudio: LMStudio
             await fleet.load("box", "qwen3-4b", pull=True)
     finally:
         pool.close()
+
+
+class Passes(list[dict[str, Any]]):
+    """A models list that counts the passes made over it."""
+
+    passes = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.passes += 1
+        return super().__iter__()
+
+
+async def test_lm_studio_residency_is_one_pass_over_many_models(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names = [f"model-{i}" for i in range(300)]
+    async with LMStudio04([FakeModel(n) for n in names]) as many:
+        many.instances = {n: [n] for n in names[::3]}  # every third one loaded
+        many.instances["model-1"] = []  # listed with no instance: not loaded
+        fleet, pool = fleet_for(many.url, "lmstudio", names)
+        seen: list[Passes] = []
+        real_listing = lmstudio_adapter._listing
+
+        def counted(payload: Any) -> list[dict[str, Any]] | None:
+            listing = real_listing(payload)
+            seen.append(Passes(listing or []))
+            return seen[-1] if listing is not None else None
+
+        monkeypatch.setattr(lmstudio_adapter, "_listing", counted)
+        try:
+            backend = fleet.registry.find("box")
+            assert backend is not None
+            residency = await fleet.adapters["lmstudio"].residency(fleet.http, backend)
+            assert residency.loaded == {n: 2 * GiB for n in names[::3]}
+            assert residency.sizes == dict.fromkeys(names, 2 * GiB)
+            assert len(seen) == 1 and seen[0].passes <= 3  # not one pass per model
+        finally:
+            pool.close()
 
 
 async def test_old_lm_studio_and_a_single_model_llama_cpp_answer_501() -> None:

@@ -47,7 +47,7 @@ class LMStudioLifecycle:
             )
 
     async def load(self, http: BackendHTTP, backend: Backend, model: str) -> None:
-        if _instances(await self._models(http, backend), model):
+        if _instances(await self._models(http, backend)).get(model):
             return  # loaded already; a second load would start a second instance
         await http.call(
             backend,
@@ -56,13 +56,13 @@ class LMStudioLifecycle:
             {"model": model},
             seconds=self.config.operation_timeout_seconds,
         )
-        if not _instances(await self._models(http, backend), model):
+        if not _instances(await self._models(http, backend)).get(model):
             raise OperationFailed(
                 f"{backend.name} answered the load, but {MODELS} shows no loaded {model}"
             )
 
     async def unload(self, http: BackendHTTP, backend: Backend, model: str) -> None:
-        for instance in _instances(await self._models(http, backend), model):
+        for instance in _instances(await self._models(http, backend)).get(model, []):
             await http.call(
                 backend,
                 "POST",
@@ -70,7 +70,7 @@ class LMStudioLifecycle:
                 {"instance_id": instance},
                 seconds=self.config.operation_timeout_seconds,
             )
-        if _instances(await self._models(http, backend), model):
+        if _instances(await self._models(http, backend)).get(model):
             raise OperationFailed(f"{backend.name} still shows {model} loaded after the unload")
 
     async def pull(self, http: BackendHTTP, backend: Backend, model: str, report: Report) -> None:
@@ -80,7 +80,7 @@ class LMStudioLifecycle:
         models = await self._models(http, backend)
         sizes = {m["key"]: size for m in models if (size := _size(m)) is not None}
         loaded: dict[str, int | None] = {
-            m["key"]: sizes.get(m["key"]) for m in models if _instances(models, m["key"])
+            key: sizes.get(key) for key, ids in _instances(models).items() if ids
         }
         return Residency(loaded=loaded, sizes=sizes)
 
@@ -98,15 +98,17 @@ def _listing(payload: Any) -> list[dict[str, Any]] | None:
     return [m for m in models if isinstance(m, dict) and isinstance(m.get("key"), str)]
 
 
-def _instances(models: list[dict[str, Any]], model: str) -> list[str]:
+def _instances(models: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Model key -> the ids of its loaded instances (the first entry of a key that tells),
+    in one pass over the listing."""
+    found: dict[str, list[str]] = {}
     for entry in models:
-        if entry["key"] == model:
-            loaded = entry.get("loaded_instances")
-            if isinstance(loaded, list):
-                return [
-                    i["id"] for i in loaded if isinstance(i, dict) and isinstance(i.get("id"), str)
-                ]
-    return []
+        loaded = entry.get("loaded_instances")
+        if isinstance(loaded, list) and entry["key"] not in found:
+            found[entry["key"]] = [
+                i["id"] for i in loaded if isinstance(i, dict) and isinstance(i.get("id"), str)
+            ]
+    return found
 
 
 def _size(entry: dict[str, Any]) -> int | None:
