@@ -200,3 +200,24 @@ async def test_zero_config_first_run_finds_local_ollama(
             assert "no config file" in log and "dashboard: http://127.0.0.1:" in log
     finally:
         await ollama.stop()
+
+
+async def test_an_admin_token_beyond_latin1_reaches_the_server_from_the_cli(
+    tmp_path: Path,
+) -> None:
+    """The server reads the token as UTF-8; the CLI must send it so (http.client would
+    encode a header as latin-1 and fail on the first character beyond it)."""
+    token = "tök-✓-管理"
+    async with FakeVLLM([FakeModel("m")]) as vllm:
+        config = write_config(tmp_path, [backend_entry(vllm, "box", "vllm")])
+        async with spawn_nexus(config, env={"NEXUS_ADMIN_TOKEN": token}) as nexus:
+            await nexus.wait_healthy(backends=1)
+            env = {"NEXUS_URL": nexus.url, "NEXUS_ADMIN_TOKEN": token}
+            code, out, err = await nexus_cli("backends", "--json", env=env)
+            assert code == 0 and "Traceback" not in err, err
+            assert [b["name"] for b in json.loads(out)] == ["box"]
+            wrong = {**env, "NEXUS_ADMIN_TOKEN": "tök-✓-wrong"}
+            code, _, err = await nexus_cli(
+                "backends", "add", vllm.url, "--name", "again", env=wrong
+            )
+            assert code != 0 and "Traceback" not in err and "tök" not in err

@@ -55,7 +55,9 @@ def call(url: str | None, method: str, path: str, body: Any = None) -> Any:
     request = urllib.request.Request(base + path, data=data, method=method)
     request.add_header("Content-Type", "application/json")
     if token := os.environ.get("NEXUS_ADMIN_TOKEN"):
-        request.add_header("Authorization", f"Bearer {token}")
+        # The server reads the token as UTF-8; http.client writes a header as latin-1, so
+        # the UTF-8 bytes go in as the latin-1 characters that encode to them.
+        request.add_header("Authorization", f"Bearer {token}".encode().decode("latin-1"))
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
             return orjson.loads(resp.read())
