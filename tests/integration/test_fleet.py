@@ -577,6 +577,37 @@ async def test_a_recommendation_from_demand_keeps_headroom_and_hot_models(
             assert status == 404
 
 
+async def test_a_request_in_flight_keeps_its_own_model_not_the_whole_backend(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(MONDAY_0830)
+    async with FakeOllama(OLLAMA_MODELS, model_sizes=SIZES, vram_bytes=16 * GiB) as box:
+        box.preload("llama3:8b")
+        box.preload("phi3:mini")
+        async with running_fleet(
+            tmp_path,
+            [backend_entry(box, "box", "ollama")],
+            vram_gb={"box": 16},
+            clock=clock,
+            enabled=True,
+            min_requests=20,
+        ) as (nexus, fleet):
+            weekday_demand(fleet, "qwen2.5:14b", 30, range(9, 12))
+            box.gate = asyncio.Event()
+            request = asyncio.create_task(
+                nexus.client.chat.completions.create(
+                    model="phi3:mini", messages=[{"role": "user", "content": "hold on"}]
+                )
+            )
+            await wait_until(lambda: box.active_requests == 1, what="a phi3 request in flight")
+            # The box serves phi3 now: phi3 stays, but idle llama3 may make room for qwen.
+            (rec,) = await fleet.analyze()
+            assert (rec.model, rec.evict) == ("qwen2.5:14b", ("llama3:8b",))
+            assert fleet.status()["backends"][0]["hot"] == ["phi3:mini"]
+            box.gate.set()
+            assert (await request).choices[0].message.content
+
+
 async def test_headroom_is_never_used(tmp_path: Path) -> None:
     clock = ManualClock(MONDAY_0830)
     async with FakeOllama(OLLAMA_MODELS, model_sizes=SIZES, vram_bytes=24 * GiB) as box:

@@ -10,10 +10,11 @@ certainty. A model is wanted when this hour or the next reaches both ``min_reque
 **Placement.** A wanted model that is loaded nowhere goes to a healthy backend that has it
 on disk and reports what it holds, where it fits in the backend's memory (``vram_gb``) minus
 ``headroom_percent`` minus what is loaded. Failing that, it may go where unloading idle
-models makes room: never a hot one (answered within ``hot_window_seconds``), never on a
-backend serving requests right now (which model they are for is not known), and only
-models whose own forecast is below both ``min_requests`` and the wanted model's. The most
-wanted model is placed first, and each placement uses up the room it takes.
+models makes room: never a hot one (answered on that backend within
+``hot_window_seconds``, or serving requests there right now: Nexus counts requests in flight
+per backend and model, so a request for another model on the same backend holds nothing),
+and only models whose own forecast is below both ``min_requests`` and the wanted model's.
+The most wanted model is placed first, and each placement uses up the room it takes.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Capacity:
     total: int  # bytes it can hold (vram_gb)
     loaded: dict[str, int]  # model -> bytes, what is in memory now
     sizes: dict[str, int]  # model -> bytes, for every model it has
-    hot: set[str]  # loaded models that must stay (answered lately, or the backend is busy)
+    hot: set[str]  # loaded models that must stay (answered lately, or serving requests now)
 
     def free(self, headroom_percent: float) -> int:
         return int(self.total * (1 - headroom_percent / 100)) - sum(self.loaded.values())
