@@ -389,15 +389,17 @@ async def test_refusals_404_501_and_the_admin_guard(
             assert status == 202
 
 
-async def hold_a_request_on(nexus: Nexus, box: FakeOllama) -> asyncio.Task[Any]:
-    """A llama3:8b request held in flight on ``box`` (its gate closed)."""
+async def hold_a_request_on(
+    nexus: Nexus, box: FakeOllama, model: str = "llama3:8b"
+) -> asyncio.Task[Any]:
+    """A request for ``model`` held in flight on ``box`` (its gate closed)."""
     box.gate = asyncio.Event()
     request = asyncio.create_task(
         nexus.client.chat.completions.create(
-            model="llama3:8b", messages=[{"role": "user", "content": "hold on"}]
+            model=model, messages=[{"role": "user", "content": "hold on"}]
         )
     )
-    await wait_until(lambda: box.active_requests == 1, what="a request in flight on box-a")
+    await wait_until(lambda: box.active_requests == 1, what=f"a {model} request in flight")
     return request
 
 
@@ -514,10 +516,12 @@ def weekday_demand(fleet: Fleet, model: str, per_hour: int, hours: range) -> Non
                 fleet.record(model, local(year, month, day, hour, i * 59 // per_hour))
 
 
-async def test_a_recommendation_from_demand_keeps_headroom_and_hot_models(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    clock = ManualClock(MONDAY_0830)
+@asynccontextmanager
+async def qwen_wanted_on_a_full_box(
+    tmp_path: Path, clock: ManualClock
+) -> AsyncIterator[tuple[Nexus, Fleet, FakeOllama]]:
+    """Weekday demand for qwen2.5:14b (9 GiB) at 09:00-12:00, and one 16 GiB box holding
+    llama3:8b (5) and phi3:mini (3): 16 less 20 % headroom is 12.8, so 4.8 free."""
     async with FakeOllama(OLLAMA_MODELS, model_sizes=SIZES, vram_bytes=16 * GiB) as box:
         box.preload("llama3:8b")
         box.preload("phi3:mini")
@@ -530,82 +534,75 @@ async def test_a_recommendation_from_demand_keeps_headroom_and_hot_models(
             min_requests=20,
         ) as (nexus, fleet):
             weekday_demand(fleet, "qwen2.5:14b", 30, range(9, 12))
-            fleet.record("made-up-model", clock())  # clients' inventions are not counted
-            assert "made-up-model" not in fleet.demand.counts
-            # 16 GiB less 20 % headroom is 12.8; llama3 (5) and phi3 (3) leave 4.8: qwen (9)
-            # fits only if llama3 goes (phi3 alone frees too little). llama3 answered a minute
-            # ago: hot, so nothing is offered.
-            fleet.record("llama3:8b", clock() - 60, "box")
-            assert await fleet.analyze() == []
-            status, body, _ = await nexus.get("/admin/fleet/recommendations")
-            assert status == 200 and body["recommendations"] == []
-            assert body["backends"] == [
-                {
-                    "backend": "box",
-                    "vram_gb": 16.0,
-                    "used_gb": 8.0,
-                    "free_gb": 4.8,
-                    "loaded": ["llama3:8b", "phi3:mini"],
-                    "hot": ["llama3:8b"],
-                }
-            ]
-            # Five minutes later llama3 is idle: unloading it makes room.
-            clock.advance(301)
-            caplog.set_level(logging.INFO, logger="nexus.fleet")
-            (rec,) = await fleet.analyze()
-            assert (rec.model, rec.backend) == ("qwen2.5:14b", "box")
-            assert rec.evict == ("llama3:8b",)
-            assert rec.confidence == round(5 / 6, 2) and rec.per_hour == 30
-            assert "on weekdays 09:00-12:00" in rec.reason and "seen on 5 of 5" in rec.reason
-            assert rec.expires_at == clock() + fleet.config.analysis_interval_seconds
-            assert [r.getMessage() for r in caplog.records if rec.id in r.getMessage()]
-            # Seen again: the same recommendation (same id), not logged twice.
-            caplog.clear()
-            assert [r.id for r in await fleet.analyze()] == [rec.id]
-            assert not [r for r in caplog.records if "new recommendation" in r.getMessage()]
+            yield nexus, fleet, box
 
-            shown = await nexus_cli(nexus, "fleet")
-            assert shown.exit_code == 0 and rec.id in shown.stdout, shown.output
-            applied = await nexus_cli(nexus, "fleet", "apply", rec.id, "--wait")
-            assert applied.exit_code == 0, applied.output
-            assert box.loaded() == ["phi3:mini", "qwen2.5:14b"]
-            status, body, _ = await nexus.post(f"/admin/fleet/apply/{rec.id}", {})
-            assert status == 409  # applied already
-            # Once the clock passes the expiry the recommendation is gone.
-            clock.advance(fleet.config.analysis_interval_seconds + 1)
-            status, body, _ = await nexus.post(f"/admin/fleet/apply/{rec.id}", {})
-            assert status == 404
+
+async def test_a_recommendation_from_demand_keeps_headroom_and_hot_models(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock(MONDAY_0830)
+    async with qwen_wanted_on_a_full_box(tmp_path, clock) as (nexus, fleet, box):
+        fleet.record("made-up-model", clock())  # clients' inventions are not counted
+        assert "made-up-model" not in fleet.demand.counts
+        # qwen fits only if llama3 goes (phi3 alone frees too little). llama3 answered a
+        # minute ago: hot, so nothing is offered.
+        fleet.record("llama3:8b", clock() - 60, "box")
+        assert await fleet.analyze() == []
+        status, body, _ = await nexus.get("/admin/fleet/recommendations")
+        assert status == 200 and body["recommendations"] == []
+        assert body["backends"] == [
+            {
+                "backend": "box",
+                "vram_gb": 16.0,
+                "used_gb": 8.0,
+                "free_gb": 4.8,
+                "loaded": ["llama3:8b", "phi3:mini"],
+                "hot": ["llama3:8b"],
+            }
+        ]
+        # Five minutes later llama3 is idle: unloading it makes room.
+        clock.advance(301)
+        caplog.set_level(logging.INFO, logger="nexus.fleet")
+        (rec,) = await fleet.analyze()
+        assert (rec.model, rec.backend) == ("qwen2.5:14b", "box")
+        assert rec.evict == ("llama3:8b",)
+        assert rec.confidence == round(5 / 6, 2) and rec.per_hour == 30
+        assert "on weekdays 09:00-12:00" in rec.reason and "seen on 5 of 5" in rec.reason
+        assert rec.expires_at == clock() + fleet.config.analysis_interval_seconds
+        assert [r.getMessage() for r in caplog.records if rec.id in r.getMessage()]
+        # Seen again: the same recommendation (same id), not logged twice.
+        caplog.clear()
+        assert [r.id for r in await fleet.analyze()] == [rec.id]
+        assert not [r for r in caplog.records if "new recommendation" in r.getMessage()]
+
+        shown = await nexus_cli(nexus, "fleet")
+        assert shown.exit_code == 0 and rec.id in shown.stdout, shown.output
+        applied = await nexus_cli(nexus, "fleet", "apply", rec.id, "--wait")
+        assert applied.exit_code == 0, applied.output
+        assert box.loaded() == ["phi3:mini", "qwen2.5:14b"]
+        status, body, _ = await nexus.post(f"/admin/fleet/apply/{rec.id}", {})
+        assert status == 409  # applied already
+        # Once the clock passes the expiry the recommendation is gone.
+        clock.advance(fleet.config.analysis_interval_seconds + 1)
+        status, body, _ = await nexus.post(f"/admin/fleet/apply/{rec.id}", {})
+        assert status == 404
 
 
 async def test_a_request_in_flight_keeps_its_own_model_not_the_whole_backend(
     tmp_path: Path,
 ) -> None:
-    clock = ManualClock(MONDAY_0830)
-    async with FakeOllama(OLLAMA_MODELS, model_sizes=SIZES, vram_bytes=16 * GiB) as box:
-        box.preload("llama3:8b")
-        box.preload("phi3:mini")
-        async with running_fleet(
-            tmp_path,
-            [backend_entry(box, "box", "ollama")],
-            vram_gb={"box": 16},
-            clock=clock,
-            enabled=True,
-            min_requests=20,
-        ) as (nexus, fleet):
-            weekday_demand(fleet, "qwen2.5:14b", 30, range(9, 12))
-            box.gate = asyncio.Event()
-            request = asyncio.create_task(
-                nexus.client.chat.completions.create(
-                    model="phi3:mini", messages=[{"role": "user", "content": "hold on"}]
-                )
-            )
-            await wait_until(lambda: box.active_requests == 1, what="a phi3 request in flight")
-            # The box serves phi3 now: phi3 stays, but idle llama3 may make room for qwen.
-            (rec,) = await fleet.analyze()
-            assert (rec.model, rec.evict) == ("qwen2.5:14b", ("llama3:8b",))
-            assert fleet.status()["backends"][0]["hot"] == ["phi3:mini"]
-            box.gate.set()
-            assert (await request).choices[0].message.content
+    async with qwen_wanted_on_a_full_box(tmp_path, ManualClock(MONDAY_0830)) as (
+        nexus,
+        fleet,
+        box,
+    ):
+        request = await hold_a_request_on(nexus, box, "phi3:mini")
+        # The box serves phi3 now: phi3 stays, but idle llama3 may make room for qwen.
+        (rec,) = await fleet.analyze()
+        assert (rec.model, rec.evict) == ("qwen2.5:14b", ("llama3:8b",))
+        assert fleet.status()["backends"][0]["hot"] == ["phi3:mini"]
+        box.gate.set()
+        assert (await request).choices[0].message.content
 
 
 async def test_headroom_is_never_used(tmp_path: Path) -> None:
