@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nexus.api.admin import authorize
+from nexus.api.admin import authorize, json_object
 from nexus.asgi.guards import Sites, check_admin_body
 from nexus.asgi.routes import Request, Response, Router
 from nexus.errors import InvalidRequest, NotFound
@@ -83,10 +83,7 @@ class FleetAPI:
     async def _body(self, request: Request) -> dict[str, Any]:
         authorize(request, self.sites)
         check_admin_body(request.scope)
-        body = await request.json()
-        if not isinstance(body, dict):
-            raise InvalidRequest("body must be a JSON object")
-        return body
+        return await json_object(request)
 
 
 def _name(body: dict[str, Any], key: str) -> str:
