@@ -32,7 +32,7 @@ from nexus.config import BudgetConfig
 from nexus.records import RequestRecord
 from nexus.registry import Backend
 from nexus.routing.requirements import Requirements
-from nexus.store import SpendRow, Store, every
+from nexus.store import SpendRow, Store, StoreUnavailable, every
 
 log = logging.getLogger("nexus.budget")
 
@@ -111,7 +111,13 @@ class Budget:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await self.flush()
+        try:
+            await self.flush()
+        except StoreUnavailable:  # (the outage was logged by the store)
+            log.error(
+                "budget: spend not written at shutdown (%d rows): the state store is away",
+                len(self._buffer),
+            )
 
     async def flush(self) -> None:
         buffer, self._buffer = self._buffer, {}

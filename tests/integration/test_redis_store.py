@@ -9,6 +9,7 @@ replica's own buckets (quickly) when Redis is away.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -133,9 +134,12 @@ async def test_demand_history_round_trips(stores: list[Store]) -> None:
     assert await two.load_demand() == {"models": {"llama3": [1, 2, 3]}}
 
 
-async def test_redis_away_fails_fast_counted_and_comes_back(redis: RedisServer) -> None:
+async def test_redis_away_fails_fast_counted_and_comes_back(
+    redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
     from nexus.store.redis import RedisStore
 
+    caplog.set_level(logging.INFO, logger="nexus.store")
     store = RedisStore(redis.url)
     await store.open()
     try:
@@ -147,11 +151,21 @@ async def test_redis_away_fails_fast_counted_and_comes_back(redis: RedisServer) 
             await store.add_spend([SpendRow("2027-01-01", "b", "m", 1, 1, 1, 1.0)])
         assert time.monotonic() - started < 2
         assert ERRORS["add_spend"] == before + 1
+        for _ in range(3):  # retried by the loops every second: logged once all the same
+            with pytest.raises(StoreUnavailable):
+                await store.version()
         redis.start()  # same port, same append-only file
+        await store.version()  # a read works: the write that failed has not yet
+        assert store.down
         await store.add_spend([SpendRow("2027-01-01", "b", "m", 1, 1, 1, 1.0)])
+        assert not store.down
         assert (await store.spend("2027-01-01"))[0].requests == 2
     finally:
         await store.close()
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "nexus.store"]
+    assert [level for level, _ in lines] == ["WARNING", "INFO"]
+    assert "is unreachable (Redis: ConnectionLost)" in lines[0][1]
+    assert lines[1][1].endswith("is reachable again")
 
 
 async def test_open_names_an_unreachable_redis_in_one_line(tmp_path: Path) -> None:

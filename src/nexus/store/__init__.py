@@ -23,20 +23,69 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from nexus.config import StorageConfig
+from nexus.errors import ServiceUnavailable
 from nexus.tenants.model import ApiKey, Tenant, UsageRow
 
 log = logging.getLogger("nexus.store")
 
 ERRORS: Counter[str] = Counter()  # operation -> failures (nexus_store_errors_total)
+# The operations that only read. A SQLite file that is locked by another process or full
+# still answers them while every write fails: an outage of writes ends with a write.
+READS = frozenset({"spend", "version", "tenants", "usage", "load_demand"})
 
 
-class StoreUnavailable(Exception):
-    """The store could not be reached or written (Redis away, disk full). Already counted
-    and logged by the store: callers keep what they hold and retry on their next flush."""
+class StoreUnavailable(ServiceUnavailable):
+    """The store could not be reached or written (Redis away, the SQLite file locked, full or
+    failing). Already counted and logged by the store: callers keep what they hold and retry
+    on their next flush; an admin's change through the API is a 503 to try again."""
+
+    code = "store_unavailable"
 
 
 def count_error(operation: str) -> None:
     ERRORS[operation] += 1
+
+
+class Outage:
+    """Whether a store is failing, for both engines: each failure is counted under its
+    operation's name (``nexus_store_errors_total{operation}``); one warning when an outage
+    starts, one info line when it ends, nothing in between (the background loops that
+    retry every second stay quiet).
+
+    An outage ends when what failed works again: reads (:data:`READS`) and writes are told
+    apart, so reads still answered by a locked file do not end an outage of its writes
+    (which would log it starting and ending at every flush)."""
+
+    def __init__(self, subject: str, failing: str, back: str) -> None:
+        self.subject = subject  # "Redis at redis://host:6379/0", "the SQLite file /x.db"
+        self.failing = failing  # "is unreachable"
+        self.back = back  # "is reachable again"
+        self.kinds: set[bool] = set()  # failing now: True for reads, False for writes
+
+    @property
+    def down(self) -> bool:
+        return bool(self.kinds)
+
+    def failed(self, operation: str, reason: str) -> StoreUnavailable:
+        """Count and (at the start of an outage) log a failure; the error to raise."""
+        count_error(operation)
+        if not self.kinds:
+            log.warning(
+                "state store: %s %s (%s): serving from what this process knows; writes are "
+                "kept until it is back",
+                self.subject,
+                self.failing,
+                reason,
+            )
+        self.kinds.add(operation in READS)
+        return StoreUnavailable(f"the state store is unavailable ({reason}); try again")
+
+    def worked(self, operation: str) -> None:
+        """An operation succeeded: the end of the outage once every kind that failed works."""
+        if self.kinds:
+            self.kinds.discard(operation in READS)
+            if not self.kinds:
+                log.info("state store: %s %s", self.subject, self.back)
 
 
 async def every(seconds: float, job: Callable[[], Awaitable[None]], what: str) -> None:

@@ -19,23 +19,21 @@ Layout, every key under ``nexus:``::
 
 When Redis is away every call raises :class:`StoreUnavailable` quickly (no retries here: the
 callers keep what they have in memory and try again on their next flush). Each failure is
-counted in ``nexus_store_errors_total``; the first of an outage and the recovery are logged.
+counted in ``nexus_store_errors_total``; the start of an outage and its end are logged once
+each (``nexus.store.Outage``).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
 
 from nexus.errors import NotFound, StartupError
-from nexus.store import SpendRow, StoreUnavailable, count_error
+from nexus.store import Outage, SpendRow
 from nexus.store.resp import Client, Command, ConnectionLost, Reply, ReplyError
 from nexus.tenants.model import ApiKey, Tenant, UsageRow
-
-log = logging.getLogger("nexus.store")
 
 PREFIX = "nexus:"
 TIMEOUT_SECONDS = 0.5  # one round trip on a LAN is ~0.2 ms: 0.5 s means Redis is in trouble
@@ -91,25 +89,19 @@ class RedisStore:
         self._delete_tenant = self.client.script(DELETE_TENANT)
         self._put_key = self.client.script(PUT_KEY)
         self._revoke_key = self.client.script(REVOKE_KEY)
-        self.down = False  # inside an outage (logged once when it starts and when it ends)
+        self.outage = Outage(f"Redis at {safe_url(url)}", "is unreachable", "is reachable again")
+
+    @property
+    def down(self) -> bool:
+        """Inside an outage (logged once when it starts and once when it ends)."""
+        return self.outage.down
 
     async def call(self, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:
             result = await fn()
         except (ConnectionLost, ReplyError) as exc:
-            count_error(operation)
-            if not self.down:
-                self.down = True
-                log.warning(
-                    "state store: Redis at %s is unreachable (%s): serving from what this "
-                    "replica knows; writes are kept until it is back",
-                    safe_url(self.url),
-                    type(exc).__name__,
-                )
-            raise StoreUnavailable(f"Redis: {type(exc).__name__}") from exc
-        if self.down:
-            self.down = False
-            log.warning("state store: Redis at %s is reachable again", safe_url(self.url))
+            raise self.outage.failed(operation, f"Redis: {type(exc).__name__}") from exc
+        self.outage.worked(operation)
         return result
 
     async def open(self) -> None:

@@ -5,23 +5,30 @@ machine (WAL, a busy timeout), durable once a transaction commits. The schema is
 tables, versioned with ``PRAGMA user_version`` and migrated forward at open.
 
 Every call runs on one thread of our own (the connection never crosses threads), so the event
-loop never waits on the disk.
+loop never waits on the disk. A call that fails (the file locked by another process for longer
+than the busy timeout, a full disk, an I/O error) is an outage like Redis away: counted, logged
+once when it starts and once when it ends (``nexus.store.Outage``), raised as
+``StoreUnavailable`` for the caller to keep what it holds and try again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import astuple
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from nexus.errors import NotFound, StartupError
-from nexus.store import SpendRow, count_error
+from nexus.store import Outage, SpendRow
 from nexus.tenants.model import ApiKey, Tenant, UsageRow
+
+T = TypeVar("T")
 
 BUSY_TIMEOUT_SECONDS = 5.0
 
@@ -109,20 +116,26 @@ class SQLiteStore:
         self.path = path
         self._db: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nexus-store")
+        self.outage = Outage(f"the SQLite file {path}", "fails", "works again")
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
+    async def _run(self, operation: str, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the store's thread; a failure of the file is the outage's."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+            result = await self._on_thread(fn, *args)
         except sqlite3.IntegrityError:
             raise  # a caller's mistake (checked by it), not the store failing
-        except sqlite3.Error:  # a full disk, a file locked too long: counted, then raised
-            count_error(fn.__name__.lstrip("_"))
-            raise
+        except sqlite3.Error as exc:  # a full disk, a file locked too long, an I/O error
+            raise self.outage.failed(operation, str(exc)) from exc
+        self.outage.worked(operation)
+        return result
+
+    async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def open(self) -> None:
-        await self._run(self._open)
+        await self._on_thread(self._open)  # (each failure is a StartupError, in one line)
 
     def _open(self) -> None:
         where = str(self.path)
@@ -153,44 +166,33 @@ class SQLiteStore:
             )
         if version == len(MIGRATIONS):
             return
-        db.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then see it
-        try:
+        with transaction(db):  # one process migrates; the others wait, then see it
             version = db.execute("PRAGMA user_version").fetchone()[0]
             for number in range(version, len(MIGRATIONS)):
                 for statement in MIGRATIONS[number]:
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     async def close(self) -> None:
         db, self._db = self._db, None
         if db is not None:
-            await self._run(db.close)
+            await self._on_thread(db.close)
         self._thread.shutdown(wait=True)
 
     # -- spend --------------------------------------------------------------------------------
 
     async def add_spend(self, rows: list[SpendRow]) -> None:
         if rows:
-            await self._run(self._add_spend, rows)
+            await self._run("add_spend", self._add_spend, rows)
 
     def _add_spend(self, rows: list[SpendRow]) -> None:
         db = self._connection()
         values = [astuple(row) for row in rows]  # (the columns' order)
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             db.executemany(ADD_SPEND, values)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     async def spend(self, cycle: str) -> list[SpendRow]:
-        rows: list[SpendRow] = await self._run(self._spend, cycle)
-        return rows
+        return await self._run("spend", self._spend, cycle)
 
     def _spend(self, cycle: str) -> list[SpendRow]:
         cursor = self._connection().execute(
@@ -204,7 +206,7 @@ class SQLiteStore:
 
     async def version(self) -> int:
         value: int = await self._run(
-            self._one, "SELECT value FROM meta WHERE key = ?", "tenants_version"
+            "version", self._one, "SELECT value FROM meta WHERE key = ?", "tenants_version"
         )
         return value
 
@@ -213,8 +215,7 @@ class SQLiteStore:
         return None if row is None else row[0]
 
     async def tenants(self) -> tuple[list[Tenant], list[ApiKey]]:
-        result: tuple[list[Tenant], list[ApiKey]] = await self._run(self._tenants)
-        return result
+        return await self._run("tenants", self._tenants)
 
     def _tenants(self) -> tuple[list[Tenant], list[ApiKey]]:
         db = self._connection()
@@ -232,6 +233,7 @@ class SQLiteStore:
 
     async def put_tenant(self, tenant: Tenant) -> None:
         await self._run(
+            "put_tenant",
             self._write,
             "INSERT INTO tenants (name, definition) VALUES (?, ?)"
             " ON CONFLICT (name) DO UPDATE SET definition = excluded.definition",
@@ -239,12 +241,14 @@ class SQLiteStore:
         )
 
     async def delete_tenant(self, name: str) -> bool:
-        changed: bool = await self._run(self._write, "DELETE FROM tenants WHERE name = ?", (name,))
-        return changed
+        return await self._run(
+            "delete_tenant", self._write, "DELETE FROM tenants WHERE name = ?", (name,)
+        )
 
     async def put_key(self, key: ApiKey) -> None:
         try:
             await self._run(
+                "put_key",
                 self._write,
                 "INSERT INTO keys (id, tenant, hash, created, expires, revoked)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -254,45 +258,36 @@ class SQLiteStore:
             raise NotFound(f"no tenant '{key.tenant[:64]}'") from None
 
     async def revoke_key(self, key_id: str) -> bool:
-        changed: bool = await self._run(
-            self._write, "UPDATE keys SET revoked = 1 WHERE id = ? AND revoked = 0", (key_id,)
+        return await self._run(
+            "revoke_key",
+            self._write,
+            "UPDATE keys SET revoked = 1 WHERE id = ? AND revoked = 0",
+            (key_id,),
         )
-        return changed
 
     def _write(self, sql: str, args: tuple[Any, ...]) -> bool:
         """One change to tenants or keys, and the version bump every process polls."""
         db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             changed = db.execute(sql, args).rowcount > 0
             if changed:
                 db.execute(BUMP)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return changed
 
     # -- usage --------------------------------------------------------------------------------
 
     async def add_usage(self, rows: list[UsageRow]) -> None:
         if rows:
-            await self._run(self._add_usage, rows)
+            await self._run("add_usage", self._add_usage, rows)
 
     def _add_usage(self, rows: list[UsageRow]) -> None:
         values = [astuple(row) for row in rows]  # (the columns' order)
         db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             db.executemany(ADD_USAGE, values)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     async def usage(self, tenant: str | None, since: str) -> list[UsageRow]:
-        rows: list[UsageRow] = await self._run(self._usage, tenant, since)
-        return rows
+        return await self._run("usage", self._usage, tenant, since)
 
     def _usage(self, tenant: str | None, since: str) -> list[UsageRow]:
         sql = (
@@ -309,11 +304,11 @@ class SQLiteStore:
     # -- fleet demand ---------------------------------------------------------------------
 
     async def load_demand(self) -> dict[str, Any] | None:
-        raw = await self._run(self._one, "SELECT snapshot FROM demand WHERE id = 1")
+        raw = await self._run("load_demand", self._one, "SELECT snapshot FROM demand WHERE id = 1")
         return None if raw is None else dict(orjson.loads(raw))
 
     async def save_demand(self, snapshot: dict[str, Any]) -> None:
-        await self._run(self._save_demand, orjson.dumps(snapshot).decode())
+        await self._run("save_demand", self._save_demand, orjson.dumps(snapshot).decode())
 
     def _save_demand(self, text: str) -> None:
         self._connection().execute(
@@ -326,6 +321,22 @@ class SQLiteStore:
         if self._db is None:
             raise RuntimeError("the state store is not open")
         return self._db
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any failure, the commit's too (a full
+    disk may refuse it), unless SQLite already did (it may, after a full disk or an I/O
+    error): the connection is never left inside a transaction that every later write would
+    trip on."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _explain(exc: sqlite3.DatabaseError) -> str:

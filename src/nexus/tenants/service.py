@@ -40,7 +40,7 @@ from nexus.errors import (
 )
 from nexus.records import RequestRecord
 from nexus.routing.limits import TokenBucket
-from nexus.store import Store, every
+from nexus.store import Store, StoreUnavailable, every
 from nexus.tenants.limits import Decision, Limiter, LocalLimiter
 from nexus.tenants.model import (
     MAX_KEY_CHARS,
@@ -117,7 +117,13 @@ class Tenants:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.flush()  # a clean stop loses no usage
+        try:
+            await self.flush()  # a clean stop loses no usage
+        except StoreUnavailable:  # (the outage was logged by the store)
+            log.error(
+                "usage not written at shutdown (%d rows): the state store is away",
+                len(self._buffer),
+            )
 
     async def _declare_static(self) -> None:
         """Tenants of the config file: written to the store (their usage is kept like any
