@@ -20,11 +20,13 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nexus.config import StorageConfig
 from nexus.errors import ServiceUnavailable
-from nexus.tenants.model import ApiKey, Tenant, UsageRow
+
+if TYPE_CHECKING:  # (the tenants' model builds its usage rows on Sums, below)
+    from nexus.tenants.model import ApiKey, Tenant, UsageRow
 
 log = logging.getLogger("nexus.store")
 
@@ -102,8 +104,24 @@ async def every(seconds: float, job: Callable[[], Awaitable[None]], what: str) -
             log.warning("%s failed; tried again in %g s", what, seconds, exc_info=True)
 
 
+SUMS = ("requests", "prompt_tokens", "completion_tokens", "cost_usd")
+
+
+class Sums:
+    """What a row of spend or usage adds up, after its three names (``SpendRow``: cycle,
+    backend, model; ``UsageRow``: tenant, day, model). Both engines store either kind the
+    same way: a row's fields in order are its columns, and several writers add to the sums
+    at once."""
+
+    __slots__ = ()
+
+    def add(self, other: Sums) -> None:
+        for name in SUMS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
 @dataclass(slots=True)
-class SpendRow:
+class SpendRow(Sums):
     """Cloud spend of one billing cycle, one backend and one model (added up)."""
 
     cycle: str  # the cycle's first day, YYYY-MM-DD
@@ -113,12 +131,6 @@ class SpendRow:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
-
-    def add(self, other: SpendRow) -> None:
-        self.requests += other.requests
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-        self.cost_usd += other.cost_usd
 
 
 class Store(Protocol):

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import orjson
 
 from nexus.errors import NotFound, StartupError
-from nexus.store import Outage, SpendRow
+from nexus.store import SUMS, Outage, SpendRow
 from nexus.tenants.model import ApiKey, Tenant, UsageRow
 
 T = TypeVar("T")
@@ -90,25 +90,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     """,
     ),
 )
-ADD_USAGE = """
-    INSERT INTO usage (tenant, day, model, requests, prompt_tokens, completion_tokens, cost_usd)
-    VALUES (?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (tenant, day, model) DO UPDATE SET
-        requests = requests + excluded.requests,
-        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-        completion_tokens = completion_tokens + excluded.completion_tokens,
-        cost_usd = cost_usd + excluded.cost_usd
-"""
 BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'tenants_version'"
-ADD_SPEND = """
-    INSERT INTO spend (cycle, backend, model, requests, prompt_tokens, completion_tokens, cost_usd)
-    VALUES (?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (cycle, backend, model) DO UPDATE SET
-        requests = requests + excluded.requests,
-        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-        completion_tokens = completion_tokens + excluded.completion_tokens,
-        cost_usd = cost_usd + excluded.cost_usd
-"""
+
+
+def adding(table: str, names: tuple[str, str, str]) -> str:
+    """The upsert that adds a row (:class:`~nexus.store.Sums`) to the sums of its names."""
+    columns = (*names, *SUMS)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        f" ON CONFLICT ({', '.join(names)}) DO UPDATE SET "
+        + ", ".join(f"{column} = {column} + excluded.{column}" for column in SUMS)
+    )
+
+
+ADD_SPEND = adding("spend", ("cycle", "backend", "model"))
+ADD_USAGE = adding("usage", ("tenant", "day", "model"))
 
 
 class SQLiteStore:
@@ -183,13 +179,14 @@ class SQLiteStore:
 
     async def add_spend(self, rows: list[SpendRow]) -> None:
         if rows:
-            await self._run("add_spend", self._add_spend, rows)
+            await self._run("add_spend", self._add, ADD_SPEND, rows)
 
-    def _add_spend(self, rows: list[SpendRow]) -> None:
+    def _add(self, sql: str, rows: list[SpendRow] | list[UsageRow]) -> None:
+        """Rows added to their sums, in one transaction."""
         db = self._connection()
         values = [astuple(row) for row in rows]  # (the columns' order)
         with transaction(db):
-            db.executemany(ADD_SPEND, values)
+            db.executemany(sql, values)
 
     async def spend(self, cycle: str) -> list[SpendRow]:
         return await self._run("spend", self._spend, cycle)
@@ -278,13 +275,7 @@ class SQLiteStore:
 
     async def add_usage(self, rows: list[UsageRow]) -> None:
         if rows:
-            await self._run("add_usage", self._add_usage, rows)
-
-    def _add_usage(self, rows: list[UsageRow]) -> None:
-        values = [astuple(row) for row in rows]  # (the columns' order)
-        db = self._connection()
-        with transaction(db):
-            db.executemany(ADD_USAGE, values)
+            await self._run("add_usage", self._add, ADD_USAGE, rows)
 
     async def usage(self, tenant: str | None, since: str) -> list[UsageRow]:
         return await self._run("usage", self._usage, tenant, since)

@@ -17,6 +17,8 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from nexus.store import Sums
+
 KEY_PREFIX = "nx-"
 KEY_ID_CHARS = 8
 KEY_PATTERN = re.compile(r"nx-([a-z0-9]{8})-([A-Za-z0-9_-]{43})")
@@ -86,7 +88,7 @@ def name_problem(name: object) -> str | None:
 
 
 @dataclass(slots=True)
-class UsageRow:
+class UsageRow(Sums):
     """One tenant's use of one model on one day (UTC), added up."""
 
     tenant: str
@@ -96,9 +98,3 @@ class UsageRow:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
-
-    def add(self, other: UsageRow) -> None:
-        self.requests += other.requests
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-        self.cost_usd += other.cost_usd
