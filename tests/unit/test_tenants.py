@@ -324,6 +324,28 @@ async def test_static_tenants_keys_come_from_the_environment(store: SQLiteStore)
         await tenants.stop()
 
 
+async def test_a_static_tenant_unchanged_in_the_config_is_not_written_at_each_start(
+    store: SQLiteStore,
+) -> None:
+    """Every replica polls the store's version: a restart that wrote its static tenants again
+    (a new ``created``) would make all of them reload."""
+
+    async def started(rpm: int) -> Tenants:
+        tenants = service(store, tenants=[TenantConfig(name="ops", key_env="OPS_KEY", rpm=rpm)])
+        await tenants.start()
+        await tenants.stop()
+        return tenants
+
+    first = await started(rpm=5)
+    created, version = first.by_name["ops"].created, await store.version()
+    again = await started(rpm=5)
+    assert again.by_name["ops"] == first.by_name["ops"]
+    assert await store.version() == version
+    changed = await started(rpm=9)  # changed in the file: written, still created then
+    assert changed.by_name["ops"].rpm == 9 and changed.by_name["ops"].created == created
+    assert await store.version() > version
+
+
 async def test_admit_checks_models_then_quota_then_rate(store: SQLiteStore) -> None:
     tenants = service(store)
     tenants.clock = Moment(datetime(2027, 3, 31, 23, 0, tzinfo=UTC))  # an hour to the reset

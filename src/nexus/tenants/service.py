@@ -133,6 +133,7 @@ class Tenants:
         environ = self.environ if self.environ is not None else os.environ
         declared_names = {declared.name for declared in self.config.tenants}
         stored, _ = await self.store.tenants()
+        before = {tenant.name: tenant for tenant in stored}
         for gone in stored:
             if gone.static and gone.name not in declared_names:
                 # Taken out of the config file: nobody could delete it otherwise (the API
@@ -140,6 +141,7 @@ class Tenants:
                 log.info("tenant %s is no longer in the config file: deleted", gone.name)
                 await self.store.delete_tenant(gone.name)
         for declared in self.config.tenants:
+            known = before.get(declared.name)
             tenant = Tenant(
                 declared.name,
                 list(declared.models),
@@ -148,10 +150,11 @@ class Tenants:
                 declared.tpm,
                 declared.monthly_tokens,
                 declared.monthly_cost,
-                created=time.time(),
+                created=time.time() if known is None else known.created,
                 static=True,
             )
-            await self.store.put_tenant(tenant)
+            if tenant != known:  # (unchanged: no write, no version bump, no replica reloads)
+                await self.store.put_tenant(tenant)
             key = environ.get(declared.key_env, "")
             if not 16 <= len(key) <= MAX_KEY_CHARS:
                 log.warning(
