@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from nexus.errors import NotFound
+from nexus.config import AuthConfig
+from nexus.errors import InvalidRequest, NotFound
 from nexus.store import ERRORS, SpendRow, Store, StoreUnavailable
 from nexus.store.sqlite import SQLiteStore
 from nexus.tenants.model import ApiKey, Tenant, UsageRow
+from nexus.tenants.service import Tenants
 from tests.redis_server import RedisServer, redis_server
 
 
@@ -125,6 +127,28 @@ async def test_usage_adds_up_and_filters_by_tenant_and_day(stores: list[Store]) 
         UsageRow("team", "2027-01-30", "m", 2, 20, 10, pytest.approx(0.02)),  # type: ignore[arg-type]
         UsageRow("team", "2027-02-01", "m", 2, 20, 10, pytest.approx(0.02)),  # type: ignore[arg-type]
     ]
+
+
+async def test_creating_a_name_two_replicas_create_at_once_makes_one_tenant(
+    stores: list[Store],
+) -> None:
+    """Each replica's memory says the name is free: the store decides, the loser gets the
+    same 400 ``exists`` as a name this replica knew, and the winner's tenant is the one kept."""
+    one, two = stores
+    replicas = [Tenants(AuthConfig(enabled=True), s, flush_seconds=60, cycle_day=1) for s in stores]
+    answers = await asyncio.gather(
+        replicas[0].create({"name": "team", "rpm": 1}),
+        replicas[1].create({"name": "team", "rpm": 2}),
+        return_exceptions=True,
+    )
+    [kept] = [a for a in answers if isinstance(a, Tenant)]
+    [refused] = [a for a in answers if isinstance(a, InvalidRequest)]
+    assert refused.code == "exists" and refused.status == 400
+    assert (await two.tenants())[0] == [kept]
+    assert all(r.by_name == {"team": kept} for r in replicas)  # the loser reloaded
+    version = await one.version()
+    assert await two.create_tenant(Tenant("team", rpm=3)) is False  # nothing changed
+    assert await one.version() == version and (await one.tenants())[0] == [kept]
 
 
 async def test_demand_history_round_trips(stores: list[Store]) -> None:

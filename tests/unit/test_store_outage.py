@@ -111,7 +111,7 @@ async def test_a_locked_file_is_one_outage_requests_go_on_and_nothing_is_lost(
     assert set(Counter(ERRORS) - before) == {
         "add_usage",
         "add_spend",
-        "put_tenant",
+        "create_tenant",
         "save_demand",
     }
     # One line when the outage started, one when it ended: reads that kept working (the

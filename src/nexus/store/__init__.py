@@ -156,6 +156,11 @@ class Store(Protocol):
 
     async def tenants(self) -> tuple[list[Tenant], list[ApiKey]]: ...
 
+    async def create_tenant(self, tenant: Tenant) -> bool:
+        """Create, in one step: False (and nothing changed) if a tenant of that name exists,
+        even one another process created a moment ago."""
+        ...
+
     async def put_tenant(self, tenant: Tenant) -> None:
         """Create or replace."""
         ...

@@ -40,6 +40,13 @@ TIMEOUT_SECONDS = 0.5  # one round trip on a LAN is ~0.2 ms: 0.5 s means Redis i
 FIELDS = ("requests", "prompt", "completion", "cost")
 T = TypeVar("T")
 
+# KEYS: tenants, version. ARGV: name, tenant JSON. 0 if a tenant of that name exists.
+CREATE_TENANT = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('INCR', KEYS[2])
+return 1
+"""
+
 # KEYS: tenants, keys, version. ARGV: the tenant. Its keys go with it.
 DELETE_TENANT = """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
@@ -86,6 +93,7 @@ class RedisStore:
         self.client = Client(url, TIMEOUT_SECONDS)  # fails fast; the callers retry
         # Changes that read before they write run as scripts: atomic, whatever another
         # replica does meanwhile (SQLite gets the same from its transactions and foreign key).
+        self._create_tenant = self.client.script(CREATE_TENANT)
         self._delete_tenant = self.client.script(DELETE_TENANT)
         self._put_key = self.client.script(PUT_KEY)
         self._revoke_key = self.client.script(REVOKE_KEY)
@@ -150,6 +158,15 @@ class RedisStore:
         )
         keys = sorted((ApiKey(**orjson.loads(v)) for v in _pairs(raw_keys).values()), key=_created)
         return tenants, keys
+
+    async def create_tenant(self, tenant: Tenant) -> bool:
+        keys = [f"{PREFIX}tenants", f"{PREFIX}version"]
+        definition = orjson.dumps(tenant.to_dict())
+        created = await self.call(
+            "create_tenant",
+            lambda: self.client.run(self._create_tenant, keys, [tenant.name, definition]),
+        )
+        return bool(created)
 
     async def put_tenant(self, tenant: Tenant) -> None:
         definition = orjson.dumps(tenant.to_dict())

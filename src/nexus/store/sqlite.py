@@ -228,6 +228,15 @@ class SQLiteStore:
         ]
         return tenants, keys
 
+    async def create_tenant(self, tenant: Tenant) -> bool:
+        # (The name is the primary key: of two processes creating one name, one inserts.)
+        return await self._run(
+            "create_tenant",
+            self._write,
+            "INSERT INTO tenants (name, definition) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+            (tenant.name, orjson.dumps(tenant.to_dict()).decode()),
+        )
+
     async def put_tenant(self, tenant: Tenant) -> None:
         await self._run(
             "put_tenant",

@@ -345,12 +345,15 @@ class Tenants:
         if (problem := name_problem(name)) is not None:
             raise InvalidRequest(f"'name' {problem}", param="name")
         assert isinstance(name, str)
+        exists = InvalidRequest(f"tenant '{name}' exists already", code="exists")
         if name in self.by_name:
-            raise InvalidRequest(f"tenant '{name}' exists already", code="exists")
+            raise exists
         tenant = Tenant(name, created=time.time())
         apply_fields(tenant, fields)
-        await self.store.put_tenant(tenant)
+        created = await self.store.create_tenant(tenant)  # (another process may have, meanwhile)
         await self.reload()
+        if not created:
+            raise exists
         return tenant
 
     async def update(self, name: str, fields: dict[str, Any]) -> Tenant:
