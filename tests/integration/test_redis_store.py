@@ -12,12 +12,14 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from nexus.config import AuthConfig
 from nexus.errors import InvalidRequest, NotFound
+from nexus.records import RequestRecord
 from nexus.store import ERRORS, SpendRow, Store, StoreUnavailable
 from nexus.store.sqlite import SQLiteStore
 from nexus.tenants.model import ApiKey, Tenant, UsageRow
@@ -149,6 +151,89 @@ async def test_creating_a_name_two_replicas_create_at_once_makes_one_tenant(
     version = await one.version()
     assert await two.create_tenant(Tenant("team", rpm=3)) is False  # nothing changed
     assert await one.version() == version and (await one.tenants())[0] == [kept]
+
+
+class Moment:
+    def __init__(self, when: datetime) -> None:
+        self.when = when
+
+    def __call__(self) -> datetime:
+        return self.when
+
+
+async def test_usage_totals_are_read_again_only_when_they_may_have_changed(
+    stores: list[Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one = stores[0]
+    clocks = [Moment(datetime(2027, 1, 31, 23, 0, tzinfo=UTC)) for _ in stores]
+    a, b = (
+        Tenants(AuthConfig(enabled=True), s, flush_seconds=60, cycle_day=1, clock=c)
+        for s, c in zip(stores, clocks, strict=True)
+    )
+    await a.create({"name": "team"})
+    await b.reload()
+    reads: list[str] = []
+    read = one.usage
+
+    async def counted(tenant: str | None, since: str) -> list[UsageRow]:
+        reads.append(since)
+        return await read(tenant, since)
+
+    monkeypatch.setattr(one, "usage", counted)
+
+    def served() -> RequestRecord:
+        record = RequestRecord("r", "chat", tenant="team", model="m", backend="box")
+        record.tokens_prompt, record.tokens_completion = 10, 5
+        return record
+
+    await a.flush()  # the first: read
+    for _ in range(5):
+        await a.flush()  # nothing written anywhere: the totals are not read again
+    assert reads == ["2027-01-01"]
+    a.record(served())
+    await a.flush()  # this replica wrote
+    await a.flush()
+    assert reads == ["2027-01-01"] * 2 and a.summary()["team"]["tokens"] == 15
+    b.record(served())
+    await b.flush()  # another replica wrote: this one sees it at its next flush
+    await a.flush()
+    await a.flush()
+    assert reads == ["2027-01-01"] * 3 and a.summary()["team"]["tokens"] == 30
+    # The other replica's clock passes midnight first and it writes usage of the new cycle;
+    # then this one's: the new cycle's totals are read, although nobody wrote since.
+    clocks[1].when = datetime(2027, 2, 1, 0, 0, tzinfo=UTC)
+    b.record(served())
+    await b.flush()
+    await a.flush()
+    assert len(reads) == 4
+    clocks[0].when = datetime(2027, 2, 1, 0, 1, tzinfo=UTC)
+    assert a.summary()["team"]["tokens"] == 0  # the reset is at once, before any read
+    await a.flush()
+    assert reads[-1] == "2027-02-01" and a.summary()["team"]["tokens"] == 15
+    await a.flush()
+    assert len(reads) == 5
+
+
+async def test_redis_usage_days_expire_after_two_billing_cycles(redis: RedisServer) -> None:
+    from nexus.store.redis import PREFIX, USAGE_KEEP_DAYS, RedisStore
+
+    store = RedisStore(redis.url)
+    await store.open()
+    try:
+        today = datetime.now(UTC).date()
+        old = today - timedelta(days=USAGE_KEEP_DAYS + 1)
+        await store.add_usage([UsageRow("team", d.isoformat(), "m", 1) for d in (today, old)])
+        ttl = await store.client.command("TTL", f"{PREFIX}usage:{today.isoformat()}")
+        # Kept at least the current and the previous billing cycle (62 days at the most).
+        assert 62 * 86400 < (USAGE_KEEP_DAYS - 1) * 86400 <= ttl <= USAGE_KEEP_DAYS * 86400
+        assert await store.client.command("EXISTS", f"{PREFIX}usage:{old.isoformat()}") == 0
+        assert await store.usage(None, "2000-01-01") == [
+            UsageRow("team", today.isoformat(), "m", 1)
+        ]
+        days = await store.client.command("SMEMBERS", f"{PREFIX}usage:days")
+        assert days == [today.isoformat().encode()]  # the day gone is dropped from the index
+    finally:
+        await store.close()
 
 
 async def test_demand_history_round_trips(stores: list[Store]) -> None:

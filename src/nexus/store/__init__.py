@@ -33,7 +33,7 @@ log = logging.getLogger("nexus.store")
 ERRORS: Counter[str] = Counter()  # operation -> failures (nexus_store_errors_total)
 # The operations that only read. A SQLite file that is locked by another process or full
 # still answers them while every write fails: an outage of writes ends with a write.
-READS = frozenset({"spend", "version", "tenants", "usage", "load_demand"})
+READS = frozenset({"spend", "version", "usage_version", "tenants", "usage", "load_demand"})
 
 
 class StoreUnavailable(ServiceUnavailable):
@@ -176,7 +176,13 @@ class Store(Protocol):
     # -- usage --------------------------------------------------------------------------------
 
     async def add_usage(self, rows: list[UsageRow]) -> None:
-        """Add the rows to what is stored (several writers may add at once)."""
+        """Add the rows to what is stored (several writers may add at once); bumps
+        :meth:`usage_version`."""
+        ...
+
+    async def usage_version(self) -> int:
+        """A number that changes whenever any process adds usage (cheap: polled at every
+        flush, so that the totals are read again only when they may have changed)."""
         ...
 
     async def usage(self, tenant: str | None, since: str) -> list[UsageRow]:

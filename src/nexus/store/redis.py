@@ -9,13 +9,22 @@ too (``RedisLimiter`` in ``redis_limits.py``): one script, one round trip per re
 Layout, every key under ``nexus:``::
 
     spend:<cycle>    hash  ["backend","model","requests|prompt|completion|cost"] -> number
-    usage:<day>      hash  ["tenant","model","requests|prompt|completion|cost"] -> number
-    usage:days       set   the days that have a usage hash
+    usage:<day>      hash  ["tenant","model","requests|prompt|completion|cost"] -> number,
+                           expires USAGE_KEEP_DAYS after its day began
+    usage:days       set   the days that have a usage hash (days gone by then are dropped
+                           when usage is read)
+    usage:version    int   bumped by every addition to usage
     tenants          hash  name -> tenant JSON
     keys             hash  key id -> key JSON (the key's SHA-256, never the key)
     version          int   bumped by every change to tenants or keys
     demand           str   the fleet's demand history (JSON)
     rl:<tenant>:*    hash  rate-limit buckets (tokens, last refill)
+
+What reads usage: each replica's quotas, the current billing cycle (from its first day, at
+most 31 days back); ``/admin/usage`` and ``nexus tenants usage``, the last 31 days unless
+``since`` says otherwise. Kept: the current and the previous billing cycle, whatever the
+cycle's day (two cycles span at most 62 days), and a week more; older days are gone from
+Redis (the SQLite file keeps every day).
 
 When Redis is away every call raises :class:`StoreUnavailable` quickly (no retries here: the
 callers keep what they have in memory and try again on their next flush). Each failure is
@@ -25,7 +34,9 @@ each (``nexus.store.Outage``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 import orjson
@@ -38,6 +49,7 @@ from nexus.tenants.model import ApiKey, Tenant, UsageRow
 PREFIX = "nexus:"
 TIMEOUT_SECONDS = 0.5  # one round trip on a LAN is ~0.2 ms: 0.5 s means Redis is in trouble
 FIELDS = ("requests", "prompt", "completion", "cost")
+USAGE_KEEP_DAYS = 70  # the current and the previous billing cycle (<= 62 days), and a week
 T = TypeVar("T")
 
 # KEYS: tenants, version. ARGV: name, tenant JSON. 0 if a tenant of that name exists.
@@ -206,13 +218,29 @@ class RedisStore:
     async def add_usage(self, rows: list[UsageRow]) -> None:
         if rows:
             days = sorted({row.day for row in rows})
-            commands = [*_increments(rows), ("SADD", f"{PREFIX}usage:days", *days)]
+            commands = [
+                *_increments(rows),
+                *(("EXPIREAT", f"{PREFIX}usage:{day}", _usage_expiry(day)) for day in days),
+                ("SADD", f"{PREFIX}usage:days", *days),
+                ("INCR", f"{PREFIX}usage:version"),
+            ]
             await self.call("add_usage", lambda: self.client.transaction(commands))
+
+    async def usage_version(self) -> int:
+        raw = await self.call(
+            "usage_version", lambda: self.client.command("GET", f"{PREFIX}usage:version")
+        )
+        return int(raw or 0)
 
     async def usage(self, tenant: str | None, since: str) -> list[UsageRow]:
         async def read() -> list[UsageRow]:
             members = await self.client.command("SMEMBERS", f"{PREFIX}usage:days")
-            days = sorted(day for d in members if (day := d.decode()) >= since)
+            known = [d.decode() for d in members]
+            now = time.time()
+            gone = [day for day in known if _usage_expiry(day) <= now]
+            if gone:  # their hashes expired: the set stays as small as what is kept
+                await self.client.command("SREM", f"{PREFIX}usage:days", *gone)
+            days = sorted(day for day in known if day >= since and day not in gone)
             hashes = await self.client.pipeline([("HGETALL", f"{PREFIX}usage:{d}") for d in days])
             rows = [
                 UsageRow(names[0], day, names[1], *sums)
@@ -237,6 +265,12 @@ class RedisStore:
 
 def _created(key: ApiKey) -> float:
     return key.created
+
+
+def _usage_expiry(day: str) -> int:
+    """When a day's usage hash expires (Unix time): USAGE_KEEP_DAYS after the day began."""
+    began = datetime.combine(date.fromisoformat(day), datetime.min.time(), UTC)
+    return int((began + timedelta(days=USAGE_KEEP_DAYS)).timestamp())
 
 
 def _increments(

@@ -90,7 +90,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     """,
     ),
 )
-BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'tenants_version'"
+# A version every process polls ('tenants_version', 'usage_version'), made at its first bump.
+BUMP = """
+    INSERT INTO meta (key, value) VALUES (?, 1)
+    ON CONFLICT (key) DO UPDATE SET value = value + 1
+"""
+VERSION = "SELECT value FROM meta WHERE key = ?"
 
 
 def adding(table: str, names: tuple[str, str, str]) -> str:
@@ -179,14 +184,16 @@ class SQLiteStore:
 
     async def add_spend(self, rows: list[SpendRow]) -> None:
         if rows:
-            await self._run("add_spend", self._add, ADD_SPEND, rows)
+            await self._run("add_spend", self._add, ADD_SPEND, rows, None)
 
-    def _add(self, sql: str, rows: list[SpendRow] | list[UsageRow]) -> None:
-        """Rows added to their sums, in one transaction."""
+    def _add(self, sql: str, rows: list[SpendRow] | list[UsageRow], bump: str | None) -> None:
+        """Rows added to their sums in one transaction (and a version bumped with them)."""
         db = self._connection()
         values = [astuple(row) for row in rows]  # (the columns' order)
         with transaction(db):
             db.executemany(sql, values)
+            if bump is not None:
+                db.execute(BUMP, (bump,))
 
     async def spend(self, cycle: str) -> list[SpendRow]:
         return await self._run("spend", self._spend, cycle)
@@ -202,9 +209,7 @@ class SQLiteStore:
     # -- tenants and keys -------------------------------------------------------------------
 
     async def version(self) -> int:
-        value: int = await self._run(
-            "version", self._one, "SELECT value FROM meta WHERE key = ?", "tenants_version"
-        )
+        value: int = await self._run("version", self._one, VERSION, "tenants_version")
         return value
 
     def _one(self, sql: str, *args: Any) -> Any:
@@ -277,14 +282,18 @@ class SQLiteStore:
         with transaction(db):
             changed = db.execute(sql, args).rowcount > 0
             if changed:
-                db.execute(BUMP)
+                db.execute(BUMP, ("tenants_version",))
         return changed
 
     # -- usage --------------------------------------------------------------------------------
 
     async def add_usage(self, rows: list[UsageRow]) -> None:
         if rows:
-            await self._run("add_usage", self._add, ADD_USAGE, rows)
+            await self._run("add_usage", self._add, ADD_USAGE, rows, "usage_version")
+
+    async def usage_version(self) -> int:
+        value: int | None = await self._run("usage_version", self._one, VERSION, "usage_version")
+        return value or 0  # (no usage written yet)
 
     async def usage(self, tenant: str | None, since: str) -> list[UsageRow]:
         return await self._run("usage", self._usage, tenant, since)

@@ -10,7 +10,9 @@ Tenants and keys live in the state store; every process polls its version once a
 reloads on a change, so a key revoked anywhere is refused everywhere within about a second.
 Usage (requests, tokens, cost per tenant, model and day) is buffered and written with the
 store's flush, like the budget's spend; quotas read the cycle's totals from the store plus what
-this process added since.
+this process added since. The totals are read again after a flush that wrote, or when the
+store's usage version says another process wrote, or when a new cycle began: an idle gateway
+asks the store one number per flush.
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ class Tenants:
         self.version = -1
         self.used: dict[str, list[float]] = {}  # tenant -> [tokens, cost] this cycle
         self._used_cycle: datetime | None = None  # the cycle ``used`` is of (its start)
+        # The store's usage version and the cycle (its start) at the last read of the totals.
+        self._usage_read: tuple[int, datetime] | None = None
         self._cycle = cycle_bounds(clock(), cycle_day)  # (start, end), recomputed when passed
         self._buffer: dict[tuple[str, str, str], UsageRow] = {}
         self._failures: OrderedDict[str, TokenBucket] = OrderedDict()
@@ -304,13 +308,23 @@ class Tenants:
             for key, row in buffer.items():
                 self._buffer.setdefault(key, UsageRow(*key)).add(row)
             raise
-        await self._reload_usage()
+        if buffer or await self._usage_changed():
+            await self._reload_usage()
+
+    async def _usage_changed(self) -> bool:
+        """Whether the totals may differ from those last read: another process added usage,
+        or a new cycle began (its totals are not those of the last one)."""
+        if self._usage_read is None:
+            return True
+        version, start = self._usage_read
+        return start != self._bounds(self.clock())[0] or await self.store.usage_version() != version
 
     async def _reload_usage(self) -> None:
         """This cycle's totals per tenant, as every process wrote them, plus what this one
         has buffered since."""
         start, _ = self._bounds(self.clock())
         since = start.date().isoformat()
+        version = await self.store.usage_version()  # (before reading: a later write is seen)
         used: dict[str, list[float]] = {}
         for row in [*await self.store.usage(None, since), *self._buffer.values()]:
             if row.day >= since:
@@ -319,6 +333,7 @@ class Tenants:
                 totals[1] += row.cost_usd
         self.used = used
         self._used_cycle = start
+        self._usage_read = version, start
 
     def _this_cycle(self, now: datetime) -> dict[str, list[float]]:
         """``used``, or nothing if a new cycle began since it was read (the store's totals
