@@ -257,3 +257,9 @@ def describe(exc: BaseException) -> str:
 
 class StartupError(Exception):
     """Nexus cannot start; the message is the one line the console shows."""
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """A backend's own text as it may appear in an error or a log line: at most ``limit``
+    characters, control characters blanked (no line break of theirs starts a forged line)."""
+    return "".join(c if c.isprintable() else " " for c in text[:limit]).strip()

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from nexus.backends import auth
+from nexus.errors import printable
 from nexus.fleet.errors import OperationFailed
 from nexus.registry import Backend
 from nexus.transport import Answer, ConnectTimeout, Transport, UpstreamError, describe
@@ -149,9 +150,4 @@ def error_message(payload: Any) -> str:
     error = payload.get("error", payload.get("detail"))
     if isinstance(error, dict):
         error = error.get("message")
-    return printable(error) if isinstance(error, str) else ""
-
-
-def printable(text: str) -> str:
-    """At most MAX_QUOTED characters of a backend's text, control characters blanked."""
-    return "".join(c if c.isprintable() else " " for c in text[:MAX_QUOTED]).strip()
+    return printable(error, MAX_QUOTED) if isinstance(error, str) else ""

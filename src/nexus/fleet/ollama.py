@@ -16,8 +16,9 @@ from contextlib import aclosing
 from typing import Any
 
 from nexus.config import FleetConfig
+from nexus.errors import printable
 from nexus.fleet.errors import OperationFailed
-from nexus.fleet.http import BackendHTTP, error_message, printable
+from nexus.fleet.http import MAX_QUOTED, BackendHTTP, error_message
 from nexus.fleet.lifecycle import STATUS_SECONDS, Report, Residency, until
 from nexus.registry import Backend
 
@@ -80,7 +81,7 @@ class OllamaLifecycle:
                     continue
                 if reason := error_message(line):
                     raise OperationFailed(f"{backend.name}: pulling {model} failed: {reason}")
-                last = printable(str(line.get("status") or ""))
+                last = printable(str(line.get("status") or ""), MAX_QUOTED)
                 report(last, _bytes(line.get("completed")), _bytes(line.get("total")))
         if last != "success":
             raise OperationFailed(f"{backend.name}: the pull of {model} ended before it succeeded")

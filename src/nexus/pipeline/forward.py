@@ -30,6 +30,7 @@ from nexus.errors import (
     NexusError,
     NoHealthyBackend,
     RequestRefused,
+    printable,
 )
 from nexus.health import HealthChecker
 from nexus.pipeline.cost import Costs
@@ -478,21 +479,7 @@ def _json_object(raw: bytes) -> bool:
         return False
 
 
-def upstream_message(raw: bytes) -> str:
-    """The upstream's own error message, short, if it sent an OpenAI-shaped one."""
-    try:
-        error = orjson.loads(raw).get("error")
-    except (orjson.JSONDecodeError, AttributeError):
-        return ""
-    message = error.get("message") if isinstance(error, dict) else error
-    return f": {printable(str(message))}" if message else ""
-
-
 def upstream_text(raw: bytes) -> str:
     """A short, printable excerpt of a non-JSON error body (an HTML page, plain text)."""
-    text = printable(raw[:400].decode("utf-8", "replace")).strip()
+    text = printable(raw[:400].decode("utf-8", "replace"))
     return f": {text}" if text else ""
-
-
-def printable(text: str) -> str:
-    return "".join(c if c.isprintable() else " " for c in text[:200])
