@@ -121,20 +121,12 @@ def routing_headers(
                 continue
         if name in MODE_HEADERS:
             wanted = value.decode("latin-1").strip().lower()
-            title = name.decode().title()
             if wanted not in ("true", "false"):
-                raise InvalidRequest(
-                    f"header {title} must be true or false, got {value[:40].decode('latin-1')!r}",
-                    param=title,
-                    code="invalid_header",
-                )
+                raise invalid_header(name, "must be true or false", value)
             if wanted == "true":
                 if mode:
-                    raise InvalidRequest(
-                        "headers X-Nexus-Strict and X-Nexus-Flexible cannot both be true",
-                        param=title,
-                        code="invalid_header",
-                    )
+                    other = "X-Nexus-Strict" if mode == STRICT else "X-Nexus-Flexible"
+                    raise invalid_header(name, f"and {other} cannot both be true")
                 mode = MODE_HEADERS[name]
         elif name == SESSION_HEADER:
             session = value.decode("latin-1")
@@ -144,13 +136,7 @@ def routing_headers(
 def priority(name: bytes, value: bytes) -> int:
     wanted = value.decode("latin-1").strip().lower()
     if wanted not in PRIORITIES:
-        title = name.decode().title()
-        raise InvalidRequest(
-            f"header {title} must be one of {', '.join(PRIORITIES)}, got "
-            f"{value[:40].decode('latin-1')!r}",
-            param=title,
-            code="invalid_header",
-        )
+        raise invalid_header(name, f"must be one of {', '.join(PRIORITIES)}", value)
     return PRIORITIES.index(wanted)
 
 
@@ -160,11 +146,12 @@ def seconds(name: bytes, value: bytes) -> float:
     except ValueError:
         number = math.nan
     if not number > 0 or math.isinf(number):
-        title = name.decode().title()
-        raise InvalidRequest(
-            f"header {title} must be a positive number of seconds, got "
-            f"{value[:40].decode('latin-1')!r}",
-            param=title,
-            code="invalid_header",
-        )
+        raise invalid_header(name, "must be a positive number of seconds", value)
     return number
+
+
+def invalid_header(name: bytes, rule: str, value: bytes | None = None) -> InvalidRequest:
+    """A 400 naming the client's header and what it got wrong (its value, cut short)."""
+    title = name.decode().title()
+    got = "" if value is None else f", got {value[:40].decode('latin-1')!r}"
+    return InvalidRequest(f"header {title} {rule}{got}", param=title, code="invalid_header")
