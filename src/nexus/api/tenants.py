@@ -10,9 +10,8 @@ A new key is in the answer to its creation, once: only its hash is kept.
 from __future__ import annotations
 
 from datetime import date, timedelta
-from typing import Any
 
-from nexus.api.admin import authorize
+from nexus.api.admin import authorize, json_object
 from nexus.asgi.guards import Sites, check_admin_body
 from nexus.asgi.routes import Request, Response, Router
 from nexus.errors import InvalidRequest, NexusError
@@ -75,12 +74,12 @@ class TenantsAdmin:
 
     async def create_tenant(self, request: Request) -> Response:
         tenants = self._tenants(request, body=True)
-        tenant = await tenants.create(await _object(request))
+        tenant = await tenants.create(await json_object(request))
         return Response.json(tenant.to_dict(), status=201)
 
     async def update_tenant(self, request: Request) -> Response:
         tenants = self._tenants(request, body=True)
-        tenant = await tenants.update(request.params["name"], await _object(request))
+        tenant = await tenants.update(request.params["name"], await json_object(request))
         return Response.json(tenant.to_dict())
 
     async def delete_tenant(self, request: Request) -> Response:
@@ -125,7 +124,7 @@ class TenantsAdmin:
 
     async def create_key(self, request: Request) -> Response:
         tenants = self._tenants(request, body=True)
-        body = await _object(request)
+        body = await json_object(request)
         tenant = body.get("tenant")
         if not isinstance(tenant, str):
             raise InvalidRequest("'tenant' must name a tenant", param="tenant")
@@ -141,13 +140,6 @@ class TenantsAdmin:
         tenants = self._tenants(request)
         record = await tenants.revoke(request.params["id"])
         return Response.json({"revoked": record.to_dict()})
-
-
-async def _object(request: Request) -> dict[str, Any]:
-    body = await request.json()
-    if not isinstance(body, dict):
-        raise InvalidRequest("body must be a JSON object")
-    return body
 
 
 def _key_count(tenants: Tenants, name: str) -> int:
