@@ -190,13 +190,14 @@ class Budget:
         if prompt is None and (count := req.prompt_count) is not None:
             # Counting a long prompt takes a millisecond; its bytes, microseconds. Far from
             # the limit the bound fits and the exact count is never needed.
-            cost = pricing.cost(price, prompt_tokens=count.bound, completion_tokens=completion)
+            bound = count.bound(backend.type, model)
+            cost = pricing.cost(price, prompt_tokens=bound, completion_tokens=completion)
             if self.allows(cost):
                 return None
-            prompt = count.tokens_now()
+            prompt = count.tokens_now(backend.type, model)
             if prompt is None:  # the encoding is not loaded yet: the bound never undercounts
                 self._near()
-                prompt = count.bound
+                prompt = bound
         if prompt is None:
             prompt = tokens.estimate(req.prompt_chars)
         estimate = pricing.cost(price, prompt_tokens=prompt, completion_tokens=completion)

@@ -319,35 +319,39 @@ def bound_chat(body: dict[str, Any], *, provider: str, model: str) -> int:
 
 
 class PromptCount:
-    """A chat prompt's tokens, worked out only when asked for: the budget asks for `bound`
-    first and needs the exact `tokens` only when the bound's cost would not fit."""
+    """A chat prompt's tokens by each provider's tokenizer, worked out only when asked for:
+    the budget asks for `bound` first and needs the exact `tokens` only when the bound's cost
+    would not fit. One request may be priced for several cloud backends (a fallback on
+    another provider): each is counted with its own tokenizer, once."""
 
-    __slots__ = ("_body", "_bound", "_model", "_provider", "_tokens")
+    __slots__ = ("_body", "_bounds", "_tokens")
 
-    def __init__(self, body: dict[str, Any], *, provider: str, model: str) -> None:
-        self._body, self._provider, self._model = body, provider, model
-        self._bound: int | None = None
-        self._tokens: int | None = None
+    def __init__(self, body: dict[str, Any]) -> None:
+        self._body = body
+        self._bounds: dict[tuple[str, str], int] = {}
+        self._tokens: dict[tuple[str, str], int] = {}
 
-    @property
-    def bound(self) -> int:
-        if self._bound is None:
-            self._bound = bound_chat(self._body, provider=self._provider, model=self._model)
-        return self._bound
+    def bound(self, provider: str, model: str) -> int:
+        key = (provider, model)
+        value = self._bounds.get(key)
+        if value is None:
+            value = self._bounds[key] = bound_chat(self._body, provider=provider, model=model)
+        return value
 
-    @property
-    def tokens(self) -> int:
-        if self._tokens is None:
-            count = count_chat(self._body, provider=self._provider, model=self._model)
-            self._tokens = count.tokens
-        return self._tokens
+    def tokens(self, provider: str, model: str) -> int:
+        key = (provider, model)
+        value = self._tokens.get(key)
+        if value is None:
+            count = count_chat(self._body, provider=provider, model=model)
+            value = self._tokens[key] = count.tokens
+        return value
 
-    def tokens_now(self) -> int | None:
+    def tokens_now(self, provider: str, model: str) -> int | None:
         """`tokens` if counting needs no encoding to be loaded first (~0.5 s the first time,
         which must not stall the event loop), else None."""
-        if self._tokens is None and not loaded(self._provider, self._model):
+        if (provider, model) not in self._tokens and not loaded(provider, model):
             return None
-        return self.tokens
+        return self.tokens(provider, model)
 
 
 def _tally_chat(body: dict[str, Any], provider: str, model: str, name: str | None) -> _Tally:

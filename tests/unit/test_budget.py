@@ -175,7 +175,7 @@ async def test_the_prompt_is_counted_only_when_its_bound_would_not_fit(tmp_path:
         cloud.prices["gpt-4o"] = Price(input_per_mtok=100.0, output_per_mtok=100.0)
         body = {"messages": [{"role": "user", "content": "hello " * 300}]}  # ~300 tokens
         far = Requirements(model="gpt-4o", max_tokens=10)
-        far.prompt_count = PromptCount(body, provider="openai", model="gpt-4o")
+        far.prompt_count = PromptCount(body)
         assert budget.refuses(cloud, "gpt-4o", far) is None
         assert far.prompt_tokens is None  # never counted
 
@@ -185,15 +185,17 @@ async def test_the_prompt_is_counted_only_when_its_bound_would_not_fit(tmp_path:
         with pytest.MonkeyPatch.context() as patch:  # the encoding still loading: the bound
             patch.setattr("nexus.tokens.loaded", lambda provider, model: False)
             near = Requirements(model="gpt-4o", max_tokens=10)
-            near.prompt_count = PromptCount(body, provider="openai", model="gpt-4o")
+            near.prompt_count = PromptCount(body)
             refused = budget.refuses(cloud, "gpt-4o", near)
             assert refused is not None and "would cross" in refused
             assert woken == [True]  # and it is asked to load, once
         assert tokens.preload(["openai"])
         near = Requirements(model="gpt-4o", max_tokens=10)  # loaded: the exact count decides
-        near.prompt_count = PromptCount(body, provider="openai", model="gpt-4o")
+        near.prompt_count = PromptCount(body)
         assert budget.refuses(cloud, "gpt-4o", near) is None
-        assert near.prompt_count.tokens_now() is not None and near.prompt_count.tokens < 700
+        count = near.prompt_count
+        assert count.tokens_now("openai", "gpt-4o") is not None
+        assert count.tokens("openai", "gpt-4o") < 700
         assert woken == [True]
     finally:
         await budget.stop()

@@ -354,17 +354,20 @@ def test_the_cheap_bound_is_never_below_the_count(texts: list[str], model: str) 
     body = {"messages": [{"role": "user", "content": text} for text in texts]}
     exact = count_chat(body, provider=provider, model=model).tokens
     assert tokens.bound_chat(body, provider=provider, model=model) >= exact
-    lazy = tokens.PromptCount(body, provider=provider, model=model)
-    assert lazy.bound >= lazy.tokens == exact
+    lazy = tokens.PromptCount(body)
+    assert lazy.bound(provider, model) >= lazy.tokens(provider, model) == exact
 
 
 def test_a_prompt_count_counts_nothing_until_asked() -> None:
     body = {"messages": [{"role": "user", "content": "hello " * 100}]}
     before = dict(tokens.COUNTED)
-    lazy = tokens.PromptCount(body, provider="openai", model="gpt-4o")
-    assert lazy.bound >= 100
+    lazy = tokens.PromptCount(body)
+    assert lazy.bound("openai", "gpt-4o") >= 100
     assert before == tokens.COUNTED
-    assert lazy.tokens == count_chat(body, provider="openai", model="gpt-4o").tokens
+    assert (
+        lazy.tokens("openai", "gpt-4o")
+        == count_chat(body, provider="openai", model="gpt-4o").tokens
+    )
 
 
 # --- offline-ness and fallbacks --------------------------------------------------------------
@@ -467,3 +470,18 @@ def test_preload_loads_only_what_the_providers_need(monkeypatch: pytest.MonkeyPa
     loaded.clear()
     assert tokens.preload(["openai", "anthropic"]) is True
     assert loaded == ["cl100k_base", "o200k_base"]
+
+
+def test_one_prompt_is_counted_by_each_providers_own_tokenizer() -> None:
+    """A request a fallback may send to another provider is priced with that provider's
+    count, not the first cloud backend's."""
+    body = {"messages": [{"role": "user", "content": "東京の天気はどうですか？ " * 40}]}
+    lazy = tokens.PromptCount(body)
+    counts = {
+        (provider, model): lazy.tokens(provider, model)
+        for provider, model in [("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4-5")]
+    }
+    for (provider, model), counted in counts.items():
+        assert counted == count_chat(body, provider=provider, model=model).tokens
+        assert lazy.bound(provider, model) >= counted
+    assert len(set(counts.values())) == 2

@@ -47,7 +47,7 @@ class Costs:
         if prompt is None:
             prompt = req.prompt_tokens
             if prompt is None and req.prompt_count is not None:
-                prompt = req.prompt_count.tokens_now()
+                prompt = req.prompt_count.tokens_now(backend.type, model)
             if prompt is None:
                 prompt = tokens.estimate(req.prompt_chars)
             record.cost_flag = "estimated"

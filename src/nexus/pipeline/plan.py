@@ -90,17 +90,17 @@ class Planner:
 
 
 def count_prompt(ex: Exchange, router: Router) -> None:
-    """With a budget, a chat a cloud backend may serve gets its prompt counted by that
-    provider's tokenizer, on demand: the cost estimate that keeps the budget (only when a
-    cheap upper bound would not fit), and the fallback cost of a stream cut before its usage
-    came. Local-only traffic is never tokenized."""
-    req, plan = ex.requirements, ex.plan
+    """With a budget, a chat a cloud backend may serve gets a prompt counter: each cloud
+    backend's cost estimate (the budget's check, only when a cheap upper bound would not
+    fit; the fallback cost of a stream cut before its usage came) counts it on demand, with
+    that provider's tokenizer. Local-only traffic is never tokenized."""
+    plan = ex.plan
     assert plan is not None
+    registry = router.registry
     for model in plan.models:
-        for backend in router.registry.get_backends_for_model(model):
-            if backend.cloud:
-                req.prompt_count = tokens.PromptCount(ex.body, provider=backend.type, model=model)
-                return
+        if any(backend.cloud for backend in registry.get_backends_for_model(model)):
+            ex.requirements.prompt_count = tokens.PromptCount(ex.body)
+            return
 
 
 def routing_headers(
