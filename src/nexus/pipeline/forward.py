@@ -206,8 +206,8 @@ class Forwarder:
             return headers
         if ex.tenant is not None:
             return headers  # auth on: the client's credential is its Nexus key, ours alone
-        if ex.authorization:
-            headers["Authorization"] = ex.authorization
+        if authorization := ex.authorization:
+            headers["Authorization"] = authorization
         return headers
 
     async def _answer(

@@ -17,6 +17,7 @@ import orjson
 
 from nexus import logs, tokens
 from nexus.asgi import Scope
+from nexus.asgi.io import headers
 from nexus.config import QueuingConfig
 from nexus.errors import InvalidRequest
 from nexus.pipeline.exchange import Exchange
@@ -106,31 +107,30 @@ def count_prompt(ex: Exchange, router: Router) -> None:
 def routing_headers(
     scope: Scope, ex: Exchange | None = None, priority_header: bytes | None = None
 ) -> tuple[str, str | None]:
-    """The client's routing mode ("", "strict" or "flexible") and session name, in one
-    pass over the headers; the queue's priority and timeout go on ``ex``. A mode header
-    says true or false; anything else, or both modes at once, is the client's mistake and a
-    400 naming the header (as is an unknown priority or a timeout that is not a number)."""
-    mode, session = "", None
-    for name, value in scope["headers"]:
-        if priority_header is not None and ex is not None:
-            if name == priority_header:
-                ex.priority = priority(name, value)
-                continue
-            if name == QUEUE_TIMEOUT_HEADER:
-                ex.queue_timeout = seconds(name, value)
-                continue
-        if name in MODE_HEADERS:
-            wanted = value.decode("latin-1").strip().lower()
-            if wanted not in ("true", "false"):
-                raise invalid_header(name, "must be true or false", value)
-            if wanted == "true":
-                if mode:
-                    other = "X-Nexus-Strict" if mode == STRICT else "X-Nexus-Flexible"
-                    raise invalid_header(name, f"and {other} cannot both be true")
-                mode = MODE_HEADERS[name]
-        elif name == SESSION_HEADER:
-            session = value.decode("latin-1")
-    return mode, session
+    """The client's routing mode ("", "strict" or "flexible") and session name; the
+    queue's priority and timeout go on ``ex``. A mode header says true or false; anything
+    else, or both modes at once, is the client's mistake and a 400 naming the header (as is
+    an unknown priority or a timeout that is not a number)."""
+    sent = headers(scope)
+    if priority_header is not None and ex is not None:
+        if (value := sent.get(priority_header)) is not None:
+            ex.priority = priority(priority_header, value)
+        if (value := sent.get(QUEUE_TIMEOUT_HEADER)) is not None:
+            ex.queue_timeout = seconds(QUEUE_TIMEOUT_HEADER, value)
+    mode = ""
+    for name, meaning in MODE_HEADERS.items():
+        if (value := sent.get(name)) is None:
+            continue
+        wanted = value.decode("latin-1").strip().lower()
+        if wanted not in ("true", "false"):
+            raise invalid_header(name, "must be true or false", value)
+        if wanted == "true":
+            if mode:
+                other = "X-Nexus-Strict" if mode == STRICT else "X-Nexus-Flexible"
+                raise invalid_header(name, f"and {other} cannot both be true")
+            mode = meaning
+    session = sent.get(SESSION_HEADER)
+    return mode, None if session is None else session.decode("latin-1")
 
 
 def priority(name: bytes, value: bytes) -> int:
