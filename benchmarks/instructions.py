@@ -53,10 +53,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
-import orjson
 
 from benchmarks import wrk
 from benchmarks.common import base_meta, log
@@ -65,14 +64,13 @@ from benchmarks.procs import (
     HOST,
     ROOT,
     Proc,
-    child_env,
     cpu_seconds,
     free_port,
     run_json,
     spawn,
     wait_until,
 )
-from benchmarks.run import NEXUS_TOML, baseline_meta
+from benchmarks.run import NEXUS_TOML, baseline_meta, write_json
 from benchmarks.settings import Settings
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -211,10 +209,6 @@ def missing_tools() -> list[str]:
 def valgrind_version() -> str:
     done = subprocess.run(["valgrind", "--version"], capture_output=True, text=True, check=False)
     return done.stdout.strip()
-
-
-def open_log(path: Path) -> IO[bytes]:
-    return open(path, "wb")  # handed to the child; closed by Proc.stop
 
 
 # -- callgrind ----------------------------------------------------------------------------
@@ -405,23 +399,15 @@ class Bench:
         self, name: str, args: Sequence[str], pythonpath: Sequence[str] = ()
     ) -> Gateway:
         out = self.workdir / f"{name}.out"
-        log_path = self.workdir / f"{name}.log"
-        handle = open_log(log_path)
         started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=handle,
-            stderr=asyncio.subprocess.STDOUT,
-            env=child_env(pythonpath),
-            cwd=str(ROOT),
+        valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+        wrapped = await spawn(
+            name,
+            args,
+            self.workdir / f"{name}.log",
+            pythonpath,
+            [*valgrind, f"--callgrind-out-file={out}"],
         )
-        wrapped = Proc(name, proc, log_path, handle)
         self.procs.append(wrapped)
         return Gateway(name, wrapped, 0, out, started)
 
@@ -569,11 +555,6 @@ def table(results: dict[str, Any]) -> str:
     if baseline:
         lines.insert(0, f"before = {baseline['src']} (commit {baseline.get('commit')})")
     return "\n".join(lines)
-
-
-def write_json(results: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:

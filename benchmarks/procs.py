@@ -98,9 +98,17 @@ class Proc:
             self._log_file = None
 
 
-async def spawn(name: str, args: Sequence[str], log: Path, pythonpath: Sequence[str] = ()) -> Proc:
+async def spawn(
+    name: str,
+    args: Sequence[str],
+    log: Path,
+    pythonpath: Sequence[str] = (),
+    wrapper: Sequence[str] = (),
+) -> Proc:
+    """``python ARGS`` in a child (``wrapper`` before it, e.g. valgrind and its options)."""
     handle = _open_log(log)
     proc = await asyncio.create_subprocess_exec(
+        *wrapper,
         sys.executable,
         *args,
         stdin=asyncio.subprocess.DEVNULL,

@@ -125,24 +125,7 @@ async def test_admin_is_loopback_only_without_token(
         app = nexus.server.app
 
         async def routed(method: str, path: str) -> tuple[int, dict[str, Any]]:
-            scope = {
-                "type": "http",
-                "method": method,
-                "path": path,
-                "query_string": b"",
-                "headers": [(b"host", b"127.0.0.1:8000")],
-                "client": (peer, 1234),
-                "scheme": "http",
-            }
-            sent: list[dict[str, Any]] = []
-
-            async def receive() -> dict[str, Any]:
-                return {"type": "http.request", "body": b"", "more_body": False}
-
-            async def send(message: dict[str, Any]) -> None:
-                sent.append(message)
-
-            await app(scope, receive, send)
+            sent = await from_peer(app, (peer, 1234), path, method=method)
             return sent[0]["status"], json.loads(sent[1]["body"])
 
         if allowed:
@@ -223,18 +206,23 @@ def auth_on(tmp_path: Path) -> dict[str, Any]:
     return {"auth": {"enabled": True}, "storage": {"path": str(tmp_path / "nexus.db")}}
 
 
-async def from_lan(
-    app: App, path: str, headers: list[tuple[bytes, bytes]], query: bytes = b""
-) -> tuple[int, dict[bytes, bytes]]:
-    """A GET from a LAN peer, handed to the app `nexus serve` builds (tests only ever
-    connect over loopback, which the dashboard trusts)."""
+async def from_peer(
+    app: App,
+    peer: tuple[str, int],
+    path: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    query: bytes = b"",
+    method: str = "GET",
+) -> list[dict[str, Any]]:
+    """A request from ``peer``, handed with that address to the app `nexus serve` builds, as
+    uvicorn would (tests only ever connect over loopback); the messages it sent back."""
     scope = {
         "type": "http",
-        "method": "GET",
+        "method": method,
         "path": path,
         "query_string": query,
-        "headers": [(b"host", b"127.0.0.1:8000"), *headers],
-        "client": LAN_PEER,
+        "headers": [(b"host", b"127.0.0.1:8000"), *(headers or [])],
+        "client": peer,
         "scheme": "http",
     }
     sent: list[dict[str, Any]] = []
@@ -246,6 +234,14 @@ async def from_lan(
         sent.append(message)
 
     await app(scope, receive, send)
+    return sent
+
+
+async def from_lan(
+    app: App, path: str, headers: list[tuple[bytes, bytes]], query: bytes = b""
+) -> tuple[int, dict[bytes, bytes]]:
+    """A GET from a LAN peer (the dashboard trusts loopback): status and headers."""
+    sent = await from_peer(app, LAN_PEER, path, headers, query)
     return sent[0]["status"], dict(sent[0].get("headers", []))
 
 
