@@ -23,6 +23,9 @@ from nexus.registry import Backend, BackendStatus, Model, Registry
 from nexus.routing.requirements import CONTROL_CHARS, MAX_MODEL_NAME
 
 log = logging.getLogger("nexus.health")
+# Its own generator: drawing from the random module's shared one would disturb anyone who
+# seeded it (a test framework replaying its examples does).
+JITTER = random.Random()
 
 MAX_MODELS = 10_000  # per backend: more than any real server lists
 
@@ -108,7 +111,7 @@ class HealthChecker:
                 if backend.cloud
                 else self.config.interval_seconds
             )
-            delay = every * random.uniform(0.9, 1.1)
+            delay = every * JITTER.uniform(0.9, 1.1)
             wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), delay)

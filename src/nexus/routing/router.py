@@ -38,6 +38,7 @@ from nexus.routing.privacy import OPEN, RESTRICTED
 from nexus.routing.requirements import Requirements
 
 log = logging.getLogger("nexus.routing")
+CHANCE = random.Random()  # its own: the random module's shared generator is left alone
 
 MAX_MODELS_IN_HINT = 20
 ZONE_RULES = {
@@ -496,7 +497,7 @@ class Router:
 
     @staticmethod
     def _pick_random(candidates: list[Backend], model: str) -> Backend:
-        return random.choice(candidates)
+        return CHANCE.choice(candidates)
 
     @staticmethod
     def _pick_priority(candidates: list[Backend], model: str) -> Backend:
