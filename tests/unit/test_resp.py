@@ -92,3 +92,21 @@ async def test_a_reply_in_many_reads_and_two_in_one_are_each_delivered() -> None
     assert (first.result(), second.result(), third.result()) == (big, 7, b"OK")
     assert not connection.buffer
     await asyncio.sleep(0)
+
+
+async def test_a_reply_whose_crlf_is_cut_between_two_reads_is_delivered() -> None:
+    from nexus.store.resp import _Connection
+
+    class Sink:
+        def write(self, data: bytes) -> None: ...
+
+        def is_closing(self) -> bool:
+            return False
+
+    connection = _Connection()
+    connection.transport = Sink()  # type: ignore[assignment]
+    (reply,) = connection.send(b"", 1)
+    connection.data_received(b"$3\r\nabc\r")
+    assert not reply.done()
+    connection.data_received(b"\n")  # the last read: no CRLF of its own
+    assert reply.result() == b"abc" and not connection.buffer

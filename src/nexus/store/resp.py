@@ -101,9 +101,10 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        if not data.endswith(b"\r\n"):
-            # Every reply ends with CRLF: a read that does not cannot complete the last one.
-            # (Parsing a large reply again on each of its reads would be quadratic.)
+        if not self.buffer.endswith(b"\r\n"):
+            # Every reply ends with CRLF: a buffer that does not cannot complete the last one.
+            # (Parsing a large reply again on each of its reads would be quadratic.) The
+            # buffer, not the read: a CRLF may be cut between two reads, the last one "\n".
             return
         pos = 0
         try:
