@@ -42,10 +42,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -62,18 +60,18 @@ from benchmarks.common import base_meta, log
 from benchmarks.loadgen import Client, Target, check_json
 from benchmarks.procs import (
     HOST,
-    ROOT,
     Proc,
     cpu_seconds,
+    drive,
     free_port,
     run_json,
+    save,
     spawn,
     wait_until,
 )
-from benchmarks.run import NEXUS_TOML, baseline_meta, write_json
+from benchmarks.run import NEXUS_TOML, baseline_meta
 from benchmarks.settings import Settings
 
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 CHAT_PATH = "/v1/chat/completions"
 CHAT_BODY = Settings.full().chat_body  # the body benchmarks.run sends: bench-model, 32 tokens
 # What openai-python 1.x (httpx) sends for client.chat.completions.create(...), in its order.
@@ -557,19 +555,6 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def amain(args: argparse.Namespace) -> dict[str, Any]:
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    if task is not None:
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)  # stop the children, as Ctrl-C
-    bench = Bench(args)
-    try:
-        return await bench.run()
-    finally:
-        await bench.stop()
-        bench.cleanup()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     missing = missing_tools()
@@ -582,16 +567,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.monotonic()
     try:
-        results = asyncio.run(amain(args))
+        results = asyncio.run(drive(Bench(args)))
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("benchmarks.instructions: interrupted; child processes stopped", file=sys.stderr)
         return 130
     results["meta"]["run_seconds"] = round(time.monotonic() - started, 1)
     print(table(results))
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path(args.json) if args.json else RESULTS_DIR / f"instructions-{stamp}.json"
-    write_json(results, path)
-    print(f"results: {path}")
+    save(results, args.json, "instructions")
     return 0
 
 

@@ -7,6 +7,7 @@ variables (so a developer's own settings cannot change what is measured).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import signal
 import socket
@@ -15,9 +16,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import aiohttp
+import orjson
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,3 +176,35 @@ async def wait_until(
             last = repr(exc)
         await asyncio.sleep(interval)
     raise RuntimeError(f"{url} not ready after {timeout:g}s: {last}")
+
+
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+
+class Bench(Protocol):
+    async def run(self) -> dict[str, Any]: ...
+    async def stop(self) -> None: ...
+    def cleanup(self) -> None: ...
+
+
+async def drive(bench: Bench) -> dict[str, Any]:
+    """Run a benchmark; its children are stopped and its files removed however it ends (a
+    SIGTERM cancels it, as Ctrl-C does)."""
+    task = asyncio.current_task()
+    if task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await bench.run()
+    finally:
+        await bench.stop()
+        bench.cleanup()
+
+
+def save(results: dict[str, Any], path: str | None, prefix: str) -> Path:
+    """Write the results as JSON to ``path``, by default benchmarks/results/PREFIX-DATE.json."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(path) if path else RESULTS_DIR / f"{prefix}-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    print(f"results: {out}")
+    return out

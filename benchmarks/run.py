@@ -27,10 +27,18 @@ from yarl import URL
 
 from benchmarks import micro, phases, report
 from benchmarks.loadgen import Target
-from benchmarks.procs import HOST, ROOT, Proc, free_port, run_json, spawn, wait_until
+from benchmarks.procs import (
+    HOST,
+    Proc,
+    drive,
+    free_port,
+    run_json,
+    save,
+    spawn,
+    wait_until,
+)
 from benchmarks.settings import Settings
 
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 # Measured like Nexus but kept out of the ``targets`` key, whose names other tools read as
 # direct, floor and gateways (each checked against the floor): listed under ``references``.
 REFERENCES = ("floor-asgi", "before")
@@ -360,28 +368,11 @@ def git_commit(src: Path) -> str | None:
     return done.stdout.strip() or None
 
 
-def write_json(results: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-
-
-async def amain(args: argparse.Namespace) -> dict[str, Any]:
-    bench = Bench(args)
-    try:
-        return await bench.run()
-    finally:
-        await bench.stop()
-        bench.cleanup()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    results = asyncio.run(amain(args))
+    results = asyncio.run(drive(Bench(args)))
     print(report.table(results))
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path(args.json) if args.json else RESULTS_DIR / f"bench-{stamp}.json"
-    write_json(results, path)
-    print(f"results: {path}")
+    save(results, args.json, "bench")
     if results["errors_total"]:
         print(f"ERRORS: {results['errors_total']} failed requests", file=sys.stderr)
         return 1
