@@ -559,6 +559,7 @@ class Config:
 
 # -- loading -----------------------------------------------------------------------------
 
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")  # what may name a key's variable
 ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "NEXUS_PORT": ("server", "port"),
     "NEXUS_HOST": ("server", "host"),
@@ -778,7 +779,7 @@ def validate(config: Config) -> None:
         if t.name in names:
             raise ConfigError(f"{where}: auth.tenants[{i}].name: duplicate name {t.name!r}")
         names.add(t.name)
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", t.key_env):
+        if not ENV_NAME.fullmatch(t.key_env):
             raise ConfigError(
                 f"{where}: auth.tenants[{i}].key_env: {t.key_env[:40]!r} is not an environment "
                 "variable name"

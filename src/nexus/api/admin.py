@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from typing import Any
 
 from nexus.api.credentials import bearer_token, presents
 from nexus.asgi.guards import Sites, check_admin_body
 from nexus.asgi.routes import Request, Response, Router
 from nexus.backends import detect_type
-from nexus.config import BACKEND_TYPES, CLOUD_TYPES, ZONES, normalize_choice
+from nexus.config import BACKEND_TYPES, CLOUD_TYPES, ENV_NAME, ZONES, normalize_choice
 from nexus.errors import Forbidden, InvalidRequest, NotFound
 from nexus.registry import Backend, DiscoverySource, name_problem, url_problem
 from nexus.routing.tiers import DEFAULT_TIER
@@ -59,9 +58,6 @@ async def json_object(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("body must be a JSON object")
     return body
-
-
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 class Admin:
