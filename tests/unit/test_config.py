@@ -248,3 +248,21 @@ def test_declared_tenants_are_checked_like_the_apis(
     path = write(tmp_path, "[auth]\nenabled = true\n" + tenants)
     with pytest.raises(ConfigError, match=re.escape(message)):
         load(path, env={})
+
+
+@pytest.mark.parametrize(
+    ("tenants", "problem"),
+    [
+        ("{name = 'a b', key_env = 'K'}", "auth.tenants[0].name:"),
+        ("{name = 'x', key_env = 'K'}, {name = 'x', key_env = 'K'}", "tenants[1].name: duplicate"),
+        ("{name = 'x', key_env = 'MY-KEY'}", "auth.tenants[0].key_env: 'MY-KEY' is not an"),
+        ("{name = 'x', key_env = '1KEY'}", "auth.tenants[0].key_env: '1KEY' is not an"),
+    ],
+)
+def test_config_tenants_follow_the_admin_apis_rules(
+    tmp_path: Path, tenants: str, problem: str
+) -> None:
+    """Their names label metrics and reach logs and Redis keys; key_env names a variable."""
+    text = f"[auth]\nenabled = true\ntenants = [{tenants}]\n"
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        load(write(tmp_path, text), env={})
