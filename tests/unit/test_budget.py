@@ -278,3 +278,24 @@ def test_two_processes_writing_one_file_lose_nothing(tmp_path: Path) -> None:
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     rows = db.execute("SELECT backend, requests, round(cost_usd, 6) FROM spend").fetchall()
     assert sorted(rows) == [("a", 200, 2.0), ("b", 200, 2.0)]
+
+
+@pytest.mark.timeout(30)
+async def test_opening_a_new_file_while_another_process_writes_it_waits_for_the_lock(
+    tmp_path: Path,
+) -> None:
+    # The switch to WAL upgrades a read lock; SQLite says "locked" at once, without waiting,
+    # while another connection holds the write lock. Two replicas starting on one new file
+    # met that (CI saw it): the store waits for the lock instead of refusing to start.
+    path = tmp_path / "n.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE elsewhere (a)")
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, other.execute, "COMMIT")
+    store = SQLiteStore(path)
+    await store.open()
+    await store.add_spend([SpendRow("2027-01-01", "a", "m", 1, 1, 1, 0.01)])
+    assert [row.backend for row in await store.spend("2027-01-01")] == ["a"]
+    await store.close()
+    other.close()

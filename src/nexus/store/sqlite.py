@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -148,7 +149,7 @@ class SQLiteStore:
         try:
             # WAL: readers and one writer at a time across processes; NORMAL sync: a commit
             # survives a crash of the process (not of the machine's power) and costs no fsync.
-            if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+            if _journal_wal(db) != "wal":
                 raise StartupError(f"state store {where}: cannot use WAL mode")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
@@ -346,6 +347,24 @@ def transaction(db: sqlite3.Connection) -> Iterator[None]:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def _journal_wal(db: sqlite3.Connection) -> str:
+    """``PRAGMA journal_mode=WAL``, tried again while another process holds the file.
+
+    The switch upgrades a read lock to an exclusive one, and SQLite answers "locked" at once,
+    without its busy handler, when another connection is between the two (it would deadlock
+    otherwise): two processes opening a new file together meet that. The switch is made once
+    per file, so waiting here costs nothing afterwards."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            mode: str = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            return mode.lower()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _explain(exc: sqlite3.DatabaseError) -> str:
