@@ -6,6 +6,8 @@ import asyncio
 import inspect
 from typing import Any
 
+import orjson
+
 from nexus.dashboard.live import (
     BUCKET_SECONDS,
     HISTORY_SIZE,
@@ -117,3 +119,25 @@ def test_requests_ending_out_of_order_still_count() -> None:
     hub.record(record(4, ts=base + 10))
     buckets = [(int(b[0] - base // BUCKET_SECONDS), int(b[1])) for b in hub.series["a"].buckets]
     assert buckets == [(0, 1), (1, 2), (3, 1)]
+
+
+def test_a_tick_with_nobody_watching_builds_no_entries_but_keeps_notices() -> None:
+    registry = Registry()
+    backend = registry.add_backend(Backend(name="a", url="http://127.0.0.1:1"))
+    hub = Hub(registry, registry_every=0.0, charts_every=0.0)
+    for i in range(5):
+        hub.record(record(i))
+    registry.update_status(backend.id, BackendStatus.UNHEALTHY, "connection refused")
+    hub.broadcast_once()
+    assert hub._entries == {}  # no history entry was built for nobody
+    assert [n["text"] for n in hub.notices] == ["a is now unhealthy"]
+    # A viewer who comes later starts from a snapshot with all of it.
+    snapshot = hub.snapshot()
+    assert [e["seq"] for e in snapshot["history"]] == [1, 2, 3, 4, 5]
+    assert [n["text"] for n in snapshot["notices"]] == ["a is now unhealthy"]
+    viewer = Viewer(send=None)  # type: ignore[arg-type]
+    hub.viewers.add(viewer)
+    hub.record(record(6))
+    hub.broadcast_once()
+    sent = orjson.loads(viewer.queue.get_nowait())
+    assert [e["seq"] for e in sent["history"]] == [6]  # only what came after
