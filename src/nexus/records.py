@@ -73,29 +73,34 @@ class RequestRecord:
         """Adds the fields of the request log line (F11) to ``fields``, in this order (a key
         ``fields`` already holds keeps its place)."""
         ttft = self.ttft_seconds
-        fields["timestamp"] = self.timestamp
-        fields["request_id"] = self.request_id
-        fields["endpoint"] = self.endpoint
-        fields["model"] = self.model
-        fields["routed_model"] = self.routed_model
-        fields["backend"] = self.backend
-        fields["backend_type"] = self.backend_type
-        fields["status"] = self.status
-        fields["latency_ms"] = round(self.duration_seconds * 1000, 3)
-        fields["ttft_ms"] = None if ttft is None else round(ttft * 1000, 3)
-        fields["tokens_prompt"] = self.tokens_prompt
-        fields["tokens_completion"] = self.tokens_completion
-        fields["stream"] = self.stream
-        fields["route_reason"] = self.route_reason
-        fields["retry_count"] = self.retry_count
-        fields["fallback_chain"] = self.fallback_chain
-        fields["attempts"] = self.attempts
-        fields["error_type"] = self.error_type
-        fields["error"] = self.error
+        # One literal and one update: a store per field cost twice as much (on every request).
+        fields.update(
+            {
+                "timestamp": self.timestamp,
+                "request_id": self.request_id,
+                "endpoint": self.endpoint,
+                "model": self.model,
+                "routed_model": self.routed_model,
+                "backend": self.backend,
+                "backend_type": self.backend_type,
+                "status": self.status,
+                "latency_ms": millis(self.duration_seconds),
+                "ttft_ms": None if ttft is None else millis(ttft),
+                "tokens_prompt": self.tokens_prompt,
+                "tokens_completion": self.tokens_completion,
+                "stream": self.stream,
+                "route_reason": self.route_reason,
+                "retry_count": self.retry_count,
+                "fallback_chain": self.fallback_chain,
+                "attempts": self.attempts,
+                "error_type": self.error_type,
+                "error": self.error,
+            }
+        )
         if self.tenant:
             fields["tenant"] = self.tenant
         if self.queue_wait_seconds is not None:
-            fields["queue_wait_ms"] = round(self.queue_wait_seconds * 1000, 3)
+            fields["queue_wait_ms"] = millis(self.queue_wait_seconds)
         if self.privacy_action == "stripped":
             fields["context_stripped"] = True
         if self.cost_usd is not None:  # cloud requests: local lines stay as they were
@@ -103,6 +108,13 @@ class RequestRecord:
             if self.cost_flag:
                 fields["cost_flag"] = self.cost_flag
         return fields
+
+
+def millis(seconds: float) -> float:
+    """``seconds`` in milliseconds, to the microsecond: ``round(seconds * 1000, 3)`` for a
+    duration (never negative), at a third of the cost (``round`` with digits goes through a
+    decimal string)."""
+    return int(seconds * 1_000_000 + 0.5) / 1000
 
 
 # Generated ids: a random per-process prefix and a counter, unique without a syscall each,

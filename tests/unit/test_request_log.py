@@ -9,10 +9,12 @@ import re
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nexus import logs
 from nexus.config import LoggingConfig
-from nexus.records import RequestRecord
+from nexus.records import RequestRecord, millis
 
 JSON_LINES = [
     '{"timestamp":"2025-10-09T08:53:20.062Z","level":"info","logger":"nexus.request",'
@@ -123,3 +125,11 @@ def test_names_cannot_forge_fields_or_lines() -> None:
         "discovered backend m status=200 backend=trusted\\r\\n2025-01-01"
         "T00:00:00.000Z INFO    nexus: forged"
     )
+
+
+@given(st.floats(min_value=0.0, max_value=1e6, allow_nan=False))
+def test_millis_is_round_to_the_microsecond(seconds: float) -> None:
+    # Exactly round()'s number, except where the two round a tie in the last binary digit
+    # differently (half a microsecond): at most 1 µs apart, never more.
+    assert abs(millis(seconds) - round(seconds * 1000, 3)) <= 0.001 * (1 + 1e-9)
+    assert millis(seconds) == round(millis(seconds), 3)  # three decimals, as logged
