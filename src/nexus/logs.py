@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from nexus.config import LoggingConfig
-from nexus.records import RequestRecord
+from nexus.records import REQUEST_LOGGER, RequestRecord
 
 TRACE = 5
 LEVELS = {
@@ -28,7 +28,6 @@ LEVELS = {
     "warn": logging.WARNING,
     "error": logging.ERROR,
 }
-REQUEST_LOGGER = "nexus.request"
 request_log = logging.getLogger(REQUEST_LOGGER)
 _nexus_log = logging.getLogger("nexus")
 _direct: LineHandler | None = None  # the handler setup() installed
@@ -48,7 +47,7 @@ def _timestamp(created: float) -> str:
     if second != _stamp_second:
         _stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _stamp_second = second
-    return _stamp_prefix + _MILLIS[int(created % 1 * 1000)]
+    return _stamp_prefix + _MILLIS[int((created - second) * 1000)]
 
 
 class LineHandler(logging.Handler):
@@ -129,10 +128,7 @@ class JSONFormatter(LineFormatter):
     """One JSON object per line, stable field names (Loki / ELK friendly)."""
 
     def request_line(self, record: RequestRecord) -> bytes:
-        line = record.fill(
-            {"timestamp": "", "level": "info", "logger": REQUEST_LOGGER, "message": "request"}
-        )
-        line["timestamp"] = _timestamp(record.timestamp)  # in first place, as a string
+        line = record.log_line(_timestamp(record.timestamp))
         return orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE)
 
     def message_line(self, record: logging.LogRecord) -> str:

@@ -20,6 +20,7 @@ from nexus.asgi import Scope
 from nexus.asgi.io import header
 
 Sink = Callable[["RequestRecord"], None]
+REQUEST_LOGGER = "nexus.request"  # the logger of the request lines
 
 
 @dataclass(slots=True)
@@ -67,47 +68,55 @@ class RequestRecord:
                 self.tokens_cached = details["cached_tokens"]
 
     def to_dict(self) -> dict[str, Any]:
-        return self.fill({})
+        """The fields of the request log line (F11) that describe the request."""
+        line = self.log_line(self.timestamp)
+        for name in LINE_HEAD:
+            del line[name]
+        return line
 
-    def fill(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """Adds the fields of the request log line (F11) to ``fields``, in this order (a key
-        ``fields`` already holds keeps its place)."""
+    def log_line(self, timestamp: object) -> dict[str, Any]:
+        """The request log line (F11): its head (:data:`LINE_HEAD`), then the request's
+        fields, in this order. One dict literal: built field by field (or head and fields
+        merged) it cost half as much again, on every request."""
         ttft = self.ttft_seconds
-        # One literal and one update: a store per field cost twice as much (on every request).
-        fields.update(
-            {
-                "timestamp": self.timestamp,
-                "request_id": self.request_id,
-                "endpoint": self.endpoint,
-                "model": self.model,
-                "routed_model": self.routed_model,
-                "backend": self.backend,
-                "backend_type": self.backend_type,
-                "status": self.status,
-                "latency_ms": millis(self.duration_seconds),
-                "ttft_ms": None if ttft is None else millis(ttft),
-                "tokens_prompt": self.tokens_prompt,
-                "tokens_completion": self.tokens_completion,
-                "stream": self.stream,
-                "route_reason": self.route_reason,
-                "retry_count": self.retry_count,
-                "fallback_chain": self.fallback_chain,
-                "attempts": self.attempts,
-                "error_type": self.error_type,
-                "error": self.error,
-            }
-        )
+        line = {
+            "timestamp": timestamp,
+            "level": "info",
+            "logger": REQUEST_LOGGER,
+            "message": "request",
+            "request_id": self.request_id,
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "routed_model": self.routed_model,
+            "backend": self.backend,
+            "backend_type": self.backend_type,
+            "status": self.status,
+            "latency_ms": millis(self.duration_seconds),
+            "ttft_ms": None if ttft is None else millis(ttft),
+            "tokens_prompt": self.tokens_prompt,
+            "tokens_completion": self.tokens_completion,
+            "stream": self.stream,
+            "route_reason": self.route_reason,
+            "retry_count": self.retry_count,
+            "fallback_chain": self.fallback_chain,
+            "attempts": self.attempts,
+            "error_type": self.error_type,
+            "error": self.error,
+        }
         if self.tenant:
-            fields["tenant"] = self.tenant
+            line["tenant"] = self.tenant
         if self.queue_wait_seconds is not None:
-            fields["queue_wait_ms"] = millis(self.queue_wait_seconds)
+            line["queue_wait_ms"] = millis(self.queue_wait_seconds)
         if self.privacy_action == "stripped":
-            fields["context_stripped"] = True
+            line["context_stripped"] = True
         if self.cost_usd is not None:  # cloud requests: local lines stay as they were
-            fields["cost_usd"] = round(self.cost_usd, 8)
+            line["cost_usd"] = round(self.cost_usd, 8)
             if self.cost_flag:
-                fields["cost_flag"] = self.cost_flag
-        return fields
+                line["cost_flag"] = self.cost_flag
+        return line
+
+
+LINE_HEAD = ("timestamp", "level", "logger", "message")  # every log line starts with these
 
 
 def millis(seconds: float) -> float:
