@@ -58,6 +58,48 @@ async def test_slow_body_gets_408(tmp_path: Path) -> None:
             assert nexus.state.in_flight == 0
 
 
+def chat_request(
+    payload: bytes = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}',
+) -> bytes:
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(payload) + payload
+    )
+
+
+async def read_answer(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return head + await reader.readexactly(length)
+
+
+async def test_an_idle_kept_alive_connection_is_closed_a_busy_one_is_not(tmp_path: Path) -> None:
+    async with FakeVLLM([FakeModel("m")]) as fake:
+        server = {"client_timeout_seconds": 1}
+        async with running_nexus(
+            tmp_path, [backend_entry(fake, "v", "vllm")], server=server
+        ) as nexus:
+            port = int(nexus.url.rsplit(":", 1)[1])
+            idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+            busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
+            idle_writer.write(chat_request())
+            assert (await read_answer(idle_reader)).startswith(b"HTTP/1.1 200")
+            loop = asyncio.get_running_loop()
+            answered = loop.time()
+            # The busy one asks every 0.4 s for 2.5 s: each answer starts its idle time anew.
+            while loop.time() - answered < 2.5:
+                busy_writer.write(chat_request())
+                assert (await read_answer(busy_reader)).startswith(b"HTTP/1.1 200")
+                await asyncio.sleep(0.4)
+            # The idle one was closed quietly (no 408: it owed no head) after about 1 s.
+            async with asyncio.timeout(5):
+                assert await idle_reader.read() == b""
+            busy_writer.write(chat_request())
+            assert (await read_answer(busy_reader)).startswith(b"HTTP/1.1 200")
+            for writer in (idle_writer, busy_writer):
+                writer.close()
+
+
 class EndlessStream:
     """An OpenAI-compatible upstream whose stream never ends (until its reader goes away)."""
 
