@@ -48,6 +48,7 @@ QUEUE_REJECTIONS = {
     "shutting_down": "shutdown",
 }
 NO_BACKEND = "none"
+STATUS_LABELS = {status: str(status) for status in range(100, 600)}  # (str() per request)
 
 
 class LabelledSeries:
@@ -305,7 +306,8 @@ class Metrics(Collector):
         model, backend = self.model_label(rec.model), rec.backend or NO_BACKEND
         labels = (model, backend)
         seconds = rec.duration_seconds
-        self.requests.inc((model, backend, str(rec.status), rec.endpoint))
+        status = STATUS_LABELS.get(rec.status) or str(rec.status)
+        self.requests.inc((model, backend, status, rec.endpoint))
         self.duration.observe(labels, seconds)
         overhead = seconds - rec.upstream_seconds
         self.overhead.observe((), overhead if overhead > 0.0 else 0.0)
@@ -320,7 +322,7 @@ class Metrics(Collector):
         if rec.cost_usd:
             self.cost.inc((backend, model), rec.cost_usd)
         if rec.tenant:
-            self.tenant_requests.inc((rec.tenant, str(rec.status)))
+            self.tenant_requests.inc((rec.tenant, status))
             if rec.tokens_prompt:
                 self.tenant_tokens.inc((rec.tenant, "prompt"), rec.tokens_prompt)
             if rec.tokens_completion:

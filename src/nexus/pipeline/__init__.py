@@ -48,7 +48,7 @@ class Pipeline:
 
     async def handle(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.state
-        record = RequestRecord(request_id=request_id(scope), endpoint=endpoint.name)
+        record = RequestRecord(request_id(scope), endpoint.name)
         ex = Exchange(scope, receive, send, endpoint, record)
         extensions = scope.get("extensions")
         ex.link = extensions.get("nexus.client") if extensions else None
