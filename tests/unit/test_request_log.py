@@ -80,11 +80,16 @@ def records() -> list[RequestRecord]:
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
+    # Propagation too: pytest attaches its capture handlers to every logger that does not
+    # propagate when a test phase begins, and a test that left "nexus" so had them snapshot
+    # here and restored for good (every later record then reached caplog twice).
     root = logging.getLogger("nexus")
     handlers, level, direct = list(root.handlers), root.level, logs._direct
+    propagate = root.propagate
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    root.propagate = propagate
     logs._direct = direct
 
 

@@ -40,8 +40,9 @@ def test_a_giant_single_line_event_costs_time_linear_in_its_size(tmp_path: Path)
         return min(feed_one_line(SSEParser(limit), size) for _ in range(3))
 
     ratio = best(large) / max(best(small), 1e-4)
-    # Linear: about 4 for four times the bytes; the quadratic parser made it about 16.
-    assert ratio < 6, f"40 MB took {ratio:.1f} times as long as 10 MB"
+    # Linear: about 4 for four times the bytes; the quadratic parser made it about 16. The
+    # bound is their geometric middle: with both cores busy a linear run measured 6.3.
+    assert ratio < 8, f"40 MB took {ratio:.1f} times as long as 10 MB"
 
 
 def test_the_default_limit_ends_a_giant_event() -> None:
