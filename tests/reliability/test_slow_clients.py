@@ -4,58 +4,61 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from aiohttp import web
 
 from tests.fakes import FakeModel, FakeVLLM
-from tests.helpers import backend_entry, running_nexus, wait_until
+from tests.helpers import Nexus, backend_entry, running_nexus, wait_until
 
 MSG = [{"role": "user", "content": "hi"}]
 
 
-async def test_slowloris_connections_are_cut_and_others_served(tmp_path: Path) -> None:
+@asynccontextmanager
+async def nexus_on_port(tmp_path: Path, client_timeout: float) -> AsyncIterator[tuple[Nexus, int]]:
+    """Nexus in front of one fake vLLM, and the port to open raw connections to."""
     async with FakeVLLM([FakeModel("m")]) as fake:
-        server = {"client_timeout_seconds": 1}
+        server = {"client_timeout_seconds": client_timeout}
         async with running_nexus(
             tmp_path, [backend_entry(fake, "v", "vllm")], server=server
         ) as nexus:
-            port = int(nexus.url.rsplit(":", 1)[1])
-            conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(100)]
+            yield nexus, int(nexus.url.rsplit(":", 1)[1])
+
+
+async def test_slowloris_connections_are_cut_and_others_served(tmp_path: Path) -> None:
+    async with nexus_on_port(tmp_path, 1) as (nexus, port):
+        conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(100)]
+        for _, writer in conns:
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        # While they trickle, real clients are served.
+        for _ in range(5):
+            reply = await nexus.client.chat.completions.create(model="m", messages=MSG)  # type: ignore[arg-type]
+            assert reply.choices[0].message.content
             for _, writer in conns:
-                writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
-            # While they trickle, real clients are served.
-            for _ in range(5):
-                reply = await nexus.client.chat.completions.create(model="m", messages=MSG)  # type: ignore[arg-type]
-                assert reply.choices[0].message.content
-                for _, writer in conns:
-                    writer.write(b"X-Slow: 1\r\n")
-                await asyncio.sleep(0.1)
-            # Within the client timeout (plus slack), every trickling connection is closed.
-            async with asyncio.timeout(5):
-                closed = await asyncio.gather(*(reader.read() for reader, _ in conns))
-            assert all(c == b"" or c.startswith(b"HTTP/1.") for c in closed)
-            for _, writer in conns:
-                writer.close()
+                writer.write(b"X-Slow: 1\r\n")
+            await asyncio.sleep(0.1)
+        # Within the client timeout (plus slack), every trickling connection is closed.
+        async with asyncio.timeout(5):
+            closed = await asyncio.gather(*(reader.read() for reader, _ in conns))
+        assert all(c == b"" or c.startswith(b"HTTP/1.") for c in closed)
+        for _, writer in conns:
+            writer.close()
 
 
 async def test_slow_body_gets_408(tmp_path: Path) -> None:
-    async with FakeVLLM([FakeModel("m")]) as fake:
-        server = {"client_timeout_seconds": 0.5}
-        async with running_nexus(
-            tmp_path, [backend_entry(fake, "v", "vllm")], server=server
-        ) as nexus:
-            port = int(nexus.url.rsplit(":", 1)[1])
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"model"'
-            )
-            async with asyncio.timeout(5):
-                head = await reader.readuntil(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 408")
-            writer.close()
-            assert nexus.state.in_flight == 0
+    async with nexus_on_port(tmp_path, 0.5) as (nexus, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"model"'
+        )
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408")
+        writer.close()
+        assert nexus.state.in_flight == 0
 
 
 def chat_request(
@@ -74,30 +77,25 @@ async def read_answer(reader: asyncio.StreamReader) -> bytes:
 
 
 async def test_an_idle_kept_alive_connection_is_closed_a_busy_one_is_not(tmp_path: Path) -> None:
-    async with FakeVLLM([FakeModel("m")]) as fake:
-        server = {"client_timeout_seconds": 1}
-        async with running_nexus(
-            tmp_path, [backend_entry(fake, "v", "vllm")], server=server
-        ) as nexus:
-            port = int(nexus.url.rsplit(":", 1)[1])
-            idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
-            busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
-            idle_writer.write(chat_request())
-            assert (await read_answer(idle_reader)).startswith(b"HTTP/1.1 200")
-            loop = asyncio.get_running_loop()
-            answered = loop.time()
-            # The busy one asks every 0.4 s for 2.5 s: each answer starts its idle time anew.
-            while loop.time() - answered < 2.5:
-                busy_writer.write(chat_request())
-                assert (await read_answer(busy_reader)).startswith(b"HTTP/1.1 200")
-                await asyncio.sleep(0.4)
-            # The idle one was closed quietly (no 408: it owed no head) after about 1 s.
-            async with asyncio.timeout(5):
-                assert await idle_reader.read() == b""
+    async with nexus_on_port(tmp_path, 1) as (_, port):
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
+        idle_writer.write(chat_request())
+        assert (await read_answer(idle_reader)).startswith(b"HTTP/1.1 200")
+        loop = asyncio.get_running_loop()
+        answered = loop.time()
+        # The busy one asks every 0.4 s for 2.5 s: each answer starts its idle time anew.
+        while loop.time() - answered < 2.5:
             busy_writer.write(chat_request())
             assert (await read_answer(busy_reader)).startswith(b"HTTP/1.1 200")
-            for writer in (idle_writer, busy_writer):
-                writer.close()
+            await asyncio.sleep(0.4)
+        # The idle one was closed quietly (no 408: it owed no head) after about 1 s.
+        async with asyncio.timeout(5):
+            assert await idle_reader.read() == b""
+        busy_writer.write(chat_request())
+        assert (await read_answer(busy_reader)).startswith(b"HTTP/1.1 200")
+        for writer in (idle_writer, busy_writer):
+            writer.close()
 
 
 class EndlessStream:
