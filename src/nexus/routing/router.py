@@ -106,6 +106,19 @@ class Plan:
         self.models[1:] = [model for model in self.models[1:] if allows(model)]
 
 
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What every plan for one requested name and mode starts from: the models to try, the
+    zone and the tier. It stays the same until the backends serving which model change (the
+    registry's generation), so it is worked out once, not on every request."""
+
+    models: tuple[str, ...]
+    zone: str
+    required_tier: int
+    decider: str  # the model whose backends decided the zone and the tier
+    holders: int  # how many backends serve it
+
+
 def smart_score(backend: Backend, weights: WeightsConfig, error_rate: float = 0.0) -> float:
     """F06's score: higher is better. Latency is what real requests observed (a rolling
     average; time to first byte for streams). A backend no request has reached yet counts as
@@ -203,8 +216,8 @@ class Router:
         self.fresh_context = config.privacy.cross_zone_overflow == privacy.FRESH_CONTEXT
         self._rotation = itertools.count()
         self._tier_warned: set[tuple[str, str]] = set()
-        self._rules: dict[str, tuple[str, int]] = {}  # model -> (zone, required tier)
-        self._rules_generation = registry.generation
+        self._shapes: dict[tuple[str, str], Shape] = {}  # (requested, mode) -> its shape
+        self._shapes_generation = registry.generation
         strategies: dict[str, Callable[[list[Backend], str], Backend]] = {
             "smart": self._pick_smart,
             "round_robin": self._pick_round_robin,
@@ -217,10 +230,38 @@ class Router:
         """The models to try, in order, and the rules every answer must keep: its zone and
         its tier. ``mode`` is the client's: strict (the requested model only) or flexible
         (any model of the same tier or higher when the requested one cannot serve)."""
+        shape = self._shape(requested, mode)
+        zone = shape.zone
+        plan = Plan(requested, list(shape.models))
+        plan.zone, plan.mode, plan.required_tier = zone, mode, shape.required_tier
+        if shape.holders > 1:
+            plan.sticky = self.config.affinity or zone == RESTRICTED
+        # Only a chat's history can be stripped; a prompt or an embedding input is all content.
+        plan.overflow = self.fresh_context and zone == RESTRICTED and req.is_chat
+        if log.isEnabledFor(logging.DEBUG):
+            if shape.models[0] != requested:
+                log.debug("alias %s -> %s", requested, shape.models[0])
+            holders = self.registry.get_backends_for_model(shape.decider)
+            reason = privacy.zone_reason(zone, holders)
+            log.debug("zone %s for %s: %s", zone, shape.decider, reason)
+        return plan
+
+    def _shape(self, requested: str, mode: str) -> Shape:
+        """The plan's start for ``requested``, kept until the registry's generation changes.
+        Names no backend serves are not kept: clients choose those names."""
+        if self._shapes_generation != self.registry.generation:
+            self._shapes.clear()  # a backend came, went or changed its models
+            self._shapes_generation = self.registry.generation
+        shape = self._shapes.get((requested, mode))
+        if shape is None:
+            shape = self._new_shape(requested, mode)
+            if shape.holders:
+                self._shapes[(requested, mode)] = shape
+        return shape
+
+    def _new_shape(self, requested: str, mode: str) -> Shape:
         cfg = self.config
         primary = aliases.resolve(requested, cfg.aliases, self.registry.has_model)
-        if primary != requested:
-            log.debug("alias %s -> %s", requested, primary)
         models = [primary]
         if mode != STRICT:
             for name in cfg.fallbacks.get(requested) or cfg.fallbacks.get(primary) or ():
@@ -234,33 +275,10 @@ class Router:
             if holders := self.registry.get_backends_for_model(model):
                 decider = model
                 break
-        zone, required = self._rules_of(decider, holders)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("zone %s for %s: %s", zone, decider, privacy.zone_reason(zone, holders))
-        plan = Plan(requested=requested, models=models, zone=zone, mode=mode)
-        plan.required_tier = required
-        if len(holders) > 1:
-            plan.sticky = cfg.affinity or zone == RESTRICTED
-        # Only a chat's history can be stripped; a prompt or an embedding input is all content.
-        plan.overflow = self.fresh_context and zone == RESTRICTED and req.is_chat
-        return plan
-
-    def _rules_of(self, model: str, holders: Sequence[Backend]) -> tuple[str, int]:
-        """The zone and the tier a request for ``model`` must keep, from its backends: the
-        same until which backends serve which model changes (a loop over every backend of
-        the model otherwise, on every request). Models nobody serves are not kept: clients
-        choose those names."""
-        if self._rules_generation != self.registry.generation:
-            self._rules.clear()  # a backend came, went or changed its models
-            self._rules_generation = self.registry.generation
-        rules = self._rules.get(model)
-        if rules is None:
-            zone = privacy.request_zone(holders)
-            in_zone = [b for b in holders if b.zone == zone]
-            rules = (zone, tiers.required_tier(in_zone, model))
-            if holders:
-                self._rules[model] = rules
-        return rules
+        zone = privacy.request_zone(holders)
+        in_zone = [b for b in holders if b.zone == zone]
+        required = tiers.required_tier(in_zone, decider)
+        return Shape(tuple(models), zone, required, decider, len(holders))
 
     def select(self, plan: Plan, req: Requirements, attempts_per_model: int) -> Route:
         """The next backend to try for ``plan``, or a NexusError explaining why none can
