@@ -164,11 +164,7 @@ def escape_controls(text: str) -> str:
 class PrettyFormatter(LineFormatter):
     def request_line(self, record: RequestRecord) -> bytes:
         fields = record.to_dict()
-        shown = " ".join(
-            f"{k}={_shown(v)}"
-            for k, v in fields.items()
-            if k != "timestamp" and v not in (None, "", [])
-        )
+        shown = " ".join(f"{k}={_shown(v)}" for k, v in fields.items() if v not in (None, "", []))
         stamp = _timestamp(record.timestamp)
         return f"{stamp} INFO    {REQUEST_LOGGER}: request {shown}\n".encode()
 

@@ -148,6 +148,8 @@ class NexusProtocol(HttpToolsProtocol):
             if idle >= self.timeout_keep_alive:
                 self.transport.close()
                 return
+            # (No later than a head timeout: a request may begin meanwhile, and its head is
+            # checked at this same timer.)
             left = min(self.timeout_keep_alive - idle, self.head_timeout)
         else:
             left = self.head_timeout
