@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nexus.store.resp import Client, ReplyError, _Incomplete, encode, parse
+from nexus.store.resp import Client, ReplyError, _Connection, _Incomplete, encode, parse
 
 
 def test_commands_are_arrays_of_bulk_strings() -> None:
@@ -69,19 +71,24 @@ def test_other_schemes_are_refused() -> None:
         Client("http://127.0.0.1:6379", 0.5)
 
 
-async def test_a_reply_in_many_reads_and_two_in_one_are_each_delivered() -> None:
-    import asyncio
+class Sink:
+    """A transport that takes what is written and never closes."""
 
-    from nexus.store.resp import _Connection
+    def write(self, data: bytes) -> None: ...
 
-    class Sink:
-        def write(self, data: bytes) -> None: ...
+    def is_closing(self) -> bool:
+        return False
 
-        def is_closing(self) -> bool:
-            return False
 
+def connected() -> _Connection:
+    """A connection over :class:`Sink`, fed replies with ``data_received`` as the loop does."""
     connection = _Connection()
     connection.transport = Sink()  # type: ignore[assignment]
+    return connection
+
+
+async def test_a_reply_in_many_reads_and_two_in_one_are_each_delivered() -> None:
+    connection = connected()
     first, second, third = connection.send(b"", 3)
     big = b"v" * 100_000
     wire = b"$%d\r\n%s\r\n" % (len(big), big) + b":7\r\n+OK\r\n"
@@ -95,16 +102,7 @@ async def test_a_reply_in_many_reads_and_two_in_one_are_each_delivered() -> None
 
 
 async def test_a_reply_whose_crlf_is_cut_between_two_reads_is_delivered() -> None:
-    from nexus.store.resp import _Connection
-
-    class Sink:
-        def write(self, data: bytes) -> None: ...
-
-        def is_closing(self) -> bool:
-            return False
-
-    connection = _Connection()
-    connection.transport = Sink()  # type: ignore[assignment]
+    connection = connected()
     (reply,) = connection.send(b"", 1)
     connection.data_received(b"$3\r\nabc\r")
     assert not reply.done()
