@@ -9,10 +9,10 @@ How: the fake upstream (``benchmarks.upstream``) runs normally; each gateway run
 ``valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=DIR/NAME.out`` (start-up
 uninstrumented: it is slow enough under valgrind as it is) and is polled until it answers a
 chat request. Targets: ``floor-asgi`` (benchmarks/floor_asgi.py), ``nexus`` (this tree's
-``python -m nexus serve`` with the config of ``benchmarks.run``), ``before`` with
-``--baseline SRC`` (the same config, ``PYTHONPATH=SRC``; a child checks that ``nexus`` is
-imported from under SRC) and the aiohttp ``floor`` with ``--floor``. Then, one gateway at a
-time, two load shapes, each measured as::
+``python -m nexus serve`` with the config ``benchmarks.run`` uses, ``procs.NEXUS_TOML``),
+``before`` with ``--baseline SRC`` (the same config, ``PYTHONPATH=SRC``; a child checks that
+``nexus`` is imported from under SRC) and the aiohttp ``floor`` with ``--floor``. Then, one
+gateway at a time, two load shapes, each measured as::
 
     callgrind_control -z PID; callgrind_control -i on PID
     <load>
@@ -59,20 +59,23 @@ from benchmarks import wrk
 from benchmarks.common import base_meta, log
 from benchmarks.loadgen import Client, Target, check_json
 from benchmarks.procs import (
+    CHAT_PATH,
     HOST,
     Proc,
+    baseline_meta,
+    baseline_origin,
+    baseline_src,
     cpu_seconds,
     drive,
     free_port,
-    run_json,
+    nexus_serve,
     save,
     spawn,
+    wait_chat,
     wait_until,
 )
-from benchmarks.run import NEXUS_TOML, baseline_meta
 from benchmarks.settings import Settings
 
-CHAT_PATH = "/v1/chat/completions"
 CHAT_BODY = Settings.full().chat_body  # the body benchmarks.run sends: bench-model, 32 tokens
 # What openai-python 1.x (httpx) sends for client.chat.completions.create(...), in its order.
 SDK_HEADERS = {
@@ -189,10 +192,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--keep", action="store_true", help="keep the run directory (logs, dumps)")
     args = p.parse_args(argv)
-    if args.baseline is not None:
-        args.baseline = args.baseline.resolve()
-        if not (args.baseline / "nexus" / "__init__.py").is_file():
-            p.error(f"--baseline {args.baseline}: no nexus/__init__.py there (give its src/)")
+    args.baseline = baseline_src(p, args.baseline)
     if args.loadgen == "wrk" and not wrk.available():
         p.error("--loadgen wrk: wrk is not on PATH")
     if args.n < 0 or args.conns < 1 or args.seconds < 0 or (args.warmup or 0) < 0:
@@ -416,40 +416,23 @@ class Bench:
             args = [f"benchmarks.{module}", "--port", str(port), "--upstream", self.upstream_url]
             gw = await self.spawn_valgrind(name, ["-m", *args])
         else:
-            toml = self.workdir / f"{name}.toml"
-            toml.write_text(NEXUS_TOML.format(port=port, upstream=self.upstream_url))
+            args = nexus_serve(self.workdir / f"{name}.toml", port, self.upstream_url)
             pythonpath = [str(self.args.baseline)] if name == "before" else []
-            gw = await self.spawn_valgrind(
-                name, ["-m", "nexus", "serve", "-c", str(toml)], pythonpath
-            )
+            gw = await self.spawn_valgrind(name, args, pythonpath)
         gw.port = port
         return gw
 
     async def ready(self, session: aiohttp.ClientSession, gw: Gateway) -> None:
-        await wait_until(
+        await wait_chat(
             session,
-            "POST",
-            f"http://{HOST}:{gw.port}{CHAT_PATH}",
-            body=CHAT_BODY.encode(),
+            f"http://{HOST}:{gw.port}",
+            CHAT_BODY,
             proc=gw.proc,
             timeout=self.args.startup_timeout,
             interval=0.5,
         )
         gw.ready_s = round(time.monotonic() - gw.started, 1)
         log(f"  {gw.name}: answering after {gw.ready_s:.0f} s under valgrind (pid {gw.pid})")
-
-    async def baseline_origin(self) -> dict[str, Any]:
-        """As benchmarks.run checks it: ``before`` must import nexus from under SRC."""
-        src: Path = self.args.baseline
-        code = (
-            "import json, os, nexus; "
-            "print(json.dumps([os.path.realpath(nexus.__file__), nexus.__version__]))"
-        )
-        path, version = await run_json(["-c", code], timeout=60, pythonpath=[str(src)])
-        if not Path(path).is_relative_to(src):
-            raise SystemExit(f"--baseline {src}: the child imported nexus from {path}")
-        log(f"before: nexus {version} imported from {path}")
-        return {"nexus_file": path, "nexus_version": version}
 
     def names(self) -> list[str]:
         wanted = {"floor-asgi", "nexus"}
@@ -464,7 +447,7 @@ class Bench:
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             if self.args.baseline is not None:
-                results["meta"]["baseline"].update(await self.baseline_origin())
+                results["meta"]["baseline"].update(await baseline_origin(self.args.baseline))
             await self.start_upstream(session)
             log(f"upstream {self.upstream_url}; starting gateways under callgrind ...")
             # All start together (start-up under valgrind takes a while); measured one by one.

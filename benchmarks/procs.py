@@ -6,11 +6,13 @@ variables (so a developer's own settings cannot change what is measured).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -23,6 +25,31 @@ import orjson
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
+CHAT_PATH = "/v1/chat/completions"
+
+# Nexus as the benchmarks run it (``nexus_serve``): one backend, the fake upstream.
+NEXUS_TOML = """\
+[server]
+host = "127.0.0.1"
+port = {port}
+# 1000 slow streams are measured; the default limit (1000) leaves no room for a probe.
+max_concurrent_requests = 1100
+
+[discovery]
+enabled = false
+
+[health_check]
+interval_seconds = 5
+
+[logging]
+level = "info"
+format = "json"
+
+[[backends]]
+name = "upstream"
+url = "{upstream}"
+type = "vllm"
+"""
 
 
 def free_port() -> int:
@@ -176,6 +203,78 @@ async def wait_until(
             last = repr(exc)
         await asyncio.sleep(interval)
     raise RuntimeError(f"{url} not ready after {timeout:g}s: {last}")
+
+
+async def wait_chat(
+    session: aiohttp.ClientSession,
+    base: str,
+    body: str,
+    *,
+    proc: Proc | None = None,
+    timeout: float = 15.0,
+    interval: float = 0.002,
+) -> float:
+    """``wait_until`` a chat request (``body``) to ``base`` is answered; seconds waited."""
+    return await wait_until(
+        session,
+        "POST",
+        base + CHAT_PATH,
+        body=body.encode(),
+        proc=proc,
+        timeout=timeout,
+        interval=interval,
+    )
+
+
+def nexus_serve(toml: Path, port: int, upstream: str) -> list[str]:
+    """Write Nexus's config (``NEXUS_TOML``: ``port``, the backend ``upstream``) to ``toml``;
+    the arguments of ``python`` that serve it."""
+    toml.write_text(NEXUS_TOML.format(port=port, upstream=upstream))
+    return ["-m", "nexus", "serve", "-c", str(toml)]
+
+
+# -- --baseline SRC: another checkout's Nexus, measured as "before" -------------------------
+
+
+def baseline_src(parser: argparse.ArgumentParser, src: Path | None) -> Path | None:
+    """``--baseline SRC`` resolved; the parser exits unless SRC holds nexus/__init__.py."""
+    if src is None:
+        return None
+    src = src.resolve()
+    if not (src / "nexus" / "__init__.py").is_file():
+        parser.error(f"--baseline {src}: no nexus/__init__.py there (give its src/)")
+    return src
+
+
+async def baseline_origin(src: Path) -> dict[str, Any]:
+    """Where "before" imports ``nexus`` from, asked of a child with the environment its
+    server gets: a path mistake must fail the run, not measure the current code twice."""
+    code = (
+        "import json, os, nexus; "
+        "print(json.dumps([os.path.realpath(nexus.__file__), nexus.__version__]))"
+    )
+    path, version = await run_json(["-c", code], timeout=60, pythonpath=[str(src)])
+    if not Path(path).is_relative_to(src):
+        raise SystemExit(f"--baseline {src}: the child imported nexus from {path}")
+    print(f"before: nexus {version} imported from {path}", file=sys.stderr, flush=True)
+    return {"nexus_file": path, "nexus_version": version}
+
+
+def baseline_meta(src: Path | None) -> dict[str, Any]:
+    if src is None:
+        return {}
+    return {"baseline": {"src": str(src), "commit": git_commit(src)}}
+
+
+def git_commit(src: Path) -> str | None:
+    """The commit checked out where ``src`` lives (None outside a git work tree)."""
+    done = subprocess.run(
+        ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() or None
 
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"

@@ -15,7 +15,6 @@ import datetime
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,11 +29,15 @@ from benchmarks.loadgen import Target
 from benchmarks.procs import (
     HOST,
     Proc,
+    baseline_meta,
+    baseline_origin,
+    baseline_src,
     drive,
     free_port,
-    run_json,
+    nexus_serve,
     save,
     spawn,
+    wait_chat,
     wait_until,
 )
 from benchmarks.settings import Settings
@@ -42,29 +45,6 @@ from benchmarks.settings import Settings
 # Measured like Nexus but kept out of the ``targets`` key, whose names other tools read as
 # direct, floor and gateways (each checked against the floor): listed under ``references``.
 REFERENCES = ("floor-asgi", "before")
-
-NEXUS_TOML = """\
-[server]
-host = "127.0.0.1"
-port = {port}
-# 1000 slow streams are measured; the default limit (1000) leaves no room for a probe.
-max_concurrent_requests = 1100
-
-[discovery]
-enabled = false
-
-[health_check]
-interval_seconds = 5
-
-[logging]
-level = "info"
-format = "json"
-
-[[backends]]
-name = "upstream"
-url = "{upstream}"
-type = "vllm"
-"""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -100,10 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "target 'before' (same config), for a before/after comparison",
     )
     args = p.parse_args(argv)
-    if args.baseline is not None:
-        args.baseline = args.baseline.resolve()
-        if not (args.baseline / "nexus" / "__init__.py").is_file():
-            p.error(f"--baseline {args.baseline}: no nexus/__init__.py there (give its src/)")
+    args.baseline = baseline_src(p, args.baseline)
     return args
 
 
@@ -156,13 +133,7 @@ class Bench:
         args = ["-m", f"benchmarks.{module}", "--port", str(port), "--upstream", self.upstream_url]
         proc = await spawn(name, args, self.workdir / f"{name}.log")
         self.procs.append(proc)
-        await wait_until(
-            session,
-            "POST",
-            f"http://{HOST}:{port}/v1/chat/completions",
-            body=self.cfg.chat_body.encode(),
-            proc=proc,
-        )
+        await wait_chat(session, f"http://{HOST}:{port}", self.cfg.chat_body, proc=proc)
         self.targets[name] = Target(name, HOST, port)
         self.measured[name] = proc
         return proc
@@ -173,27 +144,14 @@ class Bench:
         """Spawn Nexus (``name`` "before": from the ``--baseline`` source); seconds from spawn
         to its first successful proxied request."""
         port = free_port()
-        toml = self.workdir / f"{name}-{tag}.toml"
-        toml.write_text(NEXUS_TOML.format(port=port, upstream=self.upstream_url))
+        args = nexus_serve(self.workdir / f"{name}-{tag}.toml", port, self.upstream_url)
         pythonpath = [str(self.args.baseline)] if name == "before" else []
         loop = asyncio.get_running_loop()
         started = loop.time()
-        proc = await spawn(
-            f"{name}-{tag}",
-            ["-m", "nexus", "serve", "-c", str(toml)],
-            self.workdir / f"{name}-{tag}.log",
-            pythonpath,
-        )
+        proc = await spawn(f"{name}-{tag}", args, self.workdir / f"{name}-{tag}.log", pythonpath)
         self.procs.append(proc)
         url = f"http://{HOST}:{port}"
-        await wait_until(
-            session,
-            "POST",
-            url + "/v1/chat/completions",
-            body=self.cfg.chat_body.encode(),
-            proc=proc,
-            timeout=30,
-        )
+        await wait_chat(session, url, self.cfg.chat_body, proc=proc, timeout=30)
         elapsed = loop.time() - started
         self.targets[name] = Target(name, HOST, port)
         return proc, elapsed
@@ -212,20 +170,6 @@ class Bench:
         samples_sorted = sorted(samples)
         return {"samples_s": samples, "median_s": samples_sorted[len(samples) // 2]}
 
-    async def baseline_origin(self) -> dict[str, Any]:
-        """Where "before" imports ``nexus`` from, asked of a child with the environment its
-        server gets: a path mistake must fail the run, not measure the current code twice."""
-        src: Path = self.args.baseline
-        code = (
-            "import json, os, nexus; "
-            "print(json.dumps([os.path.realpath(nexus.__file__), nexus.__version__]))"
-        )
-        path, version = await run_json(["-c", code], timeout=60, pythonpath=[str(src)])
-        if not Path(path).is_relative_to(src):
-            raise SystemExit(f"--baseline {src}: the child imported nexus from {path}")
-        self.log(f"before: nexus {version} imported from {path}")
-        return {"nexus_file": path, "nexus_version": version}
-
     async def settle_nexus(self, session: aiohttp.ClientSession, name: str = "nexus") -> None:
         url = f"http://{HOST}:{self.targets[name].port}"
         await wait_until(
@@ -238,14 +182,7 @@ class Bench:
             target = gateway_target(i, url, self.args.gateway_key)
             base = f"http://{target.host}:{target.port}{target.prefix}"
             self.log(f"waiting for {target.name} = {base} to answer through the upstream ...")
-            await wait_until(
-                session,
-                "POST",
-                base + "/v1/chat/completions",
-                body=self.cfg.chat_body.encode(),
-                timeout=60,
-                interval=0.2,
-            )
+            await wait_chat(session, base, self.cfg.chat_body, timeout=60, interval=0.2)
             self.targets[target.name] = target
 
     def memory(self) -> dict[str, Any]:
@@ -262,7 +199,7 @@ class Bench:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             await self.start_upstream(session)
             if self.args.baseline is not None:
-                results["meta"]["baseline"].update(await self.baseline_origin())
+                results["meta"]["baseline"].update(await baseline_origin(self.args.baseline))
             self.log("start-up ...")
             results["startup"] = await self.startup(session)
             if self.args.baseline is not None:
@@ -349,23 +286,6 @@ def meta(bench: Bench) -> dict[str, Any]:
         "settings": bench.cfg.to_dict(),
         **baseline_meta(bench.args.baseline),
     }
-
-
-def baseline_meta(src: Path | None) -> dict[str, Any]:
-    if src is None:
-        return {}
-    return {"baseline": {"src": str(src), "commit": git_commit(src)}}
-
-
-def git_commit(src: Path) -> str | None:
-    """The commit checked out where ``src`` lives (None outside a git work tree)."""
-    done = subprocess.run(
-        ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return done.stdout.strip() or None
 
 
 def main(argv: list[str] | None = None) -> int:
