@@ -180,6 +180,14 @@ async def test_usage_totals_are_read_again_only_when_they_may_have_changed(
         return await read(tenant, since)
 
     monkeypatch.setattr(one, "usage", counted)
+    versions: list[int] = []
+    read_version = one.usage_version
+
+    async def counted_version() -> int:
+        versions.append(await read_version())
+        return versions[-1]
+
+    monkeypatch.setattr(one, "usage_version", counted_version)
 
     def served() -> RequestRecord:
         record = RequestRecord("r", "chat", tenant="team", model="m", backend="box")
@@ -196,7 +204,9 @@ async def test_usage_totals_are_read_again_only_when_they_may_have_changed(
     assert reads == ["2027-01-01"] * 2 and a.summary()["team"]["tokens"] == 15
     b.record(served())
     await b.flush()  # another replica wrote: this one sees it at its next flush
+    asked = len(versions)
     await a.flush()
+    assert len(versions) == asked + 1  # the version once, then the totals
     await a.flush()
     assert reads == ["2027-01-01"] * 3 and a.summary()["team"]["tokens"] == 30
     # The other replica's clock passes midnight first and it writes usage of the new cycle;

@@ -100,7 +100,7 @@ class Tenants:
     async def start(self) -> None:
         await self._declare_static()
         await self.reload()
-        await self._reload_usage()
+        await self._reload_usage(await self.store.usage_version())
         self._tasks = [
             asyncio.create_task(
                 every(REFRESH_SECONDS, self._poll, "reading tenants from the state store"),
@@ -308,23 +308,18 @@ class Tenants:
             for key, row in buffer.items():
                 self._buffer.setdefault(key, UsageRow(*key)).add(row)
             raise
-        if buffer or await self._usage_changed():
-            await self._reload_usage()
+        # The totals may differ from those last read when this process wrote, another one
+        # did (the version moved) or a new cycle began (its totals are not the last one's).
+        version = await self.store.usage_version()
+        if buffer or self._usage_read != (version, self._bounds(self.clock())[0]):
+            await self._reload_usage(version)
 
-    async def _usage_changed(self) -> bool:
-        """Whether the totals may differ from those last read: another process added usage,
-        or a new cycle began (its totals are not those of the last one)."""
-        if self._usage_read is None:
-            return True
-        version, start = self._usage_read
-        return start != self._bounds(self.clock())[0] or await self.store.usage_version() != version
-
-    async def _reload_usage(self) -> None:
+    async def _reload_usage(self, version: int) -> None:
         """This cycle's totals per tenant, as every process wrote them, plus what this one
-        has buffered since."""
+        has buffered since; ``version``, the store's usage version read before them (a write
+        after it is seen at the next flush)."""
         start, _ = self._bounds(self.clock())
         since = start.date().isoformat()
-        version = await self.store.usage_version()  # (before reading: a later write is seen)
         used: dict[str, list[float]] = {}
         for row in [*await self.store.usage(None, since), *self._buffer.values()]:
             if row.day >= since:
