@@ -202,12 +202,19 @@ async def test_zero_config_first_run_finds_local_ollama(
         await ollama.stop()
 
 
+@pytest.mark.parametrize(
+    ("token", "wrong"),
+    [
+        ("tök-✓-管理", "tök-✓-wrong"),
+        # Bytes that are not UTF-8 in the environment (Python holds them as lone surrogates).
+        ("tök-\udce9-管理", "tök-\udce9-wrong"),
+    ],
+)
 async def test_an_admin_token_beyond_latin1_reaches_the_server_from_the_cli(
-    tmp_path: Path,
+    tmp_path: Path, token: str, wrong: str
 ) -> None:
-    """The server reads the token as UTF-8; the CLI must send it so (http.client would
-    encode a header as latin-1 and fail on the first character beyond it)."""
-    token = "tök-✓-管理"
+    """The server reads the token as its bytes (UTF-8); the CLI must send it so (http.client
+    would encode a header as latin-1 and fail on the first character beyond it)."""
     async with FakeVLLM([FakeModel("m")]) as vllm:
         config = write_config(tmp_path, [backend_entry(vllm, "box", "vllm")])
         async with spawn_nexus(config, env={"NEXUS_ADMIN_TOKEN": token}) as nexus:
@@ -216,8 +223,8 @@ async def test_an_admin_token_beyond_latin1_reaches_the_server_from_the_cli(
             code, out, err = await nexus_cli("backends", "--json", env=env)
             assert code == 0 and "Traceback" not in err, err
             assert [b["name"] for b in json.loads(out)] == ["box"]
-            wrong = {**env, "NEXUS_ADMIN_TOKEN": "tök-✓-wrong"}
+            refused = {**env, "NEXUS_ADMIN_TOKEN": wrong}
             code, _, err = await nexus_cli(
-                "backends", "add", vllm.url, "--name", "again", env=wrong
+                "backends", "add", vllm.url, "--name", "again", env=refused
             )
             assert code != 0 and "Traceback" not in err and "tök" not in err

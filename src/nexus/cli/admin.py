@@ -14,6 +14,7 @@ from typing import Any
 import click
 import orjson
 
+from nexus.api.credentials import secret_bytes
 from nexus.config import BACKEND_TYPES, ConfigError, load
 from nexus.registry import BackendStatus
 
@@ -55,9 +56,9 @@ def call(url: str | None, method: str, path: str, body: Any = None) -> Any:
     request = urllib.request.Request(base + path, data=data, method=method)
     request.add_header("Content-Type", "application/json")
     if token := os.environ.get("NEXUS_ADMIN_TOKEN"):
-        # The server reads the token as UTF-8; http.client writes a header as latin-1, so
-        # the UTF-8 bytes go in as the latin-1 characters that encode to them.
-        request.add_header("Authorization", f"Bearer {token}".encode().decode("latin-1"))
+        # The server reads the token as its bytes (``secret_bytes``); http.client writes a
+        # header as latin-1, so those bytes go in as the latin-1 characters that encode to them.
+        request.add_header("Authorization", "Bearer " + secret_bytes(token).decode("latin-1"))
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
             return orjson.loads(resp.read())
