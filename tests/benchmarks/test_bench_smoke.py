@@ -4,14 +4,12 @@ not tests, this only keeps the suite from rotting."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.smoke import run_benchmark
+
 SECTIONS = (
     "meta",
     "targets",
@@ -28,26 +26,9 @@ SECTIONS = (
 
 @pytest.mark.timeout(120)
 def test_quick_benchmark_runs_clean(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.run",
-            "--quick",
-            "--loadgen",
-            "python",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
+    stdout, results = run_benchmark(
+        "benchmarks.run", ["--quick", "--loadgen", "python"], tmp_path / "bench.json", 110
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads(out.read_text())
     for section in SECTIONS:
         assert section in results, section
     assert results["errors_total"] == 0
@@ -69,4 +50,4 @@ def test_quick_benchmark_runs_clean(tmp_path: Path) -> None:
     assert results["micro"]["metrics"]["median_us"] > 0
     assert results["micro"]["sse"]["median_us"] > 0
     assert {c["name"] for c in results["checks"]} >= {"idle RSS (MB)"}
-    assert "targets:" in proc.stdout
+    assert "targets:" in stdout

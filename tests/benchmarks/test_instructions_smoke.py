@@ -4,15 +4,12 @@ No thresholds: the numbers are for people to compare, this only keeps the tool f
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.smoke import run_benchmark
 
 pytestmark = pytest.mark.skipif(
     shutil.which("valgrind") is None or shutil.which("callgrind_control") is None,
@@ -22,17 +19,9 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.mark.timeout(180)
 def test_quick_instructions_run(tmp_path: Path) -> None:
-    out = tmp_path / "instructions.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.instructions", "--quick", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=170,
-        check=False,
+    stdout, results = run_benchmark(
+        "benchmarks.instructions", ["--quick"], tmp_path / "instructions.json", 170
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads(out.read_text())
     assert set(results["targets"]) == {"floor-asgi", "nexus"}
     for name, target in results["targets"].items():
         for shape in ("sequential", "concurrent"):
@@ -44,4 +33,4 @@ def test_quick_instructions_run(tmp_path: Path) -> None:
     ratio = results["ratios"]["nexus/floor-asgi"]
     assert ratio["sequential"] > 0 and ratio["concurrent"] > 0
     assert "nexus/before" not in results["ratios"]
-    assert "nexus/floor-asgi" in proc.stdout
+    assert "nexus/floor-asgi" in stdout
