@@ -205,7 +205,9 @@ def missing_tools() -> list[str]:
 
 
 def valgrind_version() -> str:
-    done = subprocess.run(["valgrind", "--version"], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["valgrind", "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
     return done.stdout.strip()
 
 

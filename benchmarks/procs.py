@@ -272,6 +272,7 @@ def git_commit(src: Path) -> str | None:
         ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
         capture_output=True,
         text=True,
+        timeout=60,
         check=False,
     )
     return done.stdout.strip() or None
