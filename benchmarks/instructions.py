@@ -396,8 +396,9 @@ class Bench:
         await wait_until(session, "GET", self.upstream_url + "/v1/models", proc=proc)
 
     async def spawn_valgrind(
-        self, name: str, args: Sequence[str], pythonpath: Sequence[str] = ()
+        self, name: str, port: int, args: Sequence[str], pythonpath: Sequence[str] = ()
     ) -> Gateway:
+        """``python ARGS`` under callgrind: the gateway ``name`` that will listen on ``port``."""
         out = self.workdir / f"{name}.out"
         started = time.monotonic()
         valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
@@ -409,20 +410,18 @@ class Bench:
             [*valgrind, f"--callgrind-out-file={out}"],
         )
         self.procs.append(wrapped)
-        return Gateway(name, wrapped, 0, out, started)
+        return Gateway(name, wrapped, port, out, started)
 
     async def start_gateway(self, name: str) -> Gateway:
         port = free_port()
         if name.startswith("floor"):
             module = "floor_proxy" if name == "floor" else "floor_asgi"
             args = [f"benchmarks.{module}", "--port", str(port), "--upstream", self.upstream_url]
-            gw = await self.spawn_valgrind(name, ["-m", *args])
+            return await self.spawn_valgrind(name, port, ["-m", *args])
         else:
             args = nexus_serve(self.workdir / f"{name}.toml", port, self.upstream_url)
             pythonpath = [str(self.args.baseline)] if name == "before" else []
-            gw = await self.spawn_valgrind(name, args, pythonpath)
-        gw.port = port
-        return gw
+        return await self.spawn_valgrind(name, port, args, pythonpath)
 
     async def ready(self, session: aiohttp.ClientSession, gw: Gateway) -> None:
         await wait_chat(
