@@ -151,8 +151,6 @@ async def spawn(
 
 async def run_json(args: Sequence[str], timeout: float, pythonpath: Sequence[str] = ()) -> Any:
     """Run a child that prints one JSON document on stdout; return it parsed."""
-    import orjson
-
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         *args,
