@@ -91,11 +91,16 @@ class HistogramVec(LabelledSeries):
         self.values: dict[tuple[str, ...], list[float]] = {}
 
     def observe(self, key: tuple[str, ...], value: float) -> None:
+        entry = self.values.get(key) or self.entry(key)
+        entry[bisect_left(self.bounds, value)] += 1  # le is inclusive
+        entry[-1] += value
+
+    def entry(self, key: tuple[str, ...]) -> list[float]:
+        """``key``'s counts, made when it has none yet."""
         entry = self.values.get(key)
         if entry is None:
             entry = self.values[key] = [0.0] * (len(self.bounds) + 2)
-        entry[bisect_left(self.bounds, value)] += 1  # le is inclusive
-        entry[-1] += value
+        return entry
 
     def family(self) -> Metric:
         family = HistogramMetricFamily(self.name, self.help, labels=self.labels)
@@ -107,6 +112,20 @@ class HistogramVec(LabelledSeries):
                 buckets.append((edge, running))
             family.add_metric(list(key), buckets, sum_value=entry[-1])
         return family
+
+
+class Cell:
+    """The series one kind of request adds to (its model, backend, status and endpoint):
+    their label values and its duration counts, made once, not for every request."""
+
+    __slots__ = ("completion", "duration", "labels", "prompt", "requests")
+
+    def __init__(self, requests: tuple[str, str, str, str], duration: list[float]) -> None:
+        model, backend, _, _ = self.requests = requests
+        self.labels = (model, backend)
+        self.duration = duration
+        self.prompt = (model, backend, "prompt")  # nexus_tokens_total's
+        self.completion = (model, backend, "completion")
 
 
 class RegistryCollector(Collector):
@@ -247,6 +266,10 @@ class Metrics(Collector):
         self.prom.register(self)
         self.prom.register(RegistryCollector(registry))
         self.started = time.monotonic()
+        # The series a request adds to, by what its record says: one lookup per request.
+        self._cells: dict[tuple[str, str, int, str], Cell] = {}
+        self._generation = registry.generation
+        self._overhead = self.overhead.entry(())
 
     def collect(self) -> Iterator[Metric]:
         for vec in (
@@ -303,22 +326,35 @@ class Metrics(Collector):
 
     def record(self, rec: RequestRecord) -> None:
         """Recorder sink: count one finished request."""
-        model, backend = self.model_label(rec.model), rec.backend or NO_BACKEND
-        labels = (model, backend)
+        generation = self.registry.generation
+        if generation != self._generation:  # a model's label may have changed
+            self._cells.clear()
+            self._generation = generation
+        cell = self._cells.get((rec.model, rec.backend, rec.status, rec.endpoint))
+        if cell is None:
+            cell = self._cell(rec)
+        counts = self.requests.values
+        counts[cell.requests] = counts.get(cell.requests, 0.0) + 1.0
         seconds = rec.duration_seconds
-        status = STATUS_LABELS.get(rec.status) or str(rec.status)
-        self.requests.inc((model, backend, status, rec.endpoint))
-        self.duration.observe(labels, seconds)
+        entry = cell.duration
+        entry[bisect_left(DURATION_BUCKETS, seconds)] += 1  # (HistogramVec.observe, inline)
+        entry[-1] += seconds
         overhead = seconds - rec.upstream_seconds
-        self.overhead.observe((), overhead if overhead > 0.0 else 0.0)
+        if overhead < 0.0:
+            overhead = 0.0
+        entry = self._overhead
+        entry[bisect_left(FAST_BUCKETS, overhead)] += 1
+        entry[-1] += overhead
+        model, backend = labels = cell.labels
+        status = cell.requests[2]
         if rec.error_type:
             self.errors.inc((rec.error_type,))
         if rec.ttft_seconds is not None:
             self.ttft.observe(labels, rec.ttft_seconds)
         if rec.tokens_prompt:
-            self.tokens.inc((model, backend, "prompt"), rec.tokens_prompt)
+            self.tokens.inc(cell.prompt, rec.tokens_prompt)
         if rec.tokens_completion:
-            self.tokens.inc((model, backend, "completion"), rec.tokens_completion)
+            self.tokens.inc(cell.completion, rec.tokens_completion)
         if rec.cost_usd:
             self.cost.inc((backend, model), rec.cost_usd)
         if rec.tenant:
@@ -339,6 +375,14 @@ class Metrics(Collector):
             chain = rec.fallback_chain
             self.fallbacks.inc((self.model_label(chain[0]), self.model_label(chain[-1])))
 
+    def _cell(self, rec: RequestRecord) -> Cell:
+        model, backend = self.model_label(rec.model), rec.backend or NO_BACKEND
+        status = STATUS_LABELS.get(rec.status) or str(rec.status)
+        cell = Cell((model, backend, status, rec.endpoint), self.duration.entry((model, backend)))
+        if model != UNKNOWN_MODEL:  # (a name a client made up is not kept)
+            self._cells[(rec.model, rec.backend, rec.status, rec.endpoint)] = cell
+        return cell
+
     def unknown_endpoint(self, scope: MutableMapping[str, Any]) -> None:
         """A request no route matched: one log line and a count, so an operator sees which
         client expects an API Nexus does not serve (``/v1/responses``, ``/v1/audio/...``)."""
@@ -351,6 +395,7 @@ class Metrics(Collector):
     def forget_backend(self, backend: Backend) -> None:
         """Registry listener: a removed backend's series go with it (a thousand add/remove
         cycles must not grow /metrics)."""
+        self._cells.clear()  # (they hold the series removed here)
         name = backend.name
         for vec in (self.requests, self.duration, self.ttft, self.tokens):
             vec.forget(1, name)
