@@ -132,10 +132,15 @@ class QualityTracker:
         """Recorder sink for successes; failures were counted per attempt by failure()."""
         if not rec.backend or rec.status != 200 or rec.error_type:
             return
-        profile = self._profile(rec.routed_model, rec.backend)
-        if profile.error_rate:  # a success leaves 0 at 0 (and ``updated`` matters only above 0)
+        profile = self.profiles.get((rec.routed_model, rec.backend))
+        if profile is None:
+            profile = self._profile(rec.routed_model, rec.backend)
+        elif profile.error_rate:  # a success leaves 0 at 0 (``updated`` matters only above 0)
             profile.observe(failed=False)
-        bucket = profile.bucket(time.time())
+        now = time.time()
+        bucket = profile.buckets[-1] if profile.buckets else None
+        if bucket is None or now - bucket.start >= BUCKET_SECONDS:  # (not: the newest one)
+            bucket = profile.bucket(now)
         bucket.requests += 1
         bucket.latency[bisect_left(BINS, rec.duration_seconds)] += 1
         if rec.ttft_seconds is not None:
