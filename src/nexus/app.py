@@ -280,7 +280,8 @@ def build_app(config: Config) -> App:
         store=StoredDemand(state.store) if state.store is not None else None,
         changed=health.check_soon,
     )
-    recorder.sinks.append(state.fleet.observe)
+    if config.fleet.enabled:  # (demand is counted only for the fleet's analysis)
+        recorder.sinks.append(state.fleet.observe)
     attempts = 1 + config.routing.max_retries
     if queuing.enabled:
         state.queue = Queue(queuing, registry, router, attempts)

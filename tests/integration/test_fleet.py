@@ -66,7 +66,8 @@ async def running_fleet(
         # The one nexus serve built is replaced by one with the test's clock, store, memory.
         assert state.fleet is not None
         await state.fleet.stop()
-        state.recorder.sinks.remove(state.fleet.observe)
+        if state.fleet.observe in state.recorder.sinks:  # (only while the fleet is on)
+            state.recorder.sinks.remove(state.fleet.observe)
         fleet = Fleet(
             FleetConfig(**settings),
             state.registry,
