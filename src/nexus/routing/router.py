@@ -238,12 +238,6 @@ class Router:
             plan.sticky = self.config.affinity or zone == RESTRICTED
         # Only a chat's history can be stripped; a prompt or an embedding input is all content.
         plan.overflow = self.fresh_context and zone == RESTRICTED and req.is_chat
-        if log.isEnabledFor(logging.DEBUG):
-            if shape.models[0] != requested:
-                log.debug("alias %s -> %s", requested, shape.models[0])
-            holders = self.registry.get_backends_for_model(shape.decider)
-            reason = privacy.zone_reason(zone, holders)
-            log.debug("zone %s for %s: %s", zone, shape.decider, reason)
         return plan
 
     def _shape(self, requested: str, mode: str) -> Shape:
@@ -278,6 +272,10 @@ class Router:
         zone = privacy.request_zone(holders)
         in_zone = [b for b in holders if b.zone == zone]
         required = tiers.required_tier(in_zone, decider)
+        if log.isEnabledFor(logging.DEBUG):  # (once per shape: every plan made from it is alike)
+            if primary != requested:
+                log.debug("alias %s -> %s", requested, primary)
+            log.debug("zone %s for %s: %s", zone, decider, privacy.zone_reason(zone, holders))
         return Shape(tuple(models), zone, required, decider, len(holders))
 
     def select(self, plan: Plan, req: Requirements, attempts_per_model: int) -> Route:
