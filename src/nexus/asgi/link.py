@@ -90,7 +90,8 @@ class ClientLink:
         body = bytes(cycle.body)
         cycle.body = bytearray()
         cycle.message_event.clear()
-        cycle.flow.resume_reading()
+        if cycle.flow.read_paused:  # (a body past uvicorn's high-water mark paused it)
+            cycle.flow.resume_reading()
         return body
 
     def answer(self, status: int, headers: Headers, body: bytes) -> bool:

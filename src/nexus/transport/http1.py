@@ -267,7 +267,8 @@ class Response:
         self.done = False
         self._release = release
         self._released = False
-        self._decoder = _decoder(conn.headers.get("content-encoding"))
+        coding = conn.headers.get("content-encoding")
+        self._decoder = None if coding is None else _decoder(coding)
         self._tail = b""  # compressed input not yet inflated (bounded steps)
 
     @property
@@ -346,8 +347,8 @@ class Response:
         self._release(conn, whole and conn.keep_alive and not conn.until_close and conn.reusable)
 
 
-def _decoder(coding: str | None) -> zlib._Decompress | None:
-    coding = (coding or "").strip().lower()
+def _decoder(coding: str) -> zlib._Decompress | None:
+    coding = coding.strip().lower()
     if coding in ("", "identity"):
         return None
     if coding in ("gzip", "x-gzip", "deflate"):
