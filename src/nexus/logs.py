@@ -191,11 +191,11 @@ class JSONFormatter(LineFormatter):
             line[name] = mark
         rest = orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE)
         quoted = [orjson.dumps(mark) for mark in marks]
-        if any(rest.count(mark) != 1 for mark in quoted):
+        if any(rest.count(value) != 1 for value in quoted):
             return []  # (a name equal to a mark: never kept, always right)
         frame = []
-        for mark in quoted:
-            before, _, rest = rest.partition(mark)
+        for value in quoted:
+            before, _, rest = rest.partition(value)
             frame.append(before)
         frame.append(rest)
         if len(self._frames) < MAX_FRAMES:
