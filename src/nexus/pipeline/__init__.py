@@ -51,47 +51,44 @@ class Pipeline:
         record = RequestRecord(request_id(scope), endpoint.name)
         ex = Exchange(scope, receive, send, endpoint, record)
         extensions = scope.get("extensions")
-        ex.link = extensions.get("nexus.client") if extensions else None
+        link = ex.link = extensions.get("nexus.client") if extensions else None
         task = asyncio.current_task()
         assert task is not None
         state.in_flight += 1
         state.requests.add(task)
         outcome: Outcome | None = None
         try:
-            outcome = await self._outcome(ex, task)
+            # A client that leaves cancels its request at once: the backend stops generating
+            # for nobody (under uvicorn, NexusProtocol tells; elsewhere nothing does).
+            if link is not None:
+                link.on_gone = task.cancel
+            try:
+                outcome = await self._run(ex)
+            except NexusError as exc:
+                outcome = exc
+            except Exception:
+                # A bug of ours, not the client's: a 500 in OpenAI's shape, and the
+                # traceback in our log (never in the answer).
+                log.exception("unhandled error serving %s", endpoint.path)
+                outcome = NexusError("internal error in Nexus", code="internal_error")
+            except asyncio.CancelledError:
+                if link is not None and link.gone:
+                    task.uncancel()
+                    outcome = ClientGone("client disconnected")
+                elif state.cutting:
+                    task.uncancel()
+                    outcome = ShuttingDown("Nexus shut down before this request finished")
+                else:
+                    raise
+            finally:
+                if link is not None:
+                    link.on_gone = None
             await self._answer(ex, outcome)
         finally:
             settle(record, ClientGone("request cancelled") if outcome is None else outcome)
             state.recorder.finish(record)
             state.requests.discard(task)
             state.in_flight -= 1
-
-    async def _outcome(self, ex: Exchange, task: asyncio.Task[object]) -> Outcome:
-        # A client that leaves cancels its request at once: the backend stops generating
-        # for nobody (under uvicorn, NexusProtocol tells; elsewhere nothing does).
-        link = ex.link
-        if link is not None:
-            link.on_gone = task.cancel
-        try:
-            return await self._run(ex)
-        except NexusError as exc:
-            return exc
-        except Exception:
-            # A bug of ours, not the client's: a 500 in OpenAI's shape, and the traceback
-            # in our log (never in the answer).
-            log.exception("unhandled error serving %s", ex.endpoint.path)
-            return NexusError("internal error in Nexus", code="internal_error")
-        except asyncio.CancelledError:
-            if link is not None and link.gone:
-                task.uncancel()
-                return ClientGone("client disconnected")
-            if self.state.cutting:
-                task.uncancel()
-                return ShuttingDown("Nexus shut down before this request finished")
-            raise
-        finally:
-            if link is not None:
-                link.on_gone = None
 
     async def _run(self, ex: Exchange) -> Reply | Streamed:
         admit(self.state, ex)
