@@ -29,6 +29,9 @@ class ScriptedAnswer:
     ) -> bytes:
         return self.body if limit is None else self.body[:limit]
 
+    def whole(self) -> bytes | None:
+        return None  # (read, as for a body still on its way)
+
     async def read_chunk(self, seconds: float | None) -> bytes:
         body, self.body = self.body, b""
         return body

@@ -64,6 +64,9 @@ class HeldAnswer:
         await self.go.wait()
         return OK
 
+    def whole(self) -> bytes | None:
+        return None  # it comes when the test says
+
     async def read_chunk(self, seconds: float | None) -> bytes:
         return b""
 

@@ -44,6 +44,10 @@ class Answer(Protocol):
 
     async def read_chunk(self, seconds: float | None) -> bytes: ...
 
+    def whole(self) -> bytes | None:
+        """The whole body when it is all here already (no read to wait on); else None."""
+        ...
+
     def release(self) -> None: ...
 
 

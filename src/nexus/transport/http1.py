@@ -281,11 +281,9 @@ class Response:
         """The whole body, decoded. Past ``limit`` bytes (default: the pool's): the first
         ``limit`` bytes when ``truncate``, else ``TooLarge``."""
         limit = self.limit if limit is None else limit
-        conn = self.conn
-        if conn.complete and self._decoder is None and not self.done and len(conn.buf) <= limit:
-            # The usual case: the whole (uncompressed) body came with the head.
-            self.done = True
-            return conn.take()
+        whole = self.whole(limit)
+        if whole is not None:
+            return whole
         parts: list[bytes] = []
         size = 0
         while piece := await self.read_chunk(seconds):
@@ -297,6 +295,16 @@ class Response:
                 break
             parts.append(piece)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def whole(self, limit: int | None = None) -> bytes | None:
+        """The whole body if it came with the head (the usual case), uncompressed and at
+        most ``limit`` bytes (default: the pool's); else None, and ``read`` waits for it."""
+        limit = self.limit if limit is None else limit
+        conn = self.conn
+        if conn.complete and self._decoder is None and not self.done and len(conn.buf) <= limit:
+            self.done = True
+            return conn.take()
+        return None
 
     async def read_chunk(self, seconds: float | None) -> bytes:
         """The next part of the body as it arrives (decoded); ``b""`` once it is whole."""
