@@ -228,15 +228,20 @@ Release = Callable[[Connection, bool], None]
 
 
 async def read_response(conn: Connection, seconds: float, release: Release, limit: int) -> Response:
-    """Wait for the answer's head (1xx skipped); the body is left for the Response."""
-    while not conn.head_done:
-        if conn.error is not None:
-            raise conn.error
-        if conn.closed:
-            raise Disconnected(
-                "backend closed the connection before answering", answered=conn.received > 0
-            )
-        await conn.wait(seconds)
+    """Wait for the answer's head (1xx skipped); the body is left for the Response. On any
+    failure (or cancellation) the connection is closed: half an exchange leaves it unusable."""
+    try:
+        while not conn.head_done:
+            if conn.error is not None:
+                raise conn.error
+            if conn.closed:
+                raise Disconnected(
+                    "backend closed the connection before answering", answered=conn.received > 0
+                )
+            await conn.wait(seconds)
+    except BaseException:
+        conn.close()
+        raise
     return Response(conn, release, limit)
 
 

@@ -123,24 +123,18 @@ class Pool:
         seconds = self.read_timeout if read_timeout is None else read_timeout
         conn = self._take_idle(origin.key)
         if conn is not None:
+            conn.begin(data)
             try:
-                return await self._exchange(conn, data, seconds)
+                return await read_response(conn, seconds, self._release, self.max_body)
             except Disconnected as exc:
                 if exc.answered:
                     raise
         conn = await self._connect(origin, connect_timeout or self.connect_timeout)
-        return await self._exchange(conn, data, seconds)
+        conn.begin(data)
+        return await read_response(conn, seconds, self._release, self.max_body)
 
     async def post(self, url: str, path: str, body: bytes, headers: dict[str, str]) -> Response:
         return await self.request(url, "POST", path, body, headers)
-
-    async def _exchange(self, conn: Connection, data: bytes, seconds: float) -> Response:
-        try:
-            conn.begin(data)
-            return await read_response(conn, seconds, self._release, self.max_body)
-        except BaseException:
-            conn.close()  # half an exchange (or a cancelled one) leaves it unusable
-            raise
 
     def _release(self, conn: Connection, reusable: bool) -> None:
         if reusable:
