@@ -87,11 +87,21 @@ async def respond(
     link: ClientLink | None = None,
 ) -> None:
     """A whole answer (head and body): in one write through ``link`` when it can."""
+    head = whole_head(body, headers, ctype)
+    if link is None or not link.answer(status, head, body):
+        await send_whole(send, status, head, body)
+
+
+def whole_head(body: bytes, headers: Headers | None = None, ctype: bytes = JSON) -> Headers:
+    """The head of a whole answer: our base headers, its type and length, then ``headers``."""
     head = [*BASE_HEADERS, (b"content-type", ctype), (b"content-length", b"%d" % len(body))]
     if headers:
         head += headers
-    if link is not None and link.answer(status, head, body):
-        return
+    return head
+
+
+async def send_whole(send: Send, status: int, head: Headers, body: bytes) -> None:
+    """A whole answer through ASGI: two messages."""
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body})
 

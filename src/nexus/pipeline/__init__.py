@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from nexus.asgi import Receive, Scope, Send
-from nexus.asgi.io import error_headers, read_body, respond, respond_error
+from nexus.asgi import Headers, Receive, Scope, Send
+from nexus.asgi.io import error_headers, read_body, respond, respond_error, send_whole, whole_head
 from nexus.errors import BackendError, ClientGone, ModelNotFound, NexusError, ShuttingDown
 from nexus.pipeline.admit import admit
 from nexus.pipeline.exchange import Endpoint, Exchange
@@ -83,7 +83,14 @@ class Pipeline:
             finally:
                 if link is not None:
                     link.on_gone = None
-            await self._answer(ex, outcome)
+            if isinstance(outcome, Reply):
+                # Written at once through the link when it can: no coroutine on the way, as
+                # for almost every answer.
+                status, head, body = self._reply(ex, outcome)
+                if link is None or not link.answer(status, head, body):
+                    await send_whole(send, status, head, body)
+            else:
+                await self._answer_error(ex, outcome)
         finally:
             settle(record, ClientGone("request cancelled") if outcome is None else outcome)
             state.recorder.finish(record)
@@ -114,15 +121,17 @@ class Pipeline:
                 return Reply(200, only.answer, native=True)
             raise only from None
 
-    async def _answer(self, ex: Exchange, outcome: Outcome) -> None:
+    @staticmethod
+    def _reply(ex: Exchange, reply: Reply) -> tuple[int, Headers, bytes]:
+        """A reply's status, head and body, in the client's own API."""
+        inbound = ex.endpoint.inbound
+        if inbound is not None and not reply.native:
+            reply = client_reply(ex, inbound, reply)
+        return reply.status, whole_head(reply.body, reply.headers, reply.ctype), reply.body
+
+    async def _answer_error(self, ex: Exchange, outcome: Streamed | NexusError) -> None:
         send = ex.send
         inbound = ex.endpoint.inbound
-        if isinstance(outcome, Reply):
-            if inbound is not None and not outcome.native:
-                outcome = client_reply(ex, inbound, outcome)
-            body, headers = outcome.body, outcome.headers
-            await respond(send, outcome.status, body, headers, outcome.ctype, ex.link)
-            return
         error = outcome.error if isinstance(outcome, Streamed) else outcome
         if isinstance(error, ClientGone):
             return  # nobody to tell
