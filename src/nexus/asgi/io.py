@@ -38,19 +38,26 @@ def content_length(scope: Scope) -> int | None:
     return int(text) if text is not None and text.isdigit() else None
 
 
+def body_now(scope: Scope, limit: int, link: ClientLink | None) -> bytes | None:
+    """The whole request body when it has all arrived (the usual case: with its head);
+    else None, and ``read_body`` waits for it. 413 past ``limit``, as ``read_body``."""
+    length = content_length(scope)
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    whole = link.body() if link is not None else None
+    if whole is not None and len(whole) > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    return whole
+
+
 async def read_body(
     scope: Scope, receive: Receive, limit: int, seconds: float, link: ClientLink | None = None
 ) -> bytes:
     """The whole request body: 413 past ``limit`` (before reading it, when the client said
     its length: no ``100 Continue`` is sent for a body refused anyway), 408 when the client
     takes longer than ``seconds`` to send it."""
-    length = content_length(scope)
-    if length is not None and length > limit:
-        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-    whole = link.body() if link is not None else None
+    whole = body_now(scope, limit, link)
     if whole is not None:
-        if len(whole) > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
         return whole
     message = await receive()  # usually holds the whole body already: no timer for it
     body = message.get("body", b"")

@@ -21,7 +21,15 @@ import asyncio
 import logging
 
 from nexus.asgi import Headers, Receive, Scope, Send
-from nexus.asgi.io import error_headers, read_body, respond, respond_error, send_whole, whole_head
+from nexus.asgi.io import (
+    body_now,
+    error_headers,
+    read_body,
+    respond,
+    respond_error,
+    send_whole,
+    whole_head,
+)
 from nexus.errors import BackendError, ClientGone, ModelNotFound, NexusError, ShuttingDown
 from nexus.pipeline.admit import admit
 from nexus.pipeline.exchange import Endpoint, Exchange
@@ -103,7 +111,10 @@ class Pipeline:
         if tenants is not None:  # who, before reading a body a stranger sends
             ex.tenant = tenants.authenticate(ex.scope)
             ex.record.tenant = ex.tenant.name
-        ex.raw = await read_body(ex.scope, ex.receive, self.max_body, self.body_seconds, ex.link)
+        raw = body_now(ex.scope, self.max_body, ex.link)  # (no coroutine when all is here)
+        if raw is None:
+            raw = await read_body(ex.scope, ex.receive, self.max_body, self.body_seconds, ex.link)
+        ex.raw = raw
         self.planner.plan(ex)
         if ex.tenant is not None:
             assert tenants is not None and ex.plan is not None
