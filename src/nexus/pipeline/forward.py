@@ -176,6 +176,9 @@ class Forwarder:
                     raise
                 raise error from None
             try:
+                reply = self._whole(ex, route, outbound, answer, sent)
+                if reply is not None:
+                    return reply
                 return await self._answer(ex, route, outbound, answer, sent)
             finally:
                 answer.release()
@@ -210,6 +213,19 @@ class Forwarder:
             headers["Authorization"] = authorization
         return headers
 
+    def _whole(
+        self, ex: Exchange, route: Route, outbound: Outbound, answer: Answer, sent: float
+    ) -> Reply | None:
+        """The reply to a 2xx answer that is all here already (the usual case, not a
+        stream): made without awaiting anything. None: ``_answer`` reads it."""
+        if answer.status >= 300 or (ex.requirements.stream and answer.content_type in STREAM_TYPES):
+            return None
+        raw = answer.whole()
+        if raw is None:
+            return None
+        ex.record.upstream_seconds += time.perf_counter() - sent
+        return self._complete(ex, route, outbound, raw, sent)
+
     async def _answer(
         self, ex: Exchange, route: Route, outbound: Outbound, answer: Answer, sent: float
     ) -> Reply | Streamed:
@@ -218,11 +234,7 @@ class Forwarder:
             return self._refusal(ex, route, outbound, answer, text)
         if ex.requirements.stream and answer.content_type in STREAM_TYPES:
             return await self._stream(ex, route, outbound, answer, sent)
-        raw = answer.whole()  # (usually all there: no read to wait on)
-        if raw is None:
-            raw = await self._read(ex.record, answer, route, sent, None)
-        else:
-            ex.record.upstream_seconds += time.perf_counter() - sent
+        raw = await self._read(ex.record, answer, route, sent, None)
         return self._complete(ex, route, outbound, raw, sent)
 
     async def _read(
