@@ -342,7 +342,12 @@ class Registry:
         # Never below zero, whatever order the finally-blocks of a cancelled request run in.
         backend.pending_requests = max(0, backend.pending_requests - 1)
 
-    def begin_serving(self, backend: Backend, model: str) -> None:
+    def begin_serving(self, backend: Backend, model: str, reserved: bool = False) -> None:
+        """A request for ``model`` is sent to ``backend``: it holds a slot (counted already
+        when the queue ``reserved`` it) until ``end_serving``."""
+        if not reserved:
+            backend.pending_requests += 1
+            backend.total_requests += 1
         backend.serving[model] = backend.serving.get(model, 0) + 1
 
     def end_serving(self, backend: Backend, model: str) -> None:
@@ -352,6 +357,7 @@ class Registry:
             backend.serving[model] = left
         else:
             backend.serving.pop(model, None)
+        self.decrement_pending(backend)
 
     def update_latency(self, backend: Backend, ms: float) -> None:
         if backend.avg_latency_ms == 0.0:

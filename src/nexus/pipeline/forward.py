@@ -151,12 +151,10 @@ class Forwarder:
         outbound = NativeOutbound(inbound) if ex.native and inbound else outbound_for(backend.type)
         path, payload = outbound.request(ex, route)
         headers = self._headers(ex, backend)
-        if not route.reserved:  # (the queue took the slot and the token for it)
-            self.registry.increment_pending(backend)
-            if backend.limiter is not None:
-                backend.limiter.take(time.monotonic())
+        if not route.reserved and backend.limiter is not None:  # (else the queue took it)
+            backend.limiter.take(time.monotonic())
         sent = time.perf_counter()
-        self.registry.begin_serving(backend, route.model)
+        self.registry.begin_serving(backend, route.model, route.reserved)
         try:
             try:
                 answer = await self.transport.request(
@@ -184,7 +182,6 @@ class Forwarder:
                 answer.release()
         finally:
             self.registry.end_serving(backend, route.model)
-            self.registry.decrement_pending(backend)
             held = time.perf_counter() - sent
             if backend.service_seconds:
                 backend.service_seconds += SERVICE_EWMA_ALPHA * (held - backend.service_seconds)
