@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 from nexus import logs, tokens
 from nexus.api import admin, fleet, foreign, proxied, status, tenants
@@ -109,13 +110,19 @@ class App:
         dashboard.add_routes(self.router)
         self.gate = Gate(state.tenants) if state.tenants is not None else None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine itself: a proxied request's coroutine is the pipeline's own, one
+        # level less on every resume (uvicorn awaits what this returns; interface="asgi3").
+        if scope["type"] == "http":
             hot = self.hot.get(scope["path"])
             if hot is not None and scope["method"] == "POST":
-                await self.pipeline.handle(hot, scope, receive, send)  # (it checks the key)
-            elif self.gate is None or await self._pass(scope, send):
+                return self.pipeline.handle(hot, scope, receive, send)  # (it checks the key)
+        return self._other(scope, receive, send)
+
+    async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if self.gate is None or await self._pass(scope, send):
                 await self.router(scope, receive, send)
         elif kind == "websocket":
             if scope["path"] == "/ws" and self.gate is not None and not await self._pass(scope):
