@@ -413,7 +413,7 @@ class Router:
             if backend is not None:
                 plan.tried.add((backend.id, model))
                 return Route(backend, model, "affinity", panic=plan.panic)
-            backend = self._pick(pool, model)
+            backend = pool[0] if len(pool) == 1 else self._pick(pool, model)
             plan.tried.add((backend.id, model))
             stripped = plan.overflowing
             if index > 0:
