@@ -84,7 +84,7 @@ class ClientLink:
     def body(self) -> bytes | None:
         """The whole request body if it has all arrived and none of it was read yet; else
         None (the caller reads it with ``receive()``, which waits for the rest)."""
-        cycle = self.cycle
+        cycle = self._cycle() if self._cycle is not None else None  # (self.cycle, inline)
         if cycle is None or cycle.more_body or cycle.disconnected or cycle.response_complete:
             return None
         body = bytes(cycle.body)
@@ -97,7 +97,7 @@ class ClientLink:
     def answer(self, status: int, headers: Headers, body: bytes) -> bool:
         """Writes the whole answer; False when it must go through ASGI ``send`` instead
         (the transport is paused, which only ``send`` waits out; or a HEAD request)."""
-        cycle = self.cycle
+        cycle = self._cycle() if self._cycle is not None else None  # (self.cycle, inline)
         if cycle is None or cycle.response_started or cycle.scope["method"] == "HEAD":
             return False
         if cycle.disconnected:
