@@ -98,7 +98,7 @@ class Pipeline:
                 if link is None or not link.answer(status, head, body):
                     await send_whole(send, status, head, body)
             else:
-                await self._answer_error(ex, outcome)
+                await self._error_or_end(ex, outcome)
         finally:
             settle(record, ClientGone("request cancelled") if outcome is None else outcome)
             state.recorder.finish(record)
@@ -140,7 +140,9 @@ class Pipeline:
             reply = client_reply(ex, inbound, reply)
         return reply.status, whole_head(reply.body, reply.headers, reply.ctype), reply.body
 
-    async def _answer_error(self, ex: Exchange, outcome: Streamed | NexusError) -> None:
+    async def _error_or_end(self, ex: Exchange, outcome: Streamed | NexusError) -> None:
+        """An error answered before the response began, or the end of a relayed stream
+        (with the error that cut it, in-band)."""
         send = ex.send
         inbound = ex.endpoint.inbound
         error = outcome.error if isinstance(outcome, Streamed) else outcome
