@@ -346,8 +346,7 @@ class Registry:
         """A request for ``model`` is sent to ``backend``: it holds a slot (counted already
         when the queue ``reserved`` it) until ``end_serving``."""
         if not reserved:
-            backend.pending_requests += 1
-            backend.total_requests += 1
+            self.increment_pending(backend)
         backend.serving[model] = backend.serving.get(model, 0) + 1
 
     def end_serving(self, backend: Backend, model: str) -> None:
