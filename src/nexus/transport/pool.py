@@ -19,6 +19,7 @@ import contextlib
 import socket
 import ssl
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
@@ -123,18 +124,29 @@ class Pool:
         seconds = self.read_timeout if read_timeout is None else read_timeout
         conn = self._take_idle(origin.key)
         if conn is not None:
-            conn.begin(data)
             try:
-                return await read_response(conn, seconds, self._release, self.max_body)
+                return await self._exchange(conn, data, seconds)
             except Disconnected as exc:
                 if exc.answered:
                     raise
         conn = await self._connect(origin, connect_timeout or self.connect_timeout)
-        conn.begin(data)
-        return await read_response(conn, seconds, self._release, self.max_body)
+        return await self._exchange(conn, data, seconds)
 
     async def post(self, url: str, path: str, body: bytes, headers: dict[str, str]) -> Response:
         return await self.request(url, "POST", path, body, headers)
+
+    def _exchange(
+        self, conn: Connection, data: bytes, seconds: float
+    ) -> Coroutine[Any, Any, Response]:
+        """Sends ``data`` on ``conn``; the caller awaits the answer's head. Whatever fails
+        closes ``conn``: half an exchange leaves it unusable (``read_response`` does so for
+        the wait). Not a coroutine itself: one level less on every backend call."""
+        try:
+            conn.begin(data)
+        except BaseException:
+            conn.close()
+            raise
+        return read_response(conn, seconds, self._release, self.max_body)
 
     def _release(self, conn: Connection, reusable: bool) -> None:
         if reusable:
