@@ -30,7 +30,9 @@ class ScriptedAnswer:
         return self.body if limit is None else self.body[:limit]
 
     def whole(self) -> bytes | None:
-        return None  # (read, as for a body still on its way)
+        # As Response does for a body that came with its head: all of it, once.
+        body, self.body = self.body, b""
+        return body
 
     async def read_chunk(self, seconds: float | None) -> bytes:
         body, self.body = self.body, b""
