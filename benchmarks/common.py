@@ -24,9 +24,13 @@ def log(text: str) -> None:
 
 
 def git(*args: str) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
-    )
+    """``git ARGS`` in the checkout; "" when it fails or takes over a minute."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
     return done.stdout
 
 

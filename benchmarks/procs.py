@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import os
 import signal
@@ -121,7 +122,9 @@ class Proc:
                 await asyncio.wait_for(self.proc.wait(), timeout)
             except TimeoutError:
                 self.proc.kill()
-                await self.proc.wait()
+                # (A child stuck in the kernel does not die even so: not waited on for ever.)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.proc.wait(), timeout)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
