@@ -58,23 +58,24 @@ def _check_name(name: bytes) -> None:
         _GOOD_NAMES.add(name)
 
 
+def _no_cycle() -> None:
+    return None  # (a link not attached to a cycle: none to read or write through)
+
+
 class ClientLink:
     __slots__ = ("_cycle", "gone", "on_gone")
 
     def __init__(self) -> None:
         self.gone = False
         self.on_gone: Callable[[], object] | None = None
-        # Weak: the cycle holds the scope, which holds this link; a strong reference would
-        # make every request a reference cycle, freed only by the garbage collector.
-        self._cycle: weakref.ref[RequestResponseCycle] | None = None
+        # The request's cycle, or None: a weak reference once attached. Weak: the cycle holds
+        # the scope, which holds this link; a strong reference would make every request a
+        # reference cycle, freed only by the garbage collector.
+        self._cycle: Callable[[], RequestResponseCycle | None] = _no_cycle
 
     def attach(self, cycle: RequestResponseCycle) -> None:
         """The request's cycle, once uvicorn made it."""
         self._cycle = weakref.ref(cycle)
-
-    @property
-    def cycle(self) -> RequestResponseCycle | None:
-        return self._cycle() if self._cycle is not None else None
 
     def lost(self) -> None:
         self.gone = True
@@ -84,7 +85,7 @@ class ClientLink:
     def body(self) -> bytes | None:
         """The whole request body if it has all arrived and none of it was read yet; else
         None (the caller reads it with ``receive()``, which waits for the rest)."""
-        cycle = self._cycle() if self._cycle is not None else None  # (self.cycle, inline)
+        cycle = self._cycle()
         if cycle is None or cycle.more_body or cycle.disconnected or cycle.response_complete:
             return None
         body = bytes(cycle.body)
@@ -97,7 +98,7 @@ class ClientLink:
     def answer(self, status: int, headers: Headers, body: bytes) -> bool:
         """Writes the whole answer; False when it must go through ASGI ``send`` instead
         (the transport is paused, which only ``send`` waits out; or a HEAD request)."""
-        cycle = self._cycle() if self._cycle is not None else None  # (self.cycle, inline)
+        cycle = self._cycle()
         if cycle is None or cycle.response_started or cycle.scope["method"] == "HEAD":
             return False
         if cycle.disconnected:
